@@ -1,0 +1,6 @@
+//! Command-line subcommands. Each prints for a person; the library below never does.
+pub mod embed;
+pub mod generate;
+pub mod input;
+pub mod models;
+pub mod perplexity;

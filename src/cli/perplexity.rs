@@ -1,0 +1,34 @@
+//! `ftlab perplexity`: mean next-token NLL of a text file, as one JSON line.
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::input::read_utf8_file;
+use crate::infer::perplexity::perplexity;
+use crate::infer::LanguageModel;
+use crate::model::LoadOptions;
+
+#[derive(clap::Args, Debug)]
+pub struct PerplexityArgs {
+    /// Model: a default name (smollm2), a .gguf file, an HF directory or hf:org/name.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per window (capped by the model's context length).
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Window advance; tokens in the overlap serve as context only.
+    #[arg(long, default_value_t = 256)]
+    pub stride: usize,
+}
+
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let text = read_utf8_file(&args.file)?;
+    let lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let ids = lm.encode(&text)?;
+    let p = perplexity(&lm.model, &ids, args.window, args.stride, lm.model.device())?;
+    println!("{}", serde_json::to_string(&p)?);
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! A causal LM ready for text: model, tokenizer, special tokens and chat template.
+use anyhow::{anyhow, Result};
+use candle_core::Var;
+use tokenizers::Tokenizer;
+
+use super::chat_template::{ChatMessage, ChatTemplate};
+use crate::hub::{ModelSource, ResolvedModel};
+use crate::model::load::gguf::GgufFile;
+use crate::model::load::tokenizer::{
+    chat_template_from_gguf, chat_template_from_hf_dir, special_tokens_from_gguf,
+    special_tokens_from_hf_dir, tokenizer_from_file, tokenizer_from_gguf, SpecialTokens,
+};
+use crate::model::{CausalLm, LoadOptions};
+
+pub struct LanguageModel {
+    pub name: String,
+    pub model: CausalLm,
+    /// Trainable parameters (empty unless loaded with `trainable`).
+    pub params: Vec<(String, Var)>,
+    pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
+    pub chat_template: Option<String>,
+}
+
+impl LanguageModel {
+    pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<Self> {
+        let (loaded, tokenizer, special, chat_template) = match &resolved.source {
+            ModelSource::Gguf { path } => {
+                let file = GgufFile::open(path)?;
+                let tokenizer = tokenizer_from_gguf(file.content(), path)?;
+                let special = special_tokens_from_gguf(file.content(), path)?;
+                let template = chat_template_from_gguf(file.content());
+                (CausalLm::from_gguf_file(file, opts)?, tokenizer, special, template)
+            }
+            ModelSource::HfDir { dir } => {
+                let loaded = CausalLm::from_hf_dir(dir, opts)?;
+                let tokenizer = tokenizer_from_file(&dir.join("tokenizer.json"))?;
+                let special = special_tokens_from_hf_dir(dir)?;
+                let template = chat_template_from_hf_dir(dir)?;
+                (loaded, tokenizer, special, template)
+            }
+        };
+        Ok(Self {
+            name: resolved.name.clone(),
+            model: loaded.model,
+            params: loaded.params,
+            tokenizer,
+            special,
+            chat_template,
+        })
+    }
+
+    /// Resolves a model spec (name, path, `hf:org/name`) and loads it.
+    pub fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        Self::load(&crate::hub::resolve(spec)?, opts)
+    }
+
+    /// Token ids of `text` without added special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing failed: {e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow!("decoding failed: {e}"))
+    }
+
+    fn token_text(&self, id: Option<u32>) -> String {
+        id.and_then(|i| self.tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    }
+
+    /// The chat template of the model (from GGUF metadata or tokenizer_config.json).
+    pub fn template(&self) -> Result<ChatTemplate> {
+        let source = self.chat_template.as_deref().ok_or_else(|| {
+            anyhow!(
+                "model `{}` has no chat template (GGUF `tokenizer.chat_template` or tokenizer_config.json `chat_template`); run without --chat",
+                self.name
+            )
+        })?;
+        ChatTemplate::new(
+            source,
+            &self.token_text(self.special.bos),
+            &self.token_text(self.special.eos),
+        )
+    }
+
+    /// Renders `messages` with the model's own chat template.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.template()?.render(messages, add_generation_prompt)
+    }
+}

@@ -1,0 +1,9 @@
+//! ftlab: a terminal lab for memory-efficient fine-tuning of language models.
+//!
+//! Layering (bottom to top): `model` (tensors, architectures, loaders) → `infer`
+//! (generation, perplexity, embeddings) → `cli`. Library code never prints to
+//! stdout; commands in `cli` do.
+pub mod cli;
+pub mod hub;
+pub mod infer;
+pub mod model;

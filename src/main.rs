@@ -1,0 +1,39 @@
+use clap::{Parser, Subcommand};
+
+use ftlab::cli;
+
+/// ftlab: a terminal lab for memory-efficient fine-tuning of language models.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download or list models in the per-user cache.
+    #[command(subcommand)]
+    Models(cli::models::ModelsCmd),
+    /// Generate text (streamed) from a causal LM.
+    Generate(cli::generate::GenerateArgs),
+    /// Mean next-token negative log-likelihood of a text file, as one JSON line.
+    Perplexity(cli::perplexity::PerplexityArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Models(cmd)) => cli::models::run(cmd),
+        Some(Command::Generate(args)) => cli::generate::run(args),
+        Some(Command::Perplexity(args)) => cli::perplexity::run(args),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help().map_err(Into::into)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

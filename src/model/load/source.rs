@@ -1,0 +1,138 @@
+//! Where weights come from (`TensorSource`) and how they become model parameters
+//! (`ParamBuilder`): frozen tensors, or `Var`s that receive gradients.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor, Var};
+
+use crate::model::linear::{BaseWeight, Linear};
+
+/// How a parameter is initialised when a source has no stored value (tests, new heads).
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    Normal(f64),
+    Ones,
+    Zeros,
+}
+
+/// A named collection of tensors, addressed by Hugging Face parameter names
+/// (`model.layers.0.self_attn.q_proj.weight`). Loaders translate their own layout.
+pub trait TensorSource {
+    /// The tensor called `name`, in f32 on `device`, checked against `shape`.
+    fn get(&self, name: &str, shape: &Shape, init: Init, device: &Device) -> Result<Tensor>;
+    fn contains(&self, name: &str) -> bool;
+    /// The file or directory the tensors come from, for error messages.
+    fn origin(&self) -> &Path;
+}
+
+pub(crate) fn check_shape(t: &Tensor, name: &str, shape: &Shape, origin: &Path) -> Result<()> {
+    if t.shape() != shape {
+        bail!(
+            "{}: tensor `{name}` has shape {:?}, expected {:?} from the model config",
+            origin.display(),
+            t.dims(),
+            shape.dims()
+        );
+    }
+    Ok(())
+}
+
+/// Random weights for tiny models built inside tests and benchmarks.
+pub struct RandomSource {
+    origin: PathBuf,
+    std_scale: f64,
+}
+
+impl RandomSource {
+    /// `std_scale` multiplies the standard deviation of `Init::Normal` parameters.
+    pub fn new(std_scale: f64) -> Self {
+        Self {
+            origin: PathBuf::from("<random init>"),
+            std_scale,
+        }
+    }
+}
+
+impl TensorSource for RandomSource {
+    fn get(&self, _name: &str, shape: &Shape, init: Init, device: &Device) -> Result<Tensor> {
+        Ok(match init {
+            Init::Normal(std) => Tensor::randn(0f32, (std * self.std_scale) as f32, shape, device)?,
+            Init::Ones => Tensor::ones(shape, DType::F32, device)?,
+            Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
+        })
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// Builds parameters from a source: trainable ones become `Var`s and are recorded.
+pub struct ParamBuilder<'a> {
+    src: &'a dyn TensorSource,
+    device: Device,
+    dtype: DType,
+    trainable: bool,
+    params: Vec<(String, Var)>,
+}
+
+impl<'a> ParamBuilder<'a> {
+    pub fn new(src: &'a dyn TensorSource, device: &Device, dtype: DType, trainable: bool) -> Self {
+        Self {
+            src,
+            device: device.clone(),
+            dtype,
+            trainable,
+            params: Vec::new(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.contains(name)
+    }
+
+    /// Loads `name`, casts it to the compute dtype and makes it a `Var` when trainable.
+    pub fn tensor<S: Into<Shape>>(&mut self, name: &str, shape: S, init: Init) -> Result<Tensor> {
+        let shape = shape.into();
+        let t = self
+            .src
+            .get(name, &shape, init, &self.device)
+            .with_context(|| format!("{}: loading `{name}`", self.src.origin().display()))?;
+        check_shape(&t, name, &shape, self.src.origin())?;
+        let t = t.to_dtype(self.dtype)?;
+        if self.trainable {
+            let var = Var::from_tensor(&t)?;
+            let t = var.as_tensor().clone();
+            self.params.push((name.to_string(), var));
+            Ok(t)
+        } else {
+            Ok(t)
+        }
+    }
+
+    /// A linear layer `prefix.weight` (out, in) with an optional `prefix.bias`.
+    pub fn linear(&mut self, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{prefix}.weight"), (out_f, in_f), Init::Normal(0.02))?;
+        let b = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), out_f, Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(BaseWeight::Dense(w), b))
+    }
+
+    /// The trainable parameters created so far, by name.
+    pub fn into_params(self) -> Vec<(String, Var)> {
+        self.params
+    }
+}

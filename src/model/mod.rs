@@ -1,0 +1,12 @@
+//! Trainable model code: ops with a backward pass, the shared linear layer,
+//! architectures and weight loaders.
+pub mod bert;
+pub mod causal;
+pub mod gpt_neox;
+pub mod kv_cache;
+pub mod linear;
+pub mod llama;
+pub mod load;
+pub mod ops;
+
+pub use causal::{ArchConfig, CausalLm, LoadOptions, LoadedCausalLm};

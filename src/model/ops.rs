@@ -1,0 +1,254 @@
+//! Tensor ops written with candle primitives that all have a backward pass.
+//!
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rope` kernels are
+//! applied without a backward op: `backward()` succeeds but nothing upstream gets a
+//! gradient (see CANDLE_NOTES.md). Every model in ftlab goes through this module instead.
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// Softmax over the last dimension, composed of differentiable primitives.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// Log-softmax over the last dimension (max-shifted for stability).
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Root-mean-square norm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(&weight.to_dtype(dtype)?)
+}
+
+/// Layer norm over the last dimension with weight and bias, computed in f32.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(&weight.to_dtype(dtype)?)?
+        .broadcast_add(&bias.to_dtype(dtype)?)
+}
+
+/// Cos/sin tables for rotary position embeddings in the half-split (HF) layout.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    /// Number of leading head dimensions that are rotated (GPT-NeoX rotates a fraction).
+    rot_dim: usize,
+}
+
+impl Rope {
+    pub fn new(
+        rot_dim: usize,
+        theta: f64,
+        max_pos: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let half = rot_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rot_dim as f64) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
+        let pos = Tensor::arange(0u32, max_pos as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((max_pos, 1))?;
+        let freqs = pos.broadcast_mul(&inv_freq)?;
+        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            rot_dim,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Applies the rotation to `x` of shape (batch, heads, seq, head_dim) for positions
+    /// `start..start + seq`.
+    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let (_b, _h, t, head_dim) = x.dims4()?;
+        if start + t > self.max_positions() {
+            candle_core::bail!(
+                "sequence position {} exceeds the model's maximum of {} positions",
+                start + t,
+                self.max_positions()
+            );
+        }
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        if self.rot_dim == head_dim {
+            return rotate(x, &cos, &sin);
+        }
+        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
+        let pass = x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?;
+        Tensor::cat(&[&rotate(&rot, &cos, &sin)?, &pass], D::Minus1)
+    }
+}
+
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)?
+        .broadcast_add(&rotated.broadcast_mul(sin)?)
+}
+
+/// Additive causal mask of shape (t, start + t): 0 where a query may attend, -inf elsewhere.
+pub fn causal_mask(t: usize, start: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let total = start + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention with an optional additive mask.
+/// q: (b, h, t, d), k/v: (b, h, s, d) with the same number of heads.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let d = q.dim(D::Minus1)?;
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = softmax_last(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    probs.matmul(&v.contiguous()?)
+}
+
+/// Repeats key/value heads for grouped-query attention: (b, kv, s, d) → (b, kv·n_rep, s, d).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, s, d))?
+        .reshape((b, kv * n_rep, s, d))
+}
+
+/// Mean cross entropy over the positions whose `mask` is 1.
+///
+/// `logits`: (n, vocab); `targets`: (n,) u32; `mask`: (n,) f32 of 0/1. Masked positions
+/// (prompt tokens, padding) contribute neither loss nor gradient — the ignore-index of
+/// PyTorch's cross entropy, which candle-nn's lacks. Returns (mean loss, number of counted
+/// tokens).
+pub fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, usize)> {
+    let logp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
+    let picked = logp
+        .gather(&targets.unsqueeze(1)?.contiguous()?, 1)?
+        .squeeze(1)?;
+    let mask = mask.to_dtype(DType::F32)?;
+    let count = mask.sum_all()?.to_scalar::<f32>()? as usize;
+    if count == 0 {
+        candle_core::bail!("no target tokens to score: every position is masked");
+    }
+    let loss = ((picked * &mask)?.sum_all()?.neg()? / count as f64)?;
+    Ok((loss, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn dev() -> Device {
+        Device::Cpu
+    }
+
+    #[test]
+    fn rms_norm_matches_candle_fused_kernel() -> Result<()> {
+        let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev())?;
+        let w = Tensor::randn(1f32, 0.1, 8, &dev())?;
+        let ours = rms_norm(&x, &w, 1e-5)?;
+        let fused = candle_nn::ops::rms_norm(&x, &w, 1e-5)?;
+        let diff = (ours - fused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_fused_kernel() -> Result<()> {
+        let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev())?;
+        let w = Tensor::randn(1f32, 0.1, 8, &dev())?;
+        let b = Tensor::randn(0f32, 0.1, 8, &dev())?;
+        let ours = layer_norm(&x, &w, &b, 1e-5)?;
+        let fused = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)?;
+        let diff = (ours - fused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn rope_matches_candle_kernel() -> Result<()> {
+        let (b, h, t, d) = (1, 2, 5, 8);
+        let x = Tensor::randn(0f32, 1., (b, h, t, d), &dev())?;
+        let rope = Rope::new(d, 10_000., 16, DType::F32, &dev())?;
+        let ours = rope.apply(&x, 3)?;
+        let cos = rope.cos.narrow(0, 3, t)?.narrow(1, 0, d / 2)?;
+        let sin = rope.sin.narrow(0, 3, t)?.narrow(1, 0, d / 2)?;
+        let reference = candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?;
+        let diff = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn masked_cross_entropy_ignores_masked_positions_and_matches_unmasked_mean() -> Result<()> {
+        let logits = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 6), &dev())?)?;
+        let targets = Tensor::new(&[1u32, 2, 3, 4], &dev())?;
+        let mask = Tensor::new(&[0f32, 1., 1., 0.], &dev())?;
+        let (loss, n) = masked_cross_entropy(logits.as_tensor(), &targets, &mask)?;
+        assert_eq!(n, 2);
+        let rows = logits.as_tensor().narrow(0, 1, 2)?;
+        let reference = candle_nn::loss::cross_entropy(&rows, &targets.narrow(0, 1, 2)?)?;
+        let diff = (loss.to_scalar::<f32>()? - reference.to_scalar::<f32>()?).abs();
+        assert!(diff < 1e-6, "diff {diff}");
+        let grads = loss.backward()?;
+        let g = grads.get(&logits).expect("gradient for logits");
+        let row0 = g.get(0)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        let row1 = g.get(1)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(row0, 0.0, "masked row must get no gradient");
+        assert!(row1 > 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn causal_mask_blocks_future_positions() -> Result<()> {
+        let m = causal_mask(2, 3, DType::F32, &dev())?.to_vec2::<f32>()?;
+        assert_eq!(m[0][..4], [0., 0., 0., 0.]);
+        assert!(m[0][4].is_infinite());
+        assert_eq!(m[1], vec![0.; 5]);
+        Ok(())
+    }
+}
