@@ -3,6 +3,7 @@
 //! Layering (bottom to top): `model` (tensors, architectures, loaders) → `infer`
 //! (generation, perplexity, embeddings) → `cli`. Library code never prints to
 //! stdout; commands in `cli` do.
+pub mod adapt;
 pub mod cli;
 pub mod hub;
 pub mod infer;

@@ -1,8 +1,10 @@
 //! The one linear layer every model uses.
 //!
-//! Its base weight is an enum so that later techniques can swap the storage (a frozen
-//! 4-bit base for QLoRA) and wrap it (LoRA) without touching the architectures.
+//! Its base weight is an enum so that techniques can swap the storage (a frozen 4-bit
+//! base for QLoRA) and wrap it with a LoRA adapter without touching the architectures.
 use candle_core::{Result, Tensor};
+
+use crate::adapt::lora::LoraAdapter;
 
 /// Storage of a linear layer's weight, shaped (out_features, in_features) like PyTorch.
 #[derive(Debug, Clone)]
@@ -12,7 +14,7 @@ pub enum BaseWeight {
 }
 
 impl BaseWeight {
-    /// The weight as a dense tensor (out, in).
+    /// The weight as a dense tensor (out, in) in the compute dtype.
     pub fn dense(&self) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => Ok(w.clone()),
@@ -27,25 +29,53 @@ impl BaseWeight {
             }
         }
     }
+
+    /// x (rows, in) · Wᵀ → (rows, out).
+    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            BaseWeight::Dense(w) => x.matmul(&w.t()?),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     base: BaseWeight,
     bias: Option<Tensor>,
+    lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     pub fn new(base: BaseWeight, bias: Option<Tensor>) -> Self {
-        Self { base, bias }
+        Self {
+            base,
+            bias,
+            lora: None,
+        }
     }
 
     pub fn base(&self) -> &BaseWeight {
         &self.base
     }
 
+    pub fn set_base(&mut self, base: BaseWeight) {
+        self.base = base;
+    }
+
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+
+    pub fn lora_mut(&mut self) -> Option<&mut LoraAdapter> {
+        self.lora.as_mut()
+    }
+
+    pub fn set_lora(&mut self, lora: Option<LoraAdapter>) {
+        self.lora = lora;
     }
 
     pub fn in_features(&self) -> usize {
@@ -56,19 +86,19 @@ impl Linear {
         self.base.dims().0
     }
 
-    /// y = x Wᵀ + b for x of shape (..., in).
+    /// y = x Wᵀ + b (+ the LoRA update) for x of shape (..., in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let y = match &self.base {
-            BaseWeight::Dense(w) => x2.matmul(&w.t()?)?,
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let mut y = self.base.matmul_t(&x2)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(&x2)?)?;
+        }
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = self.out_features();

@@ -1,0 +1,64 @@
+//! LoRA (Hu et al., 2021): a frozen weight W plus a trainable low-rank update
+//! ΔW = (alpha / r) · B A, with A (r, in) and B (out, r). B starts at zero, so an
+//! untrained adapter leaves the model unchanged.
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f32,
+    /// Dropout is applied only while training.
+    pub training: bool,
+}
+
+impl LoraAdapter {
+    /// PEFT's default init: A ~ kaiming-uniform (bound 1/√in), B = 0.
+    pub fn new(
+        in_f: usize,
+        out_f: usize,
+        r: usize,
+        alpha: f64,
+        dropout: f32,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_f as f64).sqrt();
+        let a = Tensor::rand(-bound as f32, bound as f32, (r, in_f), dev)?.to_dtype(dtype)?;
+        let b = Tensor::zeros((out_f, r), dtype, dev)?;
+        Ok(Self::from_tensors(a, b, alpha, dropout)?)
+    }
+
+    /// An adapter from existing factors (loading a saved adapter).
+    pub fn from_tensors(a: Tensor, b: Tensor, alpha: f64, dropout: f32) -> Result<Self> {
+        let r = a.dim(0)?;
+        Ok(Self {
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale: alpha / r as f64,
+            dropout,
+            training: false,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    /// (alpha / r) · dropout(x) Aᵀ Bᵀ for x of shape (rows, in).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.training && self.dropout > 0.0 {
+            candle_nn::ops::dropout(x, self.dropout)?
+        } else {
+            x.clone()
+        };
+        let h = x.matmul(&self.a.as_tensor().t()?)?;
+        h.matmul(&self.b.as_tensor().t()?)? * self.scale
+    }
+
+    /// ΔW = scale · B A, shaped (out, in) like the base weight.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+    }
+}

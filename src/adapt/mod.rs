@@ -1,0 +1,2 @@
+//! Parameter-efficient adaptation: LoRA adapters and quantised frozen base weights.
+pub mod lora;
