@@ -5,6 +5,11 @@
 //! stdout; commands in `cli` do.
 pub mod adapt;
 pub mod cli;
+pub mod config;
 pub mod hub;
 pub mod infer;
 pub mod model;
+pub mod plan;
+pub mod runs;
+pub mod telemetry;
+pub mod train;

@@ -96,3 +96,73 @@ impl LanguageModel {
         self.template()?.render(messages, add_generation_prompt)
     }
 }
+
+impl LanguageModel {
+    /// Applies a training result: a PEFT adapter directory, a run directory (its
+    /// `adapter/`, or `model/` weights of a full fine-tuning run), or a checkpoint.
+    pub fn apply_run(&mut self, path: &std::path::Path) -> Result<String> {
+        use crate::adapt::peft::{load_adapter, ADAPTER_CONFIG};
+        use crate::train::checkpoint::FULL_WEIGHTS;
+        let candidates = [
+            path.to_path_buf(),
+            path.join("adapter"),
+            path.join("best"),
+            path.join("model"),
+        ];
+        for dir in &candidates {
+            if dir.join(ADAPTER_CONFIG).exists() {
+                let vars = load_adapter(dir, &mut self.model)?;
+                return Ok(format!("LoRA adapter {} ({} tensors)", dir.display(), vars.len()));
+            }
+            let full = dir.join(FULL_WEIGHTS);
+            if full.exists() && dir != path || full.exists() && !path.join("config.json").exists() {
+                let n = self.load_weights(&full)?;
+                return Ok(format!("fine-tuned weights {} ({n} tensors)", full.display()));
+            }
+        }
+        anyhow::bail!(
+            "{}: no adapter_config.json (LoRA adapter) or model/model.safetensors (full fine-tuning) found here or in adapter/, best/, model/",
+            path.display()
+        )
+    }
+
+    /// Overwrites model weights by HF name from a safetensors file of trained parameters.
+    fn load_weights(&mut self, file: &std::path::Path) -> Result<usize> {
+        use crate::model::linear::BaseWeight;
+        let device = self.model.device().clone();
+        let tensors = candle_core::safetensors::load(file, &device)
+            .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+        let mut used = 0;
+        for (name, l) in self.model.linears_mut() {
+            if let Some(w) = tensors.get(&format!("{name}.weight")) {
+                if w.dims() != [l.out_features(), l.in_features()] {
+                    anyhow::bail!("{}: `{name}.weight` has shape {:?}, which does not fit this model", file.display(), w.dims());
+                }
+                let bias = l.bias().cloned();
+                let bias = match tensors.get(&format!("{name}.bias")) {
+                    Some(b) => Some(b.clone()),
+                    None => bias,
+                };
+                *l = crate::model::linear::Linear::new(BaseWeight::Dense(w.clone()), bias);
+                used += 1;
+            }
+        }
+        if let Some(h) = self.model.lm_head_mut() {
+            if let Some(w) = tensors.get("lm_head.weight").or_else(|| tensors.get("embed_out.weight")) {
+                h.set_base(BaseWeight::Dense(w.clone()));
+                used += 1;
+            }
+        }
+        let others = self.model.other_tensors();
+        let embed_name = format!("{}.weight", self.model.embed_module_name());
+        if let Some(e) = tensors.get(&embed_name) {
+            self.model.set_embed(e.clone());
+            used += 1;
+        }
+        let _ = others;
+        if used == 0 {
+            anyhow::bail!("{}: no tensor matches this model", file.display());
+        }
+        Ok(used)
+    }
+}

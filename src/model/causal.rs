@@ -185,6 +185,60 @@ impl CausalLm {
         self.head(&x)
     }
 
+    pub fn set_embed(&mut self, t: Tensor) {
+        match self {
+            CausalLm::Llama(m) => m.set_embed(t),
+            CausalLm::GptNeox(m) => m.set_embed(t),
+        }
+    }
+
+    pub fn embed_weight(&self) -> &Tensor {
+        match self {
+            CausalLm::Llama(m) => m.embed_weight(),
+            CausalLm::GptNeox(m) => m.embed_weight(),
+        }
+    }
+
+    /// HF name of the input embedding module.
+    pub fn embed_module_name(&self) -> &'static str {
+        match self {
+            CausalLm::Llama(_) => "model.embed_tokens",
+            CausalLm::GptNeox(_) => "gpt_neox.embed_in",
+        }
+    }
+
+    /// HF name of the (untied) output head module.
+    pub fn head_module_name(&self) -> &'static str {
+        match self {
+            CausalLm::Llama(_) => "lm_head",
+            CausalLm::GptNeox(_) => "embed_out",
+        }
+    }
+
+    pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
+        match self {
+            CausalLm::Llama(m) => m.lm_head_mut(),
+            CausalLm::GptNeox(m) => m.lm_head_mut(),
+        }
+    }
+
+    /// Every weight that is not inside a transformer linear layer, by HF name.
+    pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
+        match self {
+            CausalLm::Llama(m) => m.other_tensors(),
+            CausalLm::GptNeox(m) => m.other_tensors(),
+        }
+    }
+
+    /// Sets train/eval mode (LoRA dropout is active only in training).
+    pub fn set_training(&mut self, training: bool) {
+        for (_, l) in self.linears_mut() {
+            if let Some(a) = l.lora_mut() {
+                a.training = training;
+            }
+        }
+    }
+
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         match self {
             CausalLm::Llama(m) => m.linears_mut(),

@@ -286,6 +286,34 @@ impl GptNeox {
         }
     }
 
+    pub fn set_embed(&mut self, t: Tensor) {
+        self.embed = t;
+    }
+
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// Every non-linear weight with its HF name (embeddings, norms), for export.
+    pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("gpt_neox.embed_in.weight".to_string(), self.embed.clone())];
+        let norm = |out: &mut Vec<(String, Tensor)>, p: String, n: &Norm| {
+            out.push((format!("{p}.weight"), n.weight.clone()));
+            out.push((format!("{p}.bias"), n.bias.clone()));
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("gpt_neox.layers.{i}");
+            norm(&mut out, format!("{p}.input_layernorm"), &b.ln1);
+            norm(&mut out, format!("{p}.post_attention_layernorm"), &b.ln2);
+        }
+        norm(&mut out, "gpt_neox.final_layer_norm".to_string(), &self.final_norm);
+        out
+    }
+
+    pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
+        self.embed_out.as_mut()
+    }
+
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {

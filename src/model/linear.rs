@@ -11,6 +11,8 @@ use crate::adapt::lora::LoraAdapter;
 pub enum BaseWeight {
     /// A dense tensor; trainable when it was created from a `Var`.
     Dense(Tensor),
+    /// A frozen blockwise 4-bit weight (QLoRA); dequantised on the fly, never trained.
+    Quant4(std::sync::Arc<crate::adapt::nf4::Quant4Tensor>),
 }
 
 impl BaseWeight {
@@ -18,6 +20,7 @@ impl BaseWeight {
     pub fn dense(&self) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => Ok(w.clone()),
+            BaseWeight::Quant4(q) => q.dequantize(q.dtype, &q.device),
         }
     }
 
@@ -27,6 +30,7 @@ impl BaseWeight {
                 let d = w.dims();
                 (d[0], d[1])
             }
+            BaseWeight::Quant4(q) => q.dims(),
         }
     }
 
@@ -34,6 +38,7 @@ impl BaseWeight {
     fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => x.matmul(&w.t()?),
+            BaseWeight::Quant4(q) => crate::adapt::quant_linear::quant_matmul_t(x, q),
         }
     }
 }

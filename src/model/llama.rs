@@ -338,6 +338,32 @@ impl Llama {
         }
     }
 
+    /// Replaces the input embedding table (made trainable by `modules_to_save`).
+    pub fn set_embed(&mut self, t: Tensor) {
+        self.embed = t;
+    }
+
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// Every non-linear weight with its HF name (embeddings, norms), for export.
+    pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), b.input_norm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attn_norm.clone()));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        out
+    }
+
+    /// The untied LM head, if any.
+    pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
+        self.lm_head.as_mut()
+    }
+
     /// Every linear layer with its HF module name (for LoRA targeting).
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();

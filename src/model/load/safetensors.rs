@@ -32,9 +32,13 @@ impl SafetensorsSource {
     }
 }
 
-/// The safetensors files of a model directory: the shards named by
-/// `model.safetensors.index.json`, else every `*.safetensors` file.
+/// The safetensors files of a model directory: `model.safetensors`, else the shards named
+/// by `model.safetensors.index.json`, else every `*.safetensors` file.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)

@@ -1,0 +1,303 @@
+//! Applying LoRA to a model, and the Hugging Face PEFT on-disk format
+//! (`adapter_config.json` + `adapter_model.safetensors`), so that adapters trained here
+//! load in peft and adapters trained by peft load here.
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::lora::LoraAdapter;
+use crate::model::linear::BaseWeight;
+use crate::model::CausalLm;
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Which linear layers get an adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// "all-linear": every linear layer of the transformer blocks (not the LM head).
+    Preset(String),
+    /// Module names matched as in PEFT: the full name or its dotted suffix (`q_proj`).
+    Names(Vec<String>),
+}
+
+impl Default for TargetModules {
+    fn default() -> Self {
+        TargetModules::Preset("all-linear".into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f32,
+    #[serde(default)]
+    pub target_modules: TargetModules,
+    /// Extra modules trained in full and saved with the adapter (e.g. `embed_tokens`,
+    /// `lm_head`), as PEFT's `modules_to_save`.
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+}
+
+fn matches(name: &str, target: &str) -> bool {
+    name == target || name.ends_with(&format!(".{target}"))
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            bail!("lora.r must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("lora.dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if let TargetModules::Preset(p) = &self.target_modules {
+            if p != "all-linear" {
+                bail!("lora.target_modules = \"{p}\": expected \"all-linear\" or a list of module names");
+            }
+        }
+        Ok(())
+    }
+
+    fn targets(&self, name: &str) -> bool {
+        match &self.target_modules {
+            TargetModules::Preset(_) => true,
+            TargetModules::Names(ns) => ns.iter().any(|t| matches(name, t)),
+        }
+    }
+}
+
+/// Adds fresh adapters to the targeted layers and makes `modules_to_save` trainable.
+/// Returns the trainable variables under their PEFT names.
+pub fn apply_lora(model: &mut CausalLm, cfg: &LoraConfig, dtype: DType, device: &Device) -> Result<Vec<(String, Var)>> {
+    cfg.validate()?;
+    let mut vars = Vec::new();
+    let mut all_names = Vec::new();
+    for (name, linear) in model.linears_mut() {
+        all_names.push(name.clone());
+        if !cfg.targets(&name) {
+            continue;
+        }
+        let a = LoraAdapter::new(
+            linear.in_features(),
+            linear.out_features(),
+            cfg.r,
+            cfg.alpha,
+            cfg.dropout,
+            dtype,
+            device,
+        )?;
+        vars.push((format!("{PEFT_PREFIX}{name}.lora_A.weight"), a.a.clone()));
+        vars.push((format!("{PEFT_PREFIX}{name}.lora_B.weight"), a.b.clone()));
+        linear.set_lora(Some(a));
+    }
+    if vars.is_empty() {
+        let mut suffixes: Vec<&str> = all_names.iter().filter_map(|n| n.rsplit('.').next()).collect();
+        suffixes.sort();
+        suffixes.dedup();
+        bail!(
+            "lora.target_modules {:?} matched no linear layer; this model has: {}",
+            cfg.target_modules,
+            suffixes.join(", ")
+        );
+    }
+    vars.extend(make_modules_trainable(model, &cfg.modules_to_save)?);
+    Ok(vars)
+}
+
+/// Turns `modules_to_save` (embeddings, untied LM head) into trainable variables.
+fn make_modules_trainable(model: &mut CausalLm, modules: &[String]) -> Result<Vec<(String, Var)>> {
+    let mut vars = Vec::new();
+    for m in modules {
+        let embed = model.embed_module_name();
+        let head = model.head_module_name();
+        if matches(embed, m) {
+            let v = Var::from_tensor(&model.embed_weight().detach())?;
+            model.set_embed(v.as_tensor().clone());
+            vars.push((format!("{PEFT_PREFIX}{embed}.weight"), v));
+        } else if matches(head, m) {
+            let l = model
+                .lm_head_mut()
+                .ok_or_else(|| anyhow!("modules_to_save `{m}`: the LM head is tied to the embeddings; train `{embed}` instead"))?;
+            let v = Var::from_tensor(&l.base().dense()?.detach())?;
+            l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
+            vars.push((format!("{PEFT_PREFIX}{head}.weight"), v));
+        } else {
+            bail!("modules_to_save `{m}`: only the input embeddings (`{embed}`) and the LM head (`{head}`) are supported");
+        }
+    }
+    Ok(vars)
+}
+
+/// PEFT's adapter_config.json (the fields ftlab reads and writes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeftConfig {
+    pub peft_type: String,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f32,
+    pub target_modules: TargetModules,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+/// Writes the model's adapters (and modules_to_save) in PEFT's layout.
+pub fn save_adapter(dir: &Path, model: &mut CausalLm, cfg: &LoraConfig, base_model: &str, extra: &[(String, Var)]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut targeted: Vec<String> = Vec::new();
+    for (name, linear) in model.linears_mut() {
+        if let Some(a) = linear.lora() {
+            tensors.insert(format!("{PEFT_PREFIX}{name}.lora_A.weight"), a.a.as_tensor().to_dtype(DType::F32)?);
+            tensors.insert(format!("{PEFT_PREFIX}{name}.lora_B.weight"), a.b.as_tensor().to_dtype(DType::F32)?);
+            if let Some(s) = name.rsplit('.').next() {
+                targeted.push(s.to_string());
+            }
+        }
+    }
+    if tensors.is_empty() {
+        bail!("the model has no LoRA adapters to save");
+    }
+    for (name, var) in extra {
+        if !name.contains(".lora_") {
+            tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?);
+        }
+    }
+    targeted.sort();
+    targeted.dedup();
+    let peft = PeftConfig {
+        peft_type: "LORA".into(),
+        task_type: Some("CAUSAL_LM".into()),
+        r: cfg.r,
+        lora_alpha: cfg.alpha,
+        lora_dropout: cfg.dropout,
+        target_modules: TargetModules::Names(targeted),
+        modules_to_save: (!cfg.modules_to_save.is_empty()).then(|| cfg.modules_to_save.clone()),
+        base_model_name_or_path: Some(base_model.to_string()),
+        bias: Some("none".into()),
+        fan_in_fan_out: false,
+        use_rslora: false,
+        use_dora: false,
+        inference_mode: true,
+    };
+    let tmp = dir.join(format!("{ADAPTER_WEIGHTS}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS))?;
+    std::fs::write(dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&peft)? + "\n")?;
+    Ok(())
+}
+
+/// Reads `adapter_config.json` of a PEFT adapter directory.
+pub fn read_peft_config(dir: &Path) -> Result<PeftConfig> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the adapter config (is this a LoRA adapter directory?)", path.display()))?;
+    let cfg: PeftConfig = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}:{}:{}: invalid adapter config: {e}", path.display(), e.line(), e.column()))?;
+    if cfg.peft_type != "LORA" {
+        bail!("{}: peft_type `{}` is not supported (only LORA)", path.display(), cfg.peft_type);
+    }
+    if cfg.use_dora || cfg.use_rslora || cfg.fan_in_fan_out {
+        bail!("{}: DoRA, rsLoRA and fan_in_fan_out adapters are not supported", path.display());
+    }
+    Ok(cfg)
+}
+
+/// Loads a PEFT LoRA adapter onto `model` (frozen, for inference or further training).
+/// Returns the adapter variables under their PEFT names.
+pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var)>> {
+    let cfg = read_peft_config(dir)?;
+    let wpath = dir.join(ADAPTER_WEIGHTS);
+    let device = model.device().clone();
+    let dtype = model.embed_weight().dtype();
+    let tensors = candle_core::safetensors::load(&wpath, &device)
+        .map_err(|e| anyhow!("{}: cannot read adapter weights: {e}", wpath.display()))?;
+    let mut vars = Vec::new();
+    let mut used = 0usize;
+    for (name, linear) in model.linears_mut() {
+        let ka = format!("{PEFT_PREFIX}{name}.lora_A.weight");
+        let kb = format!("{PEFT_PREFIX}{name}.lora_B.weight");
+        match (tensors.get(&ka), tensors.get(&kb)) {
+            (Some(a), Some(b)) => {
+                let (r, inf) = a.dims2()?;
+                let (outf, rb) = b.dims2()?;
+                if r != rb || inf != linear.in_features() || outf != linear.out_features() {
+                    bail!(
+                        "{}: `{ka}`/`{kb}` have shapes {:?}/{:?}, which do not fit layer `{name}` ({} → {})",
+                        wpath.display(), a.dims(), b.dims(), linear.in_features(), linear.out_features()
+                    );
+                }
+                let ad = LoraAdapter::from_tensors(a.to_dtype(dtype)?, b.to_dtype(dtype)?, cfg.lora_alpha * r as f64 / cfg.r as f64, cfg.lora_dropout)?;
+                vars.push((ka, ad.a.clone()));
+                vars.push((kb, ad.b.clone()));
+                linear.set_lora(Some(ad));
+                used += 2;
+            }
+            (None, None) => {}
+            _ => bail!("{}: layer `{name}` has only one of lora_A / lora_B", wpath.display()),
+        }
+    }
+    let embed_key = format!("{PEFT_PREFIX}{}.weight", model.embed_module_name());
+    if let Some(e) = tensors.get(&embed_key) {
+        let v = Var::from_tensor(&e.to_dtype(dtype)?)?;
+        model.set_embed(v.as_tensor().clone());
+        vars.push((embed_key, v));
+        used += 1;
+    }
+    let head_key = format!("{PEFT_PREFIX}{}.weight", model.head_module_name());
+    if let Some(h) = tensors.get(&head_key) {
+        let l = model
+            .lm_head_mut()
+            .ok_or_else(|| anyhow!("{}: the adapter carries an LM head but the model's head is tied", wpath.display()))?;
+        let v = Var::from_tensor(&h.to_dtype(dtype)?)?;
+        l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
+        vars.push((head_key, v));
+        used += 1;
+    }
+    if used == 0 {
+        bail!("{}: no tensor matches this model's layers (adapter for a different architecture?)", wpath.display());
+    }
+    if used < tensors.len() {
+        let mut unknown: Vec<&String> = tensors.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).collect();
+        unknown.sort();
+        bail!("{}: {} tensor(s) match no layer of this model, e.g. `{}`", wpath.display(), unknown.len(), unknown[0]);
+    }
+    Ok(vars)
+}
+
+/// Folds every adapter into its base weight (W ← W + scale·BA) and removes the adapters.
+pub fn merge_adapters(model: &mut CausalLm) -> Result<usize> {
+    let mut merged = 0;
+    for (_, linear) in model.linears_mut() {
+        if let Some(a) = linear.lora() {
+            let w = (linear.base().dense()?.detach() + a.delta_weight()?.detach())?;
+            linear.set_base(BaseWeight::Dense(w));
+            linear.set_lora(None);
+            merged += 1;
+        }
+    }
+    Ok(merged)
+}

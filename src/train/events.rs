@@ -1,0 +1,91 @@
+//! What a training run reports: one JSON object per line in `metrics.jsonl`, and the same
+//! objects on the worker's stdout for the dashboard. The schema is versioned (`v`).
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Start {
+        run: String,
+        technique: String,
+        model: String,
+        total_steps: usize,
+        trainable_params: usize,
+        total_params: usize,
+        train_examples: usize,
+        eval_examples: usize,
+        predicted_peak_bytes: Option<u64>,
+        resumed_from_step: usize,
+    },
+    Step {
+        step: usize,
+        total_steps: usize,
+        epoch: f64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens: usize,
+        tokens_per_sec: f64,
+        its: f64,
+        elapsed_secs: f64,
+        rss_bytes: Option<u64>,
+        peak_rss_bytes: Option<u64>,
+    },
+    Eval {
+        step: usize,
+        loss: f64,
+        tokens: usize,
+        best: bool,
+    },
+    Checkpoint {
+        step: usize,
+        path: String,
+    },
+    Done {
+        step: usize,
+        reason: String,
+        elapsed_secs: f64,
+        final_train_loss: Option<f64>,
+        best_eval_loss: Option<f64>,
+        peak_rss_bytes: Option<u64>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// A line of `metrics.jsonl`: the event plus schema version and wall-clock time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventLine {
+    pub v: u32,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    #[serde(flatten)]
+    pub event: TrainEvent,
+}
+
+impl EventLine {
+    pub fn now(event: TrainEvent) -> Self {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Self {
+            v: SCHEMA_VERSION,
+            time,
+            event,
+        }
+    }
+
+    /// Parses a line, rejecting other schema versions with a clear message.
+    pub fn parse(line: &str) -> anyhow::Result<Self> {
+        let raw: serde_json::Value = serde_json::from_str(line)?;
+        let v = raw.get("v").and_then(|v| v.as_u64()).unwrap_or(0);
+        if v != SCHEMA_VERSION as u64 {
+            anyhow::bail!("event schema version {v} is not supported (expected {SCHEMA_VERSION})");
+        }
+        Ok(serde_json::from_value(raw)?)
+    }
+}

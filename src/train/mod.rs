@@ -1,0 +1,9 @@
+//! The training engine: data, optimisers, schedules, checkpointing and the loop.
+pub mod checkpoint;
+pub mod data;
+pub mod events;
+pub mod optim;
+pub mod schedule;
+pub mod setup;
+pub mod step;
+pub mod trainer;

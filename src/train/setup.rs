@@ -1,0 +1,72 @@
+//! Turning a run config into a trainable model: load, quantise the frozen base (QLoRA),
+//! attach adapters (LoRA) or make everything trainable (full fine-tuning).
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::DType;
+
+use super::trainer::TrainModel;
+use crate::adapt::nf4::{Quant4Kind, Quant4Tensor};
+use crate::adapt::peft::apply_lora;
+use crate::config::{QuantKind, RunConfig};
+use crate::infer::LanguageModel;
+use crate::model::linear::BaseWeight;
+use crate::model::{CausalLm, LoadOptions};
+
+/// Parameters of the whole model (4-bit weights counted by their logical size).
+pub fn count_params(model: &mut CausalLm) -> usize {
+    let mut n: usize = model.other_tensors().iter().map(|(_, t)| t.elem_count()).sum();
+    for (_, l) in model.linears_mut() {
+        n += l.in_features() * l.out_features() + l.bias().map_or(0, |b| b.elem_count());
+    }
+    if let Some(h) = model.lm_head_mut() {
+        n += h.in_features() * h.out_features();
+    }
+    n
+}
+
+/// Replaces every transformer linear weight by a frozen 4-bit copy.
+pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool) -> Result<()> {
+    for (_, l) in model.linears_mut() {
+        let w = l.base().dense()?;
+        let q = Quant4Tensor::quantize(&w, kind, double_quant)?;
+        l.set_base(BaseWeight::Quant4(Arc::new(q)));
+    }
+    Ok(())
+}
+
+pub fn compute_dtype(name: &str) -> DType {
+    match name {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// Loads the model of `cfg` ready to train, with the language side (tokenizer, template).
+pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
+    let opts = LoadOptions {
+        device: candle_core::Device::Cpu,
+        dtype: compute_dtype(&cfg.model.dtype),
+        trainable: cfg.lora.is_none(),
+    };
+    let mut lm = LanguageModel::load_spec(&cfg.model.spec, &opts)?;
+    match cfg.model.quant {
+        QuantKind::None => {}
+        QuantKind::Nf4 => quantize_base(&mut lm.model, Quant4Kind::Nf4, cfg.model.double_quant)?,
+        QuantKind::Fp4 => quantize_base(&mut lm.model, Quant4Kind::Fp4, cfg.model.double_quant)?,
+    }
+    let params = match &cfg.lora {
+        Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device)?,
+        None => std::mem::take(&mut lm.params),
+    };
+    let total_params = count_params(&mut lm.model);
+    let tm = TrainModel {
+        model: lm.model.clone(),
+        params,
+        total_params,
+        base_name: cfg.model.spec.clone(),
+        neftune_alpha: cfg.data.neftune_alpha,
+    };
+    Ok((lm, tm))
+}

@@ -1,0 +1,113 @@
+//! One micro-batch: forward, masked loss, backward — plainly, or with per-block
+//! recomputation (gradient checkpointing) — accumulating gradients per parameter.
+use anyhow::{anyhow, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::model::ops::{causal_mask, masked_cross_entropy};
+use crate::model::CausalLm;
+
+/// A batch of token rows with next-token targets; masked positions carry no loss.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// (b, t) u32
+    pub input_ids: Tensor,
+    /// (b·(t−1),) u32: input_ids shifted left by one.
+    pub targets: Tensor,
+    /// (b·(t−1),) f32: 1 where the target counts in the loss.
+    pub loss_mask: Tensor,
+    /// Number of counted targets.
+    pub tokens: usize,
+}
+
+/// Extra noise on the embedding output (NEFTune), applied only in training.
+pub type EmbedNoise<'a> = Option<&'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+
+fn loss_from_logits(logits: &Tensor, batch: &TokenBatch) -> Result<(Tensor, usize)> {
+    let (b, t, v) = logits.dims3()?;
+    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    Ok(masked_cross_entropy(&logits, &batch.targets, &batch.loss_mask)?)
+}
+
+/// Mean loss over counted tokens, without gradients.
+pub fn eval_loss(model: &CausalLm, batch: &TokenBatch) -> Result<(f64, usize)> {
+    let logits = model.forward(&batch.input_ids.detach(), 0, None)?.detach();
+    let (loss, n) = loss_from_logits(&logits, batch)?;
+    Ok((loss.to_scalar::<f32>()? as f64, n))
+}
+
+/// Adds the gradients of `params` found in `store` into `accum` (aligned with `params`).
+fn accumulate(store: &GradStore, params: &[(String, Var)], accum: &mut [Option<Tensor>]) -> Result<()> {
+    for ((_, var), acc) in params.iter().zip(accum.iter_mut()) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            *acc = Some(match acc.take() {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Forward + backward of one micro-batch. Returns the mean loss and counted tokens.
+pub fn forward_backward(
+    model: &CausalLm,
+    params: &[(String, Var)],
+    batch: &TokenBatch,
+    checkpointing: bool,
+    noise: EmbedNoise,
+    accum: &mut [Option<Tensor>],
+) -> Result<(f64, usize)> {
+    let embeds = model.embed(&batch.input_ids)?;
+    let embeds = match noise {
+        Some(f) => f(&embeds)?,
+        None => embeds,
+    };
+    if !checkpointing {
+        let mut x = embeds;
+        let t = x.dim(1)?;
+        let mask = model.mask(t, 0, &x)?;
+        for i in 0..model.num_blocks() {
+            x = model.block(i, &x, 0, mask.as_ref(), None)?;
+        }
+        let (loss, n) = loss_from_logits(&model.head(&x)?, batch)?;
+        let store = loss.backward()?;
+        accumulate(&store, params, accum)?;
+        return Ok((loss.to_scalar::<f32>()? as f64, n));
+    }
+    // Checkpointed: keep only each block's (detached) input; the block's internals are
+    // rebuilt during the backward pass, one block at a time.
+    let t = embeds.dim(1)?;
+    let mask = if t > 1 {
+        Some(causal_mask(t, 0, embeds.dtype(), embeds.device())?)
+    } else {
+        None
+    };
+    let mut inputs = Vec::with_capacity(model.num_blocks());
+    let mut x = embeds.detach();
+    for i in 0..model.num_blocks() {
+        inputs.push(x.clone());
+        x = model.block(i, &x, 0, mask.as_ref(), None)?.detach();
+    }
+    let top = Var::from_tensor(&x)?;
+    let (loss, n) = loss_from_logits(&model.head(top.as_tensor())?, batch)?;
+    let mut store = loss.backward()?;
+    accumulate(&store, params, accum)?;
+    let mut upstream = store
+        .remove(top.as_tensor())
+        .ok_or_else(|| anyhow!("no gradient reached the last hidden state"))?;
+    drop(store);
+    for i in (0..model.num_blocks()).rev() {
+        let input = Var::from_tensor(&inputs[i])?;
+        let out = model.block(i, input.as_tensor(), 0, mask.as_ref(), None)?;
+        let mut store = (out * &upstream)?.sum_all()?.backward()?;
+        accumulate(&store, params, accum)?;
+        upstream = store
+            .remove(input.as_tensor())
+            .ok_or_else(|| anyhow!("no gradient reached the input of block {i}"))?;
+    }
+    // The embedding table (and anything trainable before the first block).
+    let store = (embeds * &upstream)?.sum_all()?.backward()?;
+    accumulate(&store, params, accum)?;
+    Ok((loss.to_scalar::<f32>()? as f64, n))
+}
