@@ -55,24 +55,15 @@ pub struct ModelConfig {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    #[default]
-    Auto,
-    Dolly,
-    Alpaca,
-    Messages,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub train: PathBuf,
     #[serde(default)]
     pub eval: Option<PathBuf>,
-    #[serde(default)]
-    pub format: DataFormat,
+    /// JSONL shape: auto, dolly, alpaca or chat (`messages`).
+    #[serde(default = "auto_name")]
+    pub format: String,
     /// "chat" (the model's own template), "plain-ja", "plain-en", or a Jinja template file.
     #[serde(default = "chat_name")]
     pub template: String,
@@ -175,6 +166,9 @@ fn f32_name() -> String {
 fn cpu_name() -> String {
     "cpu".into()
 }
+fn auto_name() -> String {
+    "auto".into()
+}
 fn chat_name() -> String {
     "chat".into()
 }
@@ -215,17 +209,24 @@ impl RunConfig {
             apply_override(&mut value, o)?;
         }
         let cfg: RunConfig = if overrides.is_empty() {
-            toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), describe_toml_error(&text, &e)))?
+            toml::from_str(&text)
+                .map_err(|e| anyhow!("{}: {}", path.display(), describe_toml_error(&text, &e)))?
         } else {
-            RunConfig::deserialize(toml::Value::Table(value))
-                .map_err(|e| anyhow!("{} (after --set overrides): {}", path.display(), e.message()))?
+            RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| {
+                anyhow!(
+                    "{} (after --set overrides): {}",
+                    path.display(),
+                    e.message()
+                )
+            })?
         };
         cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
     }
 
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| anyhow!(describe_toml_error(text, &e)))?;
+        let cfg: RunConfig =
+            toml::from_str(text).map_err(|e| anyhow!(describe_toml_error(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -245,7 +246,9 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.model.quant != QuantKind::None && self.lora.is_none() {
-            bail!("model.quant = 4-bit needs a [lora] section: 4-bit base weights are frozen (QLoRA)");
+            bail!(
+                "model.quant = 4-bit needs a [lora] section: 4-bit base weights are frozen (QLoRA)"
+            );
         }
         if let Some(l) = &self.lora {
             l.validate()?;
@@ -296,7 +299,9 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let parts: Vec<&str> = key.split('.').collect();
-    let (last, path) = parts.split_last().ok_or_else(|| anyhow!("--set: empty key"))?;
+    let (last, path) = parts
+        .split_last()
+        .ok_or_else(|| anyhow!("--set: empty key"))?;
     let mut cur = table;
     for p in path {
         cur = cur
@@ -341,7 +346,10 @@ lr = 1e-4
     fn unknown_keys_and_bad_values_are_reported_with_a_line() {
         let bad = PRESET.replace("lr = 1e-4", "lr = 1e-4\nbatchsize = 3");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
-        assert!(err.contains("line 10") && err.contains("batchsize"), "{err}");
+        assert!(
+            err.contains("line 10") && err.contains("batchsize"),
+            "{err}"
+        );
         let bad = PRESET.replace("lr = 1e-4", "lr = \"fast\"");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
         assert!(err.contains("line 9"), "{err}");

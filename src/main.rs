@@ -19,6 +19,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Mean next-token negative log-likelihood of a text file, as one JSON line.
     Perplexity(cli::perplexity::PerplexityArgs),
+    /// Fine-tune headless from a preset (or resume a run).
+    Train(cli::train::TrainArgs),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
         Some(Command::Models(cmd)) => cli::models::run(cmd),
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Perplexity(args)) => cli::perplexity::run(args),
+        Some(Command::Train(args)) => cli::train::run(args),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help().map_err(Into::into)

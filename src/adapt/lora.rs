@@ -14,7 +14,9 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// PEFT's default init: A ~ kaiming-uniform (bound 1/√in), B = 0.
+    /// PEFT's default init: A ~ kaiming-uniform (bound 1/√in), B = 0. `seed` makes the
+    /// draw reproducible (runs and resumes depend on it).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         in_f: usize,
         out_f: usize,
@@ -23,11 +25,17 @@ impl LoraAdapter {
         dropout: f32,
         dtype: DType,
         dev: &Device,
+        seed: u64,
     ) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
         let bound = 1.0 / (in_f as f64).sqrt();
-        let a = Tensor::rand(-bound as f32, bound as f32, (r, in_f), dev)?.to_dtype(dtype)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..r * in_f)
+            .map(|_| rng.gen_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(values, (r, in_f), dev)?.to_dtype(dtype)?;
         let b = Tensor::zeros((out_f, r), dtype, dev)?;
-        Ok(Self::from_tensors(a, b, alpha, dropout)?)
+        Self::from_tensors(a, b, alpha, dropout)
     }
 
     /// An adapter from existing factors (loading a saved adapter).

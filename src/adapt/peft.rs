@@ -77,7 +77,14 @@ impl LoraConfig {
 
 /// Adds fresh adapters to the targeted layers and makes `modules_to_save` trainable.
 /// Returns the trainable variables under their PEFT names.
-pub fn apply_lora(model: &mut CausalLm, cfg: &LoraConfig, dtype: DType, device: &Device) -> Result<Vec<(String, Var)>> {
+/// `seed` fixes the adapters' initialisation (each layer draws from seed ⊕ its name).
+pub fn apply_lora(
+    model: &mut CausalLm,
+    cfg: &LoraConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<Vec<(String, Var)>> {
     cfg.validate()?;
     let mut vars = Vec::new();
     let mut all_names = Vec::new();
@@ -94,13 +101,17 @@ pub fn apply_lora(model: &mut CausalLm, cfg: &LoraConfig, dtype: DType, device: 
             cfg.dropout,
             dtype,
             device,
+            seed ^ fnv1a(&name),
         )?;
         vars.push((format!("{PEFT_PREFIX}{name}.lora_A.weight"), a.a.clone()));
         vars.push((format!("{PEFT_PREFIX}{name}.lora_B.weight"), a.b.clone()));
         linear.set_lora(Some(a));
     }
     if vars.is_empty() {
-        let mut suffixes: Vec<&str> = all_names.iter().filter_map(|n| n.rsplit('.').next()).collect();
+        let mut suffixes: Vec<&str> = all_names
+            .iter()
+            .filter_map(|n| n.rsplit('.').next())
+            .collect();
         suffixes.sort();
         suffixes.dedup();
         bail!(
@@ -111,6 +122,13 @@ pub fn apply_lora(model: &mut CausalLm, cfg: &LoraConfig, dtype: DType, device: 
     }
     vars.extend(make_modules_trainable(model, &cfg.modules_to_save)?);
     Ok(vars)
+}
+
+/// A stable 64-bit hash of a module name (FNV-1a), for per-layer seeds.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Turns `modules_to_save` (embeddings, untied LM head) into trainable variables.
@@ -165,14 +183,26 @@ pub struct PeftConfig {
 }
 
 /// Writes the model's adapters (and modules_to_save) in PEFT's layout.
-pub fn save_adapter(dir: &Path, model: &mut CausalLm, cfg: &LoraConfig, base_model: &str, extra: &[(String, Var)]) -> Result<()> {
+pub fn save_adapter(
+    dir: &Path,
+    model: &mut CausalLm,
+    cfg: &LoraConfig,
+    base_model: &str,
+    extra: &[(String, Var)],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut targeted: Vec<String> = Vec::new();
     for (name, linear) in model.linears_mut() {
         if let Some(a) = linear.lora() {
-            tensors.insert(format!("{PEFT_PREFIX}{name}.lora_A.weight"), a.a.as_tensor().to_dtype(DType::F32)?);
-            tensors.insert(format!("{PEFT_PREFIX}{name}.lora_B.weight"), a.b.as_tensor().to_dtype(DType::F32)?);
+            tensors.insert(
+                format!("{PEFT_PREFIX}{name}.lora_A.weight"),
+                a.a.as_tensor().to_dtype(DType::F32)?,
+            );
+            tensors.insert(
+                format!("{PEFT_PREFIX}{name}.lora_B.weight"),
+                a.b.as_tensor().to_dtype(DType::F32)?,
+            );
             if let Some(s) = name.rsplit('.').next() {
                 targeted.push(s.to_string());
             }
@@ -206,22 +236,42 @@ pub fn save_adapter(dir: &Path, model: &mut CausalLm, cfg: &LoraConfig, base_mod
     let tmp = dir.join(format!("{ADAPTER_WEIGHTS}.tmp"));
     candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS))?;
-    std::fs::write(dir.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&peft)? + "\n")?;
+    std::fs::write(
+        dir.join(ADAPTER_CONFIG),
+        serde_json::to_string_pretty(&peft)? + "\n",
+    )?;
     Ok(())
 }
 
 /// Reads `adapter_config.json` of a PEFT adapter directory.
 pub fn read_peft_config(dir: &Path) -> Result<PeftConfig> {
     let path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read the adapter config (is this a LoRA adapter directory?)", path.display()))?;
-    let cfg: PeftConfig = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{}:{}:{}: invalid adapter config: {e}", path.display(), e.line(), e.column()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read the adapter config (is this a LoRA adapter directory?)",
+            path.display()
+        )
+    })?;
+    let cfg: PeftConfig = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}:{}:{}: invalid adapter config: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
     if cfg.peft_type != "LORA" {
-        bail!("{}: peft_type `{}` is not supported (only LORA)", path.display(), cfg.peft_type);
+        bail!(
+            "{}: peft_type `{}` is not supported (only LORA)",
+            path.display(),
+            cfg.peft_type
+        );
     }
     if cfg.use_dora || cfg.use_rslora || cfg.fan_in_fan_out {
-        bail!("{}: DoRA, rsLoRA and fan_in_fan_out adapters are not supported", path.display());
+        bail!(
+            "{}: DoRA, rsLoRA and fan_in_fan_out adapters are not supported",
+            path.display()
+        );
     }
     Ok(cfg)
 }
@@ -250,14 +300,22 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
                         wpath.display(), a.dims(), b.dims(), linear.in_features(), linear.out_features()
                     );
                 }
-                let ad = LoraAdapter::from_tensors(a.to_dtype(dtype)?, b.to_dtype(dtype)?, cfg.lora_alpha * r as f64 / cfg.r as f64, cfg.lora_dropout)?;
+                let ad = LoraAdapter::from_tensors(
+                    a.to_dtype(dtype)?,
+                    b.to_dtype(dtype)?,
+                    cfg.lora_alpha * r as f64 / cfg.r as f64,
+                    cfg.lora_dropout,
+                )?;
                 vars.push((ka, ad.a.clone()));
                 vars.push((kb, ad.b.clone()));
                 linear.set_lora(Some(ad));
                 used += 2;
             }
             (None, None) => {}
-            _ => bail!("{}: layer `{name}` has only one of lora_A / lora_B", wpath.display()),
+            _ => bail!(
+                "{}: layer `{name}` has only one of lora_A / lora_B",
+                wpath.display()
+            ),
         }
     }
     let embed_key = format!("{PEFT_PREFIX}{}.weight", model.embed_module_name());
@@ -269,21 +327,35 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
     }
     let head_key = format!("{PEFT_PREFIX}{}.weight", model.head_module_name());
     if let Some(h) = tensors.get(&head_key) {
-        let l = model
-            .lm_head_mut()
-            .ok_or_else(|| anyhow!("{}: the adapter carries an LM head but the model's head is tied", wpath.display()))?;
+        let l = model.lm_head_mut().ok_or_else(|| {
+            anyhow!(
+                "{}: the adapter carries an LM head but the model's head is tied",
+                wpath.display()
+            )
+        })?;
         let v = Var::from_tensor(&h.to_dtype(dtype)?)?;
         l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
         vars.push((head_key, v));
         used += 1;
     }
     if used == 0 {
-        bail!("{}: no tensor matches this model's layers (adapter for a different architecture?)", wpath.display());
+        bail!(
+            "{}: no tensor matches this model's layers (adapter for a different architecture?)",
+            wpath.display()
+        );
     }
     if used < tensors.len() {
-        let mut unknown: Vec<&String> = tensors.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).collect();
+        let mut unknown: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !vars.iter().any(|(n, _)| n == *k))
+            .collect();
         unknown.sort();
-        bail!("{}: {} tensor(s) match no layer of this model, e.g. `{}`", wpath.display(), unknown.len(), unknown[0]);
+        bail!(
+            "{}: {} tensor(s) match no layer of this model, e.g. `{}`",
+            wpath.display(),
+            unknown.len(),
+            unknown[0]
+        );
     }
     Ok(vars)
 }

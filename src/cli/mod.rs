@@ -4,3 +4,4 @@ pub mod generate;
 pub mod input;
 pub mod models;
 pub mod perplexity;
+pub mod train;

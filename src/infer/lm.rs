@@ -30,7 +30,12 @@ impl LanguageModel {
                 let tokenizer = tokenizer_from_gguf(file.content(), path)?;
                 let special = special_tokens_from_gguf(file.content(), path)?;
                 let template = chat_template_from_gguf(file.content());
-                (CausalLm::from_gguf_file(file, opts)?, tokenizer, special, template)
+                (
+                    CausalLm::from_gguf_file(file, opts)?,
+                    tokenizer,
+                    special,
+                    template,
+                )
             }
             ModelSource::HfDir { dir } => {
                 let loaded = CausalLm::from_hf_dir(dir, opts)?;
@@ -92,7 +97,11 @@ impl LanguageModel {
     }
 
     /// Renders `messages` with the model's own chat template.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         self.template()?.render(messages, add_generation_prompt)
     }
 }
@@ -112,12 +121,19 @@ impl LanguageModel {
         for dir in &candidates {
             if dir.join(ADAPTER_CONFIG).exists() {
                 let vars = load_adapter(dir, &mut self.model)?;
-                return Ok(format!("LoRA adapter {} ({} tensors)", dir.display(), vars.len()));
+                return Ok(format!(
+                    "LoRA adapter {} ({} tensors)",
+                    dir.display(),
+                    vars.len()
+                ));
             }
             let full = dir.join(FULL_WEIGHTS);
             if full.exists() && dir != path || full.exists() && !path.join("config.json").exists() {
                 let n = self.load_weights(&full)?;
-                return Ok(format!("fine-tuned weights {} ({n} tensors)", full.display()));
+                return Ok(format!(
+                    "fine-tuned weights {} ({n} tensors)",
+                    full.display()
+                ));
             }
         }
         anyhow::bail!(
@@ -136,7 +152,11 @@ impl LanguageModel {
         for (name, l) in self.model.linears_mut() {
             if let Some(w) = tensors.get(&format!("{name}.weight")) {
                 if w.dims() != [l.out_features(), l.in_features()] {
-                    anyhow::bail!("{}: `{name}.weight` has shape {:?}, which does not fit this model", file.display(), w.dims());
+                    anyhow::bail!(
+                        "{}: `{name}.weight` has shape {:?}, which does not fit this model",
+                        file.display(),
+                        w.dims()
+                    );
                 }
                 let bias = l.bias().cloned();
                 let bias = match tensors.get(&format!("{name}.bias")) {
@@ -148,7 +168,10 @@ impl LanguageModel {
             }
         }
         if let Some(h) = self.model.lm_head_mut() {
-            if let Some(w) = tensors.get("lm_head.weight").or_else(|| tensors.get("embed_out.weight")) {
+            if let Some(w) = tensors
+                .get("lm_head.weight")
+                .or_else(|| tensors.get("embed_out.weight"))
+            {
                 h.set_base(BaseWeight::Dense(w.clone()));
                 used += 1;
             }

@@ -20,9 +20,18 @@ pub struct Perplexity {
 /// each window is scored only on the tokens not scored by the previous one, with the
 /// overlap as extra context (the sliding-window evaluation of HF's perplexity guide).
 /// The first token has no context and is never scored.
-pub fn perplexity(model: &CausalLm, ids: &[u32], window: usize, stride: usize, device: &Device) -> Result<Perplexity> {
+pub fn perplexity(
+    model: &CausalLm,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+    device: &Device,
+) -> Result<Perplexity> {
     if ids.len() < 2 {
-        bail!("the text has {} token(s); at least 2 are needed to score", ids.len());
+        bail!(
+            "the text has {} token(s); at least 2 are needed to score",
+            ids.len()
+        );
     }
     if window < 2 || stride == 0 || stride > window {
         bail!("invalid window {window} / stride {stride}: need 2 ≤ window and 0 < stride ≤ window");
@@ -37,7 +46,10 @@ pub fn perplexity(model: &CausalLm, ids: &[u32], window: usize, stride: usize, d
         let end = (begin + window).min(ids.len());
         let chunk = &ids[begin..end];
         let input = Tensor::new(chunk, device)?.unsqueeze(0)?;
-        let logits = model.forward(&input, 0, None)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = model
+            .forward(&input, 0, None)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
         let logp = log_softmax_last(&logits)?.to_vec2::<f32>()?;
         // Position p of the chunk predicts token begin + p + 1.
         for target in scored_upto.max(begin + 1)..end {

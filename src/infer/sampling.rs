@@ -177,19 +177,44 @@ mod tests {
     #[test]
     fn top_k_and_top_p_keep_the_expected_sets() {
         let logits = [(0.5f32).ln(), (0.3f32).ln(), (0.15f32).ln(), (0.05f32).ln()];
-        let k2 = filtered_probs(&logits, &SamplingParams { top_k: 2, ..params() });
+        let k2 = filtered_probs(
+            &logits,
+            &SamplingParams {
+                top_k: 2,
+                ..params()
+            },
+        );
         assert_eq!(k2.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((k2[0].1 - 0.625).abs() < 1e-9);
-        let p = filtered_probs(&logits, &SamplingParams { top_p: 0.8, ..params() });
+        let p = filtered_probs(
+            &logits,
+            &SamplingParams {
+                top_p: 0.8,
+                ..params()
+            },
+        );
         assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
-        let p = filtered_probs(&logits, &SamplingParams { top_p: 0.81, ..params() });
+        let p = filtered_probs(
+            &logits,
+            &SamplingParams {
+                top_p: 0.81,
+                ..params()
+            },
+        );
         assert_eq!(p.len(), 3);
     }
 
     #[test]
     fn repeat_penalty_follows_hf_rule() {
         let mut l = [2.0f32, -2.0, 1.0];
-        apply_repeat_penalty(&mut l, &[0, 1, 1], &SamplingParams { repeat_penalty: 2.0, ..params() });
+        apply_repeat_penalty(
+            &mut l,
+            &[0, 1, 1],
+            &SamplingParams {
+                repeat_penalty: 2.0,
+                ..params()
+            },
+        );
         assert_eq!(l, [1.0, -4.0, 1.0]);
     }
 
@@ -210,7 +235,15 @@ mod tests {
 
     #[test]
     fn invalid_params_are_rejected() {
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..params() }).is_err());
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..params() }).is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..params()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..params()
+        })
+        .is_err());
     }
 }

@@ -56,7 +56,11 @@ pub enum ArchConfig {
 
 impl CausalLm {
     /// Builds a model from any tensor source (files, or random weights in tests).
-    pub fn build(src: &dyn TensorSource, cfg: &ArchConfig, opts: &LoadOptions) -> Result<LoadedCausalLm> {
+    pub fn build(
+        src: &dyn TensorSource,
+        cfg: &ArchConfig,
+        opts: &LoadOptions,
+    ) -> Result<LoadedCausalLm> {
         let mut pb = ParamBuilder::new(src, &opts.device, opts.dtype, opts.trainable);
         let model = match cfg {
             ArchConfig::Llama(c) => CausalLm::Llama(Llama::load(&mut pb, c)?),
@@ -280,8 +284,8 @@ pub fn read_config_json(dir: &Path) -> Result<serde_json::Value> {
             dir.display()
         );
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         anyhow!(
             "{}: invalid JSON at line {}, column {}: {e}",

@@ -146,7 +146,10 @@ impl NeoxBlock {
             .forward(x)?
             .reshape((b, t, self.n_head, 3 * self.head_dim))?
             .transpose(1, 2)?;
-        let part = |i: usize| qkv.narrow(D::Minus1, i * self.head_dim, self.head_dim)?.contiguous();
+        let part = |i: usize| {
+            qkv.narrow(D::Minus1, i * self.head_dim, self.head_dim)?
+                .contiguous()
+        };
         let q = rope.apply(&part(0)?, start)?;
         let k = rope.apply(&part(1)?, start)?;
         let v = part(2)?;
@@ -155,13 +158,19 @@ impl NeoxBlock {
             None => (k, v),
         };
         let y = ops::attention(&q, &k, &v, mask)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_head * self.head_dim))?;
         self.dense.forward(&y)
     }
 
     fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.dense_h_to_4h.forward(x)?;
-        let h = if self.erf_gelu { h.gelu_erf()? } else { h.gelu()? };
+        let h = if self.erf_gelu {
+            h.gelu_erf()?
+        } else {
+            h.gelu()?
+        };
         self.dense_4h_to_h.forward(&h)
     }
 
@@ -205,7 +214,11 @@ impl GptNeox {
             );
         }
         let head_dim = cfg.head_dim();
-        let embed = pb.tensor("gpt_neox.embed_in.weight", (cfg.vocab_size, h), Init::Normal(0.5))?;
+        let embed = pb.tensor(
+            "gpt_neox.embed_in.weight",
+            (cfg.vocab_size, h),
+            Init::Normal(0.5),
+        )?;
         let erf_gelu = match cfg.hidden_act.as_str() {
             "gelu" => true,
             "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => false,
@@ -215,12 +228,32 @@ impl GptNeox {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("gpt_neox.layers.{i}");
             blocks.push(NeoxBlock {
-                query_key_value: pb.linear(&format!("{p}.attention.query_key_value"), h, 3 * h, true)?,
+                query_key_value: pb.linear(
+                    &format!("{p}.attention.query_key_value"),
+                    h,
+                    3 * h,
+                    true,
+                )?,
                 dense: pb.linear(&format!("{p}.attention.dense"), h, h, true)?,
-                dense_h_to_4h: pb.linear(&format!("{p}.mlp.dense_h_to_4h"), h, cfg.intermediate_size, true)?,
-                dense_4h_to_h: pb.linear(&format!("{p}.mlp.dense_4h_to_h"), cfg.intermediate_size, h, true)?,
+                dense_h_to_4h: pb.linear(
+                    &format!("{p}.mlp.dense_h_to_4h"),
+                    h,
+                    cfg.intermediate_size,
+                    true,
+                )?,
+                dense_4h_to_h: pb.linear(
+                    &format!("{p}.mlp.dense_4h_to_h"),
+                    cfg.intermediate_size,
+                    h,
+                    true,
+                )?,
                 ln1: Norm::load(pb, &format!("{p}.input_layernorm"), h, cfg.layer_norm_eps)?,
-                ln2: Norm::load(pb, &format!("{p}.post_attention_layernorm"), h, cfg.layer_norm_eps)?,
+                ln2: Norm::load(
+                    pb,
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    cfg.layer_norm_eps,
+                )?,
                 n_head: cfg.num_attention_heads,
                 head_dim,
                 parallel: cfg.use_parallel_residual,
@@ -279,9 +312,11 @@ impl GptNeox {
             Some(l) => l.forward(&x),
             None => {
                 let (b, t, h) = x.dims3()?;
-                x.reshape((b * t, h))?
-                    .matmul(&self.embed.t()?)?
-                    .reshape((b, t, self.cfg.vocab_size))
+                x.reshape((b * t, h))?.matmul(&self.embed.t()?)?.reshape((
+                    b,
+                    t,
+                    self.cfg.vocab_size,
+                ))
             }
         }
     }
@@ -306,7 +341,11 @@ impl GptNeox {
             norm(&mut out, format!("{p}.input_layernorm"), &b.ln1);
             norm(&mut out, format!("{p}.post_attention_layernorm"), &b.ln2);
         }
-        norm(&mut out, "gpt_neox.final_layer_norm".to_string(), &self.final_norm);
+        norm(
+            &mut out,
+            "gpt_neox.final_layer_norm".to_string(),
+            &self.final_norm,
+        );
         out
     }
 
@@ -318,7 +357,10 @@ impl GptNeox {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = format!("gpt_neox.layers.{i}");
-            out.push((format!("{p}.attention.query_key_value"), &mut b.query_key_value));
+            out.push((
+                format!("{p}.attention.query_key_value"),
+                &mut b.query_key_value,
+            ));
             out.push((format!("{p}.attention.dense"), &mut b.dense));
             out.push((format!("{p}.mlp.dense_h_to_4h"), &mut b.dense_h_to_4h));
             out.push((format!("{p}.mlp.dense_4h_to_h"), &mut b.dense_4h_to_h));

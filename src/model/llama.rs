@@ -77,9 +77,7 @@ impl LlamaConfig {
             num_hidden_layers: c.num_hidden_layers,
             num_attention_heads: c.num_attention_heads,
             num_key_value_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            head_dim: c
-                .head_dim
-                .unwrap_or(c.hidden_size / c.num_attention_heads),
+            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
             rms_norm_eps: c.rms_norm_eps,
             rope_theta: theta,
             max_position_embeddings: c.max_position_embeddings,
@@ -103,9 +101,7 @@ impl LlamaConfig {
         };
         let hidden = f.meta_usize(&k("embedding_length"))?;
         let heads = f.meta_usize(&k("attention.head_count"))?;
-        let kv_heads = f
-            .meta_usize(&k("attention.head_count_kv"))
-            .unwrap_or(heads);
+        let kv_heads = f.meta_usize(&k("attention.head_count_kv")).unwrap_or(heads);
         Ok(Self {
             vocab_size,
             hidden_size: hidden,
@@ -137,7 +133,7 @@ impl LlamaConfig {
                 self.num_key_value_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even for RoPE", self.head_dim);
         }
         Ok(())
@@ -183,7 +179,9 @@ impl Attention {
         let k = ops::repeat_kv(&k, n_rep)?;
         let v = ops::repeat_kv(&v, n_rep)?;
         let y = ops::attention(&q, &k, &v, mask)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_head * self.head_dim))?;
         self.o_proj.forward(&y)
     }
 }
@@ -262,9 +260,19 @@ impl Llama {
                 head_dim: cfg.head_dim,
             };
             let mlp = Mlp {
-                gate_proj: pb.linear(&format!("{p}.mlp.gate_proj"), h, cfg.intermediate_size, false)?,
+                gate_proj: pb.linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    h,
+                    cfg.intermediate_size,
+                    false,
+                )?,
                 up_proj: pb.linear(&format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, false)?,
-                down_proj: pb.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate_size, h, false)?,
+                down_proj: pb.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    cfg.intermediate_size,
+                    h,
+                    false,
+                )?,
             };
             blocks.push(Block {
                 attn,
@@ -331,9 +339,11 @@ impl Llama {
             Some(l) => l.forward(&x),
             None => {
                 let (b, t, h) = x.dims3()?;
-                x.reshape((b * t, h))?
-                    .matmul(&self.embed.t()?)?
-                    .reshape((b, t, self.cfg.vocab_size))
+                x.reshape((b * t, h))?.matmul(&self.embed.t()?)?.reshape((
+                    b,
+                    t,
+                    self.cfg.vocab_size,
+                ))
             }
         }
     }
@@ -353,7 +363,10 @@ impl Llama {
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), b.input_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attn_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_attn_norm.clone(),
+            ));
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         out

@@ -8,5 +8,6 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod tiny;
 
 pub use causal::{ArchConfig, CausalLm, LoadOptions, LoadedCausalLm};

@@ -30,7 +30,10 @@ pub struct TrainerState {
 
 /// What is being trained, for saving and loading weights.
 pub enum Trainables<'a> {
-    Lora { cfg: &'a LoraConfig, base_model: &'a str },
+    Lora {
+        cfg: &'a LoraConfig,
+        base_model: &'a str,
+    },
     Full,
 }
 
@@ -72,10 +75,16 @@ pub fn save_vars(path: &Path, params: &[(String, Var)]) -> Result<()> {
 }
 
 /// Restores trainable weights (by name) and optimiser state; returns the trainer state.
-pub fn load(dir: &Path, params: &[(String, Var)], optimizer: &mut dyn Optimizer, device: &Device) -> Result<TrainerState> {
+pub fn load(
+    dir: &Path,
+    params: &[(String, Var)],
+    optimizer: &mut dyn Optimizer,
+    device: &Device,
+) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
     let state: TrainerState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path).with_context(|| format!("{}: cannot read", state_path.display()))?,
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("{}: cannot read", state_path.display()))?,
     )
     .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
     let weights = if dir.join(ADAPTER_WEIGHTS).exists() {
@@ -90,7 +99,12 @@ pub fn load(dir: &Path, params: &[(String, Var)], optimizer: &mut dyn Optimizer,
             .get(name)
             .ok_or_else(|| anyhow!("{}: checkpoint has no tensor `{name}`", weights.display()))?;
         if t.dims() != var.dims() {
-            bail!("{}: `{name}` has shape {:?}, the model expects {:?}", weights.display(), t.dims(), var.dims());
+            bail!(
+                "{}: `{name}` has shape {:?}, the model expects {:?}",
+                weights.display(),
+                t.dims(),
+                var.dims()
+            );
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }

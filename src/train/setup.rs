@@ -1,21 +1,22 @@
 //! Turning a run config into a trainable model: load, quantise the frozen base (QLoRA),
 //! attach adapters (LoRA) or make everything trainable (full fine-tuning).
-use std::sync::Arc;
-
 use anyhow::Result;
 use candle_core::DType;
 
 use super::trainer::TrainModel;
-use crate::adapt::nf4::{Quant4Kind, Quant4Tensor};
+use crate::adapt::nf4::Quant4Kind;
 use crate::adapt::peft::apply_lora;
 use crate::config::{QuantKind, RunConfig};
 use crate::infer::LanguageModel;
-use crate::model::linear::BaseWeight;
 use crate::model::{CausalLm, LoadOptions};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
 pub fn count_params(model: &mut CausalLm) -> usize {
-    let mut n: usize = model.other_tensors().iter().map(|(_, t)| t.elem_count()).sum();
+    let mut n: usize = model
+        .other_tensors()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
     for (_, l) in model.linears_mut() {
         n += l.in_features() * l.out_features() + l.bias().map_or(0, |b| b.elem_count());
     }
@@ -28,9 +29,7 @@ pub fn count_params(model: &mut CausalLm) -> usize {
 /// Replaces every transformer linear weight by a frozen 4-bit copy.
 pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool) -> Result<()> {
     for (_, l) in model.linears_mut() {
-        let w = l.base().dense()?;
-        let q = Quant4Tensor::quantize(&w, kind, double_quant)?;
-        l.set_base(BaseWeight::Quant4(Arc::new(q)));
+        crate::adapt::quant_linear::quantize_base(l, kind, double_quant)?;
     }
     Ok(())
 }
@@ -57,7 +56,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
         QuantKind::Fp4 => quantize_base(&mut lm.model, Quant4Kind::Fp4, cfg.model.double_quant)?,
     }
     let params = match &cfg.lora {
-        Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device)?,
+        Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device, cfg.train.seed)?,
         None => std::mem::take(&mut lm.params),
     };
     let total_params = count_params(&mut lm.model);

@@ -6,38 +6,34 @@ use candle_core::{Tensor, Var};
 
 use crate::model::ops::{causal_mask, masked_cross_entropy};
 use crate::model::CausalLm;
-
-/// A batch of token rows with next-token targets; masked positions carry no loss.
-#[derive(Debug, Clone)]
-pub struct TokenBatch {
-    /// (b, t) u32
-    pub input_ids: Tensor,
-    /// (b·(t−1),) u32: input_ids shifted left by one.
-    pub targets: Tensor,
-    /// (b·(t−1),) f32: 1 where the target counts in the loss.
-    pub loss_mask: Tensor,
-    /// Number of counted targets.
-    pub tokens: usize,
-}
+use crate::train::data::Batch;
 
 /// Extra noise on the embedding output (NEFTune), applied only in training.
 pub type EmbedNoise<'a> = Option<&'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
 
-fn loss_from_logits(logits: &Tensor, batch: &TokenBatch) -> Result<(Tensor, usize)> {
+fn loss_from_logits(logits: &Tensor, batch: &Batch) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
     let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    Ok(masked_cross_entropy(&logits, &batch.targets, &batch.loss_mask)?)
+    Ok(masked_cross_entropy(
+        &logits,
+        &batch.targets,
+        &batch.loss_mask,
+    )?)
 }
 
 /// Mean loss over counted tokens, without gradients.
-pub fn eval_loss(model: &CausalLm, batch: &TokenBatch) -> Result<(f64, usize)> {
+pub fn eval_loss(model: &CausalLm, batch: &Batch) -> Result<(f64, usize)> {
     let logits = model.forward(&batch.input_ids.detach(), 0, None)?.detach();
     let (loss, n) = loss_from_logits(&logits, batch)?;
     Ok((loss.to_scalar::<f32>()? as f64, n))
 }
 
 /// Adds the gradients of `params` found in `store` into `accum` (aligned with `params`).
-fn accumulate(store: &GradStore, params: &[(String, Var)], accum: &mut [Option<Tensor>]) -> Result<()> {
+fn accumulate(
+    store: &GradStore,
+    params: &[(String, Var)],
+    accum: &mut [Option<Tensor>],
+) -> Result<()> {
     for ((_, var), acc) in params.iter().zip(accum.iter_mut()) {
         if let Some(g) = store.get(var.as_tensor()) {
             *acc = Some(match acc.take() {
@@ -53,7 +49,7 @@ fn accumulate(store: &GradStore, params: &[(String, Var)], accum: &mut [Option<T
 pub fn forward_backward(
     model: &CausalLm,
     params: &[(String, Var)],
-    batch: &TokenBatch,
+    batch: &Batch,
     checkpointing: bool,
     noise: EmbedNoise,
     accum: &mut [Option<Tensor>],

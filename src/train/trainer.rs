@@ -10,10 +10,11 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Trainables, TrainerState};
+use super::data::Batch;
 use super::events::{EventLine, TrainEvent};
 use super::optim::{clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use super::schedule::LrSchedule;
-use super::step::{eval_loss, forward_backward, TokenBatch};
+use super::step::{eval_loss, forward_backward, EmbedNoise};
 use crate::config::{OptimizerKind, RunConfig};
 use crate::model::CausalLm;
 use crate::runs::layout::RunDir;
@@ -26,7 +27,7 @@ pub trait BatchSource {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<TokenBatch>>;
+    fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>>;
 }
 
 /// The model side of a run: a model with its trainable parameters.
@@ -91,12 +92,18 @@ impl<'a> Trainer<'a> {
             bail!("the training set is empty");
         }
         let steps_per_epoch = per_epoch.div_ceil(t.grad_accum);
-        let total = if t.max_steps > 0 { t.max_steps } else { steps_per_epoch * t.epochs };
+        let total = if t.max_steps > 0 {
+            t.max_steps
+        } else {
+            steps_per_epoch * t.epochs
+        };
         Ok((per_epoch, total))
     }
 
     fn evaluate(&self) -> Result<Option<(f64, usize)>> {
-        let Some(eval) = self.eval else { return Ok(None) };
+        let Some(eval) = self.eval else {
+            return Ok(None);
+        };
         let mut sum = 0.0;
         let mut n = 0usize;
         for b in eval.batches(0, self.cfg.train.batch_size, self.cfg.train.seed)? {
@@ -108,7 +115,14 @@ impl<'a> Trainer<'a> {
     }
 
     /// Runs (or resumes) training until the step budget, early stopping or `stop`.
-    pub fn run(&mut self, resume: bool, stop: &AtomicBool, sink: &mut dyn FnMut(&EventLine)) -> Result<Summary> {
+    pub fn run(
+        &mut self,
+        resume: bool,
+        stop: &AtomicBool,
+        sink: &mut dyn FnMut(&EventLine),
+    ) -> Result<Summary> {
+        std::fs::create_dir_all(&self.run.root)
+            .with_context(|| format!("{}: cannot create run directory", self.run.root.display()))?;
         let metrics_path = self.run.metrics();
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
@@ -124,23 +138,28 @@ impl<'a> Trainer<'a> {
         };
         let result = self.run_inner(resume, stop, &mut emit);
         if let Err(e) = &result {
-            emit(TrainEvent::Error { message: format!("{e:#}") })?;
+            emit(TrainEvent::Error {
+                message: format!("{e:#}"),
+            })?;
         }
         result
     }
 
-    fn run_inner(&mut self, resume: bool, stop: &AtomicBool, emit: &mut dyn FnMut(TrainEvent) -> Result<()>) -> Result<Summary> {
+    fn run_inner(
+        &mut self,
+        resume: bool,
+        stop: &AtomicBool,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Result<Summary> {
         let t = self.cfg.train.clone();
         let (per_epoch, total_steps) = self.plan_steps()?;
         let mut opt = self.optimizer()?;
         let device = self.tm.model.device().clone();
         let mut state = TrainerState::default();
         if resume {
-            let (step, dir) = self
-                .run
-                .list_checkpoints()
-                .pop()
-                .with_context(|| format!("{}: no checkpoint to resume from", self.run.root.display()))?;
+            let (step, dir) = self.run.list_checkpoints().pop().with_context(|| {
+                format!("{}: no checkpoint to resume from", self.run.root.display())
+            })?;
             state = checkpoint::load(&dir, &self.tm.params, opt.as_mut(), &device)?;
             debug_assert_eq!(state.step, step);
         }
@@ -186,9 +205,10 @@ impl<'a> Trainer<'a> {
                 let batch = &batches[state.batch_in_epoch];
                 let noise_seed = t.seed ^ ((state.step as u64) << 20) ^ micro_in_step as u64;
                 let alpha = self.tm.neftune_alpha;
-                let noise = move |x: &Tensor| crate::train::data::neftune::neftune_noise(x, alpha, noise_seed);
-                let noise_ref: Option<&dyn Fn(&Tensor) -> candle_core::Result<Tensor>> =
-                    if alpha > 0.0 { Some(&noise) } else { None };
+                let noise = move |x: &Tensor| {
+                    crate::train::data::neftune::neftune_noise(x, alpha, noise_seed)
+                };
+                let noise_ref: EmbedNoise = if alpha > 0.0 { Some(&noise) } else { None };
                 let (loss, n) = forward_backward(
                     &self.tm.model,
                     &self.tm.params,
@@ -198,7 +218,10 @@ impl<'a> Trainer<'a> {
                     &mut accum,
                 )?;
                 if !loss.is_finite() {
-                    bail!("loss became {loss} at step {}: stopping (lower the learning rate?)", state.step + 1);
+                    bail!(
+                        "loss became {loss} at step {}: stopping (lower the learning rate?)",
+                        state.step + 1
+                    );
                 }
                 state.batch_in_epoch += 1;
                 micro_in_step += 1;
@@ -217,7 +240,10 @@ impl<'a> Trainer<'a> {
                     (grad_norm(&accum)? * avg, 1.0)
                 };
                 if !norm.is_finite() {
-                    bail!("gradient norm became {norm} at step {}: stopping", state.step + 1);
+                    bail!(
+                        "gradient norm became {norm} at step {}: stopping",
+                        state.step + 1
+                    );
                 }
                 let lr = schedule.lr_at(state.step);
                 opt.step(&accum, lr, avg * clip)?;
@@ -249,7 +275,9 @@ impl<'a> Trainer<'a> {
                 step_loss = 0.0;
                 step_tokens = 0;
                 let last = state.step == total_steps;
-                let eval_now = (t.eval_every > 0 && state.step % t.eval_every == 0) || (t.eval_every == 0 && epoch_done) || last;
+                let eval_now = (t.eval_every > 0 && state.step % t.eval_every == 0)
+                    || (t.eval_every == 0 && epoch_done)
+                    || last;
                 let mut improved = false;
                 if eval_now {
                     self.tm.model.set_training(false);
@@ -262,15 +290,25 @@ impl<'a> Trainer<'a> {
                             state.evals_without_improvement += 1;
                         }
                         eval_losses.push((state.step, loss));
-                        emit(TrainEvent::Eval { step: state.step, loss, tokens, best: improved })?;
+                        emit(TrainEvent::Eval {
+                            step: state.step,
+                            loss,
+                            tokens,
+                            best: improved,
+                        })?;
                     }
                     self.tm.model.set_training(true);
                 }
                 state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
-                if (t.save_every > 0 && state.step % t.save_every == 0) || last || (improved && t.keep_best) {
+                if (t.save_every > 0 && state.step % t.save_every == 0)
+                    || last
+                    || (improved && t.keep_best)
+                {
                     self.checkpoint(opt.as_ref(), &state, improved && t.keep_best, emit)?;
                 }
-                if t.early_stopping_patience > 0 && state.evals_without_improvement >= t.early_stopping_patience {
+                if t.early_stopping_patience > 0
+                    && state.evals_without_improvement >= t.early_stopping_patience
+                {
                     reason = "early_stopping".into();
                     break 'outer;
                 }
@@ -284,7 +322,9 @@ impl<'a> Trainer<'a> {
         }
         self.tm.model.set_training(false);
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
-        if reason != "completed" || self.run.list_checkpoints().last().map(|c| c.0) != Some(state.step) {
+        if reason != "completed"
+            || self.run.list_checkpoints().last().map(|c| c.0) != Some(state.step)
+        {
             // Stopped or early-stopped between checkpoints: keep the latest state.
             if state.step > 0 {
                 self.checkpoint(opt.as_ref(), &state, false, emit)?;
@@ -302,7 +342,11 @@ impl<'a> Trainer<'a> {
             final_train_loss: state.last_train_loss,
             best_eval_loss: state.best_eval_loss,
             eval_losses,
-            mean_tokens_per_sec: if token_rate_n > 0 { token_rate_sum / token_rate_n as f64 } else { 0.0 },
+            mean_tokens_per_sec: if token_rate_n > 0 {
+                token_rate_sum / token_rate_n as f64
+            } else {
+                0.0
+            },
             peak_rss_bytes: peak_rss_bytes(None).ok(),
             predicted_peak_bytes: self.predicted_peak_bytes,
         };
@@ -318,28 +362,48 @@ impl<'a> Trainer<'a> {
         Ok(summary)
     }
 
-    fn checkpoint(&mut self, opt: &dyn Optimizer, state: &TrainerState, best: bool, emit: &mut dyn FnMut(TrainEvent) -> Result<()>) -> Result<()> {
+    fn checkpoint(
+        &mut self,
+        opt: &dyn Optimizer,
+        state: &TrainerState,
+        best: bool,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Result<()> {
         let dir = self.run.checkpoint(state.step);
         let lora = self.cfg.lora.clone();
         let base = self.tm.base_name.clone();
         let what = match &lora {
-            Some(l) => Trainables::Lora { cfg: l, base_model: &base },
+            Some(l) => Trainables::Lora {
+                cfg: l,
+                base_model: &base,
+            },
             None => Trainables::Full,
         };
         checkpoint::save(&dir, &mut self.tm.model, &self.tm.params, &what, opt, state)?;
         if best {
             let best_dir = self.run.best();
-            checkpoint::save(&best_dir, &mut self.tm.model, &self.tm.params, &what, opt, state)?;
+            checkpoint::save(
+                &best_dir,
+                &mut self.tm.model,
+                &self.tm.params,
+                &what,
+                opt,
+                state,
+            )?;
         }
         // Rotation: keep the newest `save_total_limit` step checkpoints.
         let all = self.run.list_checkpoints();
         let limit = self.cfg.train.save_total_limit.max(1);
         if all.len() > limit {
             for (_, old) in &all[..all.len() - limit] {
-                std::fs::remove_dir_all(old).with_context(|| format!("{}: cannot remove", old.display()))?;
+                std::fs::remove_dir_all(old)
+                    .with_context(|| format!("{}: cannot remove", old.display()))?;
             }
         }
-        emit(TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() })
+        emit(TrainEvent::Checkpoint {
+            step: state.step,
+            path: dir.display().to_string(),
+        })
     }
 
     /// The run's result: `adapter/` (PEFT layout) or `model/model.safetensors`.
@@ -348,7 +412,13 @@ impl<'a> Trainer<'a> {
             Some(cfg) => {
                 let base = self.tm.base_name.clone();
                 let dir = self.run.adapter();
-                crate::adapt::peft::save_adapter(&dir, &mut self.tm.model, &cfg, &base, &self.tm.params)
+                crate::adapt::peft::save_adapter(
+                    &dir,
+                    &mut self.tm.model,
+                    &cfg,
+                    &base,
+                    &self.tm.params,
+                )
             }
             None => {
                 let dir = self.run.model();

@@ -106,7 +106,10 @@ impl GgufFile {
     pub fn meta_usize(&self, key: &str) -> Result<usize> {
         let x = self.meta_f64(key)?;
         if x < 0.0 || x.fract() != 0.0 {
-            bail!("{}: metadata `{key}` = {x} is not a count", self.path.display());
+            bail!(
+                "{}: metadata `{key}` = {x} is not a count",
+                self.path.display()
+            );
         }
         Ok(x as usize)
     }

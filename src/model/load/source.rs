@@ -121,8 +121,18 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// A linear layer `prefix.weight` (out, in) with an optional `prefix.bias`.
-    pub fn linear(&mut self, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Result<Linear> {
-        let w = self.tensor(&format!("{prefix}.weight"), (out_f, in_f), Init::Normal(0.02))?;
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let w = self.tensor(
+            &format!("{prefix}.weight"),
+            (out_f, in_f),
+            Init::Normal(0.02),
+        )?;
         let b = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), out_f, Init::Zeros)?)
         } else {

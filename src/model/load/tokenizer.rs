@@ -314,8 +314,7 @@ fn pre_tokenizer_for(style: PreStyle) -> Result<PreTokenizerWrapper> {
         .map_err(|e| anyhow!("cannot compile split regex {pattern:?}: {e}"))?;
         Ok(PreTokenizerWrapper::Split(s))
     };
-    let byte_level_no_regex =
-        || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false));
+    let byte_level_no_regex = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false));
     Ok(match style {
         PreStyle::Gpt2 => PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
         PreStyle::DigitsThenGpt2 => PreTokenizerWrapper::Sequence(Sequence::new(vec![

@@ -1,0 +1,122 @@
+//! The frozen 4-bit linear of QLoRA: y = x · dequant(W)ᵀ.
+//!
+//! Implemented as a candle `CustomOp1` on x whose forward dequantises W on the fly into a
+//! scratch buffer, multiplies with candle's CPU gemm and drops the buffer; its backward
+//! gives dL/dx = g · dequant(W), dequantising again on the fly. Only the 4-bit codes (an
+//! `Arc<Quant4Tensor>`) are held between forward and backward — no dense copy of the
+//! weight stays alive, which is the memory point of QLoRA. W receives no gradient.
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use crate::adapt::nf4::{Quant4Kind, Quant4Tensor};
+use crate::model::linear::{BaseWeight, Linear};
+
+/// x (rows, in) · dequant(W)ᵀ → (rows, out), differentiable with respect to x only.
+///
+/// On the CPU this is a custom op that never keeps a dequantised copy. On other devices
+/// it falls back to dequantise + matmul: correct (gradients flow to x, none to W), but
+/// the dequantised weight lives in the autograd graph until backward, so the memory
+/// saving is lost there until device kernels are written.
+pub fn quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
+    let (out_f, in_f) = w.dims();
+    let (_rows, k) = x.dims2()?;
+    if k != in_f {
+        bail!(
+            "quant_matmul_t: x has {k} features, the 4-bit weight ({out_f}, {in_f}) expects {in_f}"
+        );
+    }
+    if !x.device().is_cpu() {
+        // Fallback (no CUDA/Metal kernels yet): a dense temporary, see the doc comment.
+        let wd = w.dequantize(x.dtype(), x.device())?;
+        return x.matmul(&wd.t()?);
+    }
+    x.apply_op1(QuantMatmul {
+        w: w.clone(),
+        mode: Mode::XWt,
+    })
+}
+
+/// Replaces a linear layer's base weight by its 4-bit quantisation (the bias and any LoRA
+/// adapter are kept). The dense weight is dropped unless referenced elsewhere.
+pub fn quantize_base(lin: &mut Linear, kind: Quant4Kind, double_quant: bool) -> Result<()> {
+    let w = lin.base().dense()?;
+    let q = Quant4Tensor::quantize(&w.detach(), kind, double_quant)?;
+    lin.set_base(BaseWeight::Quant4(Arc::new(q)));
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// x (rows, in) · Wᵀ → (rows, out): the forward pass.
+    XWt,
+    /// g (rows, out) · W → (rows, in): the input gradient.
+    GW,
+}
+
+struct QuantMatmul {
+    w: Arc<Quant4Tensor>,
+    mode: Mode,
+}
+
+impl CustomOp1 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        match self.mode {
+            Mode::XWt => "quant4-matmul-t",
+            Mode::GW => "quant4-matmul",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = match layout.dims() {
+            &[m, k] => (m, k),
+            d => bail!("{}: expects a rank-2 input, got {d:?}", self.name()),
+        };
+        let (out_f, in_f) = self.w.dims();
+        // Row-major W (out, in); Wᵀ is the same buffer read with swapped strides.
+        let (n, rhs_layout) = match self.mode {
+            Mode::XWt => (out_f, Layout::new((in_f, out_f).into(), vec![1, in_f], 0)),
+            Mode::GW => (in_f, Layout::contiguous((out_f, in_f))),
+        };
+        let expected_k = match self.mode {
+            Mode::XWt => in_f,
+            Mode::GW => out_f,
+        };
+        if k != expected_k {
+            bail!(
+                "{}: input has {k} columns, weight ({out_f}, {in_f}) needs {expected_k}",
+                self.name()
+            );
+        }
+        // The scratch weight lives only for this call.
+        let mut scratch = vec![0f32; out_f * in_f];
+        self.w.dequantize_into(&mut scratch)?;
+        let rhs = match storage.dtype() {
+            DType::F32 => CpuStorage::F32(scratch),
+            DType::F64 => CpuStorage::F64(scratch.into_iter().map(f64::from).collect()),
+            DType::F16 => CpuStorage::F16(scratch.into_iter().map(half::f16::from_f32).collect()),
+            DType::BF16 => {
+                CpuStorage::BF16(scratch.into_iter().map(half::bf16::from_f32).collect())
+            }
+            dt => bail!("{}: unsupported input dtype {dt:?}", self.name()),
+        };
+        let out = storage.matmul(&rhs, (1, m, n, k), layout, &rhs_layout)?;
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // d(x Wᵀ)/dx applied to g is g W; and the gradient of g W with respect to g is
+        // g' Wᵀ — each mode's backward is the other mode, dequantising again on the fly.
+        let mode = match self.mode {
+            Mode::XWt => Mode::GW,
+            Mode::GW => Mode::XWt,
+        };
+        // The op is only built for CPU inputs (see `quant_matmul_t`), so g is on the CPU.
+        let g = grad_res.apply_op1(QuantMatmul {
+            w: self.w.clone(),
+            mode,
+        })?;
+        Ok(Some(g))
+    }
+}

@@ -1,0 +1,139 @@
+//! `ftlab train`: a headless training run (the same code path the dashboard's workers use).
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::RunConfig;
+use crate::runs::layout::RunDir;
+use crate::train::events::{EventLine, TrainEvent};
+use crate::train::trainer::Trainer;
+use crate::train::{setup, sft_source};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Preset TOML file (e.g. presets/qlora.toml).
+    #[arg(required_unless_present = "resume")]
+    pub preset: Option<PathBuf>,
+    /// Override any preset field, e.g. --set lora.r=16 --set train.max_steps=20.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Where to write the run (default: a new directory under --runs-root).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    #[arg(long, default_value = "runs")]
+    pub runs_root: PathBuf,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with = "preset")]
+    pub resume: Option<PathBuf>,
+    /// Print events as JSON lines on stdout (for the dashboard's supervisor).
+    #[arg(long)]
+    pub events: bool,
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+fn print_event(line: &EventLine) {
+    match &line.event {
+        TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, .. } => {
+            eprintln!(
+                "run {run}: {technique}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
+                100.0 * *trainable_params as f64 / (*total_params).max(1) as f64
+            );
+            if let Some(p) = predicted_peak_bytes {
+                eprintln!("predicted peak memory: {}", gib(*p));
+            }
+            if *resumed_from_step > 0 {
+                eprintln!("resuming from step {resumed_from_step}");
+            }
+        }
+        TrainEvent::Step { step, total_steps, loss, lr, grad_norm, tokens_per_sec, its, rss_bytes, .. } => eprintln!(
+            "step {step:>5}/{total_steps}  loss {loss:.4}  lr {lr:.2e}  grad-norm {grad_norm:.3}  {tokens_per_sec:.0} tok/s  {its:.2} it/s  RSS {}",
+            rss_bytes.map(gib).unwrap_or_else(|| "?".into())
+        ),
+        TrainEvent::Eval { step, loss, best, .. } => eprintln!("eval  step {step}: loss {loss:.4}{}", if *best { " (best)" } else { "" }),
+        TrainEvent::Checkpoint { path, .. } => eprintln!("checkpoint: {path}"),
+        TrainEvent::Done { reason, step, elapsed_secs, peak_rss_bytes, .. } => eprintln!(
+            "done: {reason} after {step} steps in {elapsed_secs:.1} s, peak RSS {}",
+            peak_rss_bytes.map(gib).unwrap_or_else(|| "?".into())
+        ),
+        TrainEvent::Error { message } => eprintln!("error: {message}"),
+    }
+}
+
+/// Resolves the config and the run directory of a new run or a resumed one.
+fn config_and_dir(args: &TrainArgs) -> Result<(RunConfig, RunDir, bool, PathBuf)> {
+    if let Some(dir) = &args.resume {
+        let run = RunDir::new(dir);
+        let cfg = RunConfig::load(&run.config(), &args.overrides)?;
+        if run.list_checkpoints().is_empty() {
+            bail!("{}: no checkpoint to resume from", dir.display());
+        }
+        return Ok((cfg, run, true, PathBuf::from(".")));
+    }
+    let preset = args.preset.as_ref().context("a preset file is required")?;
+    let cfg = RunConfig::load(preset, &args.overrides)?;
+    let run = match &args.run_dir {
+        Some(d) => {
+            if d.join("metrics.jsonl").exists() {
+                bail!("{}: already holds a run; use --resume to continue it or choose another --run-dir", d.display());
+            }
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("{}: cannot create", d.display()))?;
+            RunDir::new(d)
+        }
+        None => RunDir::create_unique(&args.runs_root, &cfg.name)?,
+    };
+    let base = preset.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((cfg, run, false, base))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (cfg, run, resume, base) = config_and_dir(&args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while the checkpoint is written is ignored on purpose.
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    if !resume {
+        std::fs::write(run.config(), cfg.to_toml()?)
+            .with_context(|| format!("{}: cannot write", run.config().display()))?;
+    }
+    eprintln!("run directory: {}", run.root.display());
+    let (lm, tm) = setup::prepare(&cfg)?;
+    let (train, eval) = sft_source::build(&cfg.data, &lm, &base)?;
+    drop(lm);
+    eprintln!("training set: {}", train.stats());
+    let predicted = None;
+    let mut trainer = Trainer {
+        cfg,
+        run,
+        tm,
+        train: &train,
+        eval: eval
+            .as_ref()
+            .map(|e| e as &dyn crate::train::trainer::BatchSource),
+        predicted_peak_bytes: predicted,
+    };
+    let events = args.events;
+    let mut sink = |line: &EventLine| {
+        if events {
+            if let Ok(s) = serde_json::to_string(line) {
+                println!("{s}");
+            }
+        } else {
+            print_event(line);
+        }
+    };
+    let summary = trainer.run(resume, &stop, &mut sink)?;
+    if !events {
+        eprintln!("summary: {}", trainer.run.summary().display());
+    }
+    let _ = summary;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Shared test helpers: a tiny LLaMA written as a real HF directory with SmolLM2's tokenizer.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ftlab::infer::LanguageModel;
+use ftlab::model::tiny::{tiny_llama_config, write_tiny_llama};
+use ftlab::model::LoadOptions;
+
+pub fn smollm2() -> &'static LanguageModel {
+    static LM: OnceLock<LanguageModel> = OnceLock::new();
+    LM.get_or_init(|| {
+        LanguageModel::load_spec("smollm2", &LoadOptions::default()).expect("SmolLM2")
+    })
+}
+
+/// A tiny random LLaMA (vocabulary of SmolLM2) in a fresh directory under `root`.
+pub fn tiny_model(root: &Path) -> PathBuf {
+    let dir = root.join("tiny-llama");
+    let cfg = tiny_llama_config(smollm2().model.vocab_size());
+    write_tiny_llama(&dir, &cfg, smollm2()).expect("write tiny model");
+    dir
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A small SFT file: the first `n` lines of ftlab's training set.
+pub fn small_sft(root: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo("data/sft/train.jsonl")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            // Short English examples keep the tiny runs fast.
+            l.contains("\"lang\": \"en\"") || l.contains("\"lang\":\"en\"")
+        })
+        .take(n)
+        .collect();
+    let path = root.join(format!("sft-{n}.jsonl"));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A preset for the tiny model; `extra` is appended TOML.
+pub fn preset(root: &Path, model: &Path, data: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "tiny"
+[model]
+spec = "{}"
+[data]
+train = "{}"
+eval = "{}"
+max_seq_len = 96
+[train]
+seed = 7
+batch_size = 4
+lr = 3e-3
+warmup_steps = 0
+schedule = "constant"
+max_steps = 12
+save_every = 4
+save_total_limit = 10
+{extra}
+"#,
+        model.display(),
+        data.display(),
+        data.display()
+    );
+    let path = root.join("preset.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
