@@ -21,6 +21,10 @@ enum Command {
     Perplexity(cli::perplexity::PerplexityArgs),
     /// Fine-tune headless from a preset (or resume a run).
     Train(cli::train::TrainArgs),
+    /// Fold a run's LoRA adapter into the base model; writes an HF model directory.
+    Merge(cli::merge::MergeArgs),
+    /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2 by default).
+    Embed(cli::embed::EmbedArgs),
 }
 
 fn main() {
@@ -30,6 +34,8 @@ fn main() {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Perplexity(args)) => cli::perplexity::run(args),
         Some(Command::Train(args)) => cli::train::run(args),
+        Some(Command::Merge(args)) => cli::merge::run(args),
+        Some(Command::Embed(args)) => cli::embed::run(args),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help().map_err(Into::into)

@@ -50,6 +50,9 @@ pub struct GenerateArgs {
     /// Model: a default name (smollm2), a .gguf file, an HF directory or hf:org/name.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
+    /// A training result to apply: a run directory, its adapter/ or a PEFT adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
@@ -75,7 +78,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with --prompt TEXT or --prompt-file FILE"),
     };
     args.sampling.params().validate()?;
-    let lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    if let Some(a) = &args.adapter {
+        eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
+    }
     let text = if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {

@@ -2,6 +2,7 @@
 pub mod embed;
 pub mod generate;
 pub mod input;
+pub mod merge;
 pub mod models;
 pub mod perplexity;
 pub mod train;

@@ -13,6 +13,9 @@ pub struct PerplexityArgs {
     /// Model: a default name (smollm2), a .gguf file, an HF directory or hf:org/name.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
+    /// A training result to apply: a run directory, its adapter/ or a PEFT adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// UTF-8 text file to score.
     #[arg(long)]
     pub file: PathBuf,
@@ -26,7 +29,10 @@ pub struct PerplexityArgs {
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = read_utf8_file(&args.file)?;
-    let lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    if let Some(a) = &args.adapter {
+        eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
+    }
     let ids = lm.encode(&text)?;
     let p = perplexity(&lm.model, &ids, args.window, args.stride, lm.model.device())?;
     println!("{}", serde_json::to_string(&p)?);

@@ -2,6 +2,7 @@
 //! architectures and weight loaders.
 pub mod bert;
 pub mod causal;
+pub mod export;
 pub mod gpt_neox;
 pub mod kv_cache;
 pub mod linear;

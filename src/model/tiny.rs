@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 
+use super::export::write_llama_dir;
 use super::llama::LlamaConfig;
 use super::load::RandomSource;
 use super::{ArchConfig, CausalLm, LoadOptions};
@@ -32,57 +33,8 @@ pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
 /// Writes a random LLaMA with `cfg` and the tokenizer, special tokens and chat template of
 /// `text_from` (e.g. SmolLM2) to `dir`.
 pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text_from: &LanguageModel) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let opts = LoadOptions {
-        trainable: true,
-        ..LoadOptions::default()
-    };
-    let loaded = CausalLm::build(
-        &RandomSource::new(1.0),
-        &ArchConfig::Llama(cfg.clone()),
-        &opts,
-    )?;
-    let tensors: HashMap<String, Tensor> = loaded
-        .params
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "bos_token_id": text_from.special.bos,
-        "eos_token_id": text_from.special.eos,
-    });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    text_from
-        .tokenizer
-        .save(dir.join("tokenizer.json"), false)
-        .map_err(|e| anyhow!("{}: cannot write tokenizer.json: {e}", dir.display()))?;
-    let tok_text = |id: Option<u32>| id.and_then(|i| text_from.tokenizer.id_to_token(i));
-    let tcfg = serde_json::json!({
-        "chat_template": text_from.chat_template,
-        "bos_token": tok_text(text_from.special.bos),
-        "eos_token": tok_text(text_from.special.eos),
-        "pad_token": tok_text(text_from.special.pad),
-    });
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&tcfg)?,
-    )?;
-    Ok(())
+    let opts = LoadOptions { trainable: true, ..LoadOptions::default() };
+    let loaded = CausalLm::build(&RandomSource::new(1.0), &ArchConfig::Llama(cfg.clone()), &opts)?;
+    let tensors: HashMap<String, Tensor> = loaded.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    write_llama_dir(dir, cfg, &tensors, text_from)
 }

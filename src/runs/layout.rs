@@ -18,22 +18,42 @@ impl RunDir {
         let stamp = timestamp();
         let safe: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         for n in 0..1000 {
-            let id = if n == 0 { format!("{stamp}-{safe}") } else { format!("{stamp}-{safe}-{n}") };
+            let id = if n == 0 {
+                format!("{stamp}-{safe}")
+            } else {
+                format!("{stamp}-{safe}-{n}")
+            };
             let root = parent.join(id);
             match std::fs::create_dir_all(parent).and_then(|_| std::fs::create_dir(&root)) {
                 Ok(()) => return Ok(Self { root }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("{}: cannot create run directory", root.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{}: cannot create run directory", root.display())
+                    })
+                }
             }
         }
-        anyhow::bail!("{}: could not find a free run directory name", parent.display())
+        anyhow::bail!(
+            "{}: could not find a free run directory name",
+            parent.display()
+        )
     }
 
     pub fn id(&self) -> String {
-        self.root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.root
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
@@ -71,7 +91,10 @@ impl RunDir {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let step = name.strip_prefix("step-")?.parse().ok()?;
-                e.path().join(super::super::train::checkpoint::STATE_FILE).exists().then(|| (step, e.path()))
+                e.path()
+                    .join(super::super::train::checkpoint::STATE_FILE)
+                    .exists()
+                    .then(|| (step, e.path()))
             })
             .collect();
         out.sort();
@@ -87,7 +110,12 @@ fn timestamp() -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

@@ -26,6 +26,7 @@ pub enum TrainEvent {
         loss: f64,
         lr: f64,
         grad_norm: f64,
+        /// Tokens processed in this step (all micro-batches, padding included).
         tokens: usize,
         tokens_per_sec: f64,
         its: f64,

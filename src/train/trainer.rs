@@ -226,7 +226,9 @@ impl<'a> Trainer<'a> {
                 state.batch_in_epoch += 1;
                 micro_in_step += 1;
                 step_loss += loss;
-                step_tokens += n;
+                // Throughput counts every processed token (prompt, response and padding).
+                step_tokens += batch.input_ids.elem_count();
+                let _ = n;
                 let epoch_done = state.batch_in_epoch == batches.len();
                 if micro_in_step < t.grad_accum && !epoch_done {
                     continue;
