@@ -23,6 +23,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Fold a run's LoRA adapter into the base model; writes an HF model directory.
     Merge(cli::merge::MergeArgs),
+    /// A few training steps of each technique: step time, tokens/s, peak memory.
+    Bench(cli::bench::BenchArgs),
     /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2 by default).
     Embed(cli::embed::EmbedArgs),
 }
@@ -36,10 +38,8 @@ fn main() {
         Some(Command::Train(args)) => cli::train::run(args),
         Some(Command::Merge(args)) => cli::merge::run(args),
         Some(Command::Embed(args)) => cli::embed::run(args),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help().map_err(Into::into)
-        }
+        Some(Command::Bench(args)) => cli::bench::run(args),
+        None => cli::tui::run(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -33,7 +33,26 @@ pub fn quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
         return x.matmul(&wd.t()?);
     }
     x.apply_op1(QuantMatmul {
-        w: w.clone(),
+        w: Frozen::Quant4(w.clone()),
+        mode: Mode::XWt,
+    })
+}
+
+/// y = x · Wᵀ for a frozen dense W (out, in) that is not a variable: the backward pass
+/// yields only the input gradient. (candle's matmul backward would also compute dL/dW
+/// and keep it in the gradient store — a weight-sized buffer per frozen layer, which made
+/// LoRA peak above full fine-tuning.)
+pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (out_f, in_f) = w.dims2()?;
+    let (_rows, k) = x.dims2()?;
+    if k != in_f {
+        bail!("frozen_matmul_t: x has {k} features, the weight ({out_f}, {in_f}) expects {in_f}");
+    }
+    if !x.device().is_cpu() || x.dtype() != w.dtype() {
+        return x.matmul(&w.t()?);
+    }
+    x.apply_op1(QuantMatmul {
+        w: Frozen::Dense(w.contiguous()?),
         mode: Mode::XWt,
     })
 }
@@ -55,16 +74,35 @@ enum Mode {
     GW,
 }
 
+/// A frozen weight (out, in): 4-bit, dequantised on the fly, or a dense tensor.
+#[derive(Clone)]
+enum Frozen {
+    Quant4(Arc<Quant4Tensor>),
+    Dense(Tensor),
+}
+
+impl Frozen {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Frozen::Quant4(q) => q.dims(),
+            Frozen::Dense(t) => {
+                let d = t.dims();
+                (d[0], d[1])
+            }
+        }
+    }
+}
+
 struct QuantMatmul {
-    w: Arc<Quant4Tensor>,
+    w: Frozen,
     mode: Mode,
 }
 
 impl CustomOp1 for QuantMatmul {
     fn name(&self) -> &'static str {
         match self.mode {
-            Mode::XWt => "quant4-matmul-t",
-            Mode::GW => "quant4-matmul",
+            Mode::XWt => "frozen-matmul-t",
+            Mode::GW => "frozen-matmul",
         }
     }
 
@@ -90,18 +128,36 @@ impl CustomOp1 for QuantMatmul {
             );
         }
         // The scratch weight lives only for this call.
-        let mut scratch = vec![0f32; out_f * in_f];
-        self.w.dequantize_into(&mut scratch)?;
-        let rhs = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(scratch),
-            DType::F64 => CpuStorage::F64(scratch.into_iter().map(f64::from).collect()),
-            DType::F16 => CpuStorage::F16(scratch.into_iter().map(half::f16::from_f32).collect()),
-            DType::BF16 => {
-                CpuStorage::BF16(scratch.into_iter().map(half::bf16::from_f32).collect())
+        let out = match &self.w {
+            Frozen::Quant4(q) => {
+                let mut scratch = vec![0f32; out_f * in_f];
+                q.dequantize_into(&mut scratch)?;
+                let rhs = match storage.dtype() {
+                    DType::F32 => CpuStorage::F32(scratch),
+                    DType::F64 => CpuStorage::F64(scratch.into_iter().map(f64::from).collect()),
+                    DType::F16 => {
+                        CpuStorage::F16(scratch.into_iter().map(half::f16::from_f32).collect())
+                    }
+                    DType::BF16 => {
+                        CpuStorage::BF16(scratch.into_iter().map(half::bf16::from_f32).collect())
+                    }
+                    dt => bail!("{}: unsupported input dtype {dt:?}", self.name()),
+                };
+                storage.matmul(&rhs, (1, m, n, k), layout, &rhs_layout)?
             }
-            dt => bail!("{}: unsupported input dtype {dt:?}", self.name()),
+            Frozen::Dense(t) => {
+                let (guard, wl) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(rhs) = &*guard else {
+                    bail!("{}: the frozen weight is not on the CPU", self.name())
+                };
+                let off = wl.start_offset();
+                let rhs_layout = match self.mode {
+                    Mode::XWt => Layout::new((in_f, out_f).into(), vec![1, in_f], off),
+                    Mode::GW => Layout::new((out_f, in_f).into(), vec![in_f, 1], off),
+                };
+                storage.matmul(rhs, (1, m, n, k), layout, &rhs_layout)?
+            }
         };
-        let out = storage.matmul(&rhs, (1, m, n, k), layout, &rhs_layout)?;
         Ok((out, (m, n).into()))
     }
 

@@ -25,10 +25,17 @@ pub struct MergeArgs {
 pub fn run(args: MergeArgs) -> Result<()> {
     let spec = match &args.model {
         Some(m) => m.clone(),
-        None => RunConfig::load(&RunDir::new(&args.run).config(), &[])?.model.spec,
+        None => {
+            RunConfig::load(&RunDir::new(&args.run).config(), &[])?
+                .model
+                .spec
+        }
     };
     if args.out.join("config.json").exists() {
-        bail!("{}: already holds a model; choose another --out", args.out.display());
+        bail!(
+            "{}: already holds a model; choose another --out",
+            args.out.display()
+        );
     }
     let mut lm = LanguageModel::load_spec(&spec, &LoadOptions::default())?;
     eprintln!("applied {}", lm.apply_run(&args.run)?);

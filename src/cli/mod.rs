@@ -1,4 +1,5 @@
 //! Command-line subcommands. Each prints for a person; the library below never does.
+pub mod bench;
 pub mod embed;
 pub mod generate;
 pub mod input;
@@ -6,3 +7,4 @@ pub mod merge;
 pub mod models;
 pub mod perplexity;
 pub mod train;
+pub mod tui;

@@ -11,7 +11,12 @@ use super::CausalLm;
 use crate::infer::LanguageModel;
 
 /// Writes `tensors` (HF names) with `cfg`, plus the tokenizer side of `text_from`.
-pub fn write_llama_dir(dir: &Path, cfg: &LlamaConfig, tensors: &HashMap<String, Tensor>, text_from: &LanguageModel) -> Result<()> {
+pub fn write_llama_dir(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    tensors: &HashMap<String, Tensor>,
+    text_from: &LanguageModel,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     candle_core::safetensors::save(tensors, dir.join("model.safetensors"))?;
     let config = serde_json::json!({
@@ -33,7 +38,10 @@ pub fn write_llama_dir(dir: &Path, cfg: &LlamaConfig, tensors: &HashMap<String, 
         "eos_token_id": text_from.special.eos,
         "torch_dtype": "float32",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     text_from
         .tokenizer
         .save(dir.join("tokenizer.json"), false)
@@ -45,7 +53,10 @@ pub fn write_llama_dir(dir: &Path, cfg: &LlamaConfig, tensors: &HashMap<String, 
         "eos_token": tok_text(text_from.special.eos),
         "pad_token": tok_text(text_from.special.pad),
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tcfg)?)?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tcfg)?,
+    )?;
     Ok(())
 }
 

@@ -312,7 +312,7 @@ impl GptNeox {
             Some(l) => l.forward(&x),
             None => {
                 let (b, t, h) = x.dims3()?;
-                x.reshape((b * t, h))?.matmul(&self.embed.t()?)?.reshape((
+                super::linear::matmul_t(&x.reshape((b * t, h))?, &self.embed)?.reshape((
                     b,
                     t,
                     self.cfg.vocab_size,

@@ -37,9 +37,19 @@ impl BaseWeight {
     /// x (rows, in) · Wᵀ → (rows, out).
     fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            BaseWeight::Dense(w) => x.matmul(&w.t()?),
+            BaseWeight::Dense(w) => matmul_t(x, w),
             BaseWeight::Quant4(q) => crate::adapt::quant_linear::quant_matmul_t(x, q),
         }
+    }
+}
+
+/// x (rows, in) · Wᵀ for a dense W (out, in). A trainable W gets its gradient; a frozen
+/// one goes through an op whose backward computes only the input gradient.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.track_op() {
+        x.matmul(&w.t()?)
+    } else {
+        crate::adapt::quant_linear::frozen_matmul_t(x, w)
     }
 }
 
@@ -109,5 +119,34 @@ impl Linear {
             *last = self.out_features();
         }
         y.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_weights_give_the_same_output_and_input_gradient_but_no_weight_gradient() -> Result<()>
+    {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (5, 7), &dev)?)?;
+        let w = Tensor::randn(0f32, 1., (3, 7), &dev)?;
+        let frozen = matmul_t(x.as_tensor(), &w)?;
+        let plain = x.as_tensor().matmul(&w.t()?)?;
+        let d = (&frozen - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "forward diff {d}");
+        let g1 = frozen.sqr()?.sum_all()?.backward()?;
+        let g2 = plain.sqr()?.sum_all()?.backward()?;
+        let gx1 = g1.get(x.as_tensor()).expect("input gradient");
+        let gx2 = g2.get(x.as_tensor()).expect("input gradient");
+        let d = (gx1 - gx2)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-4, "input-gradient diff {d}");
+        // The frozen op keeps only the input's gradient; candle's plain matmul also keeps a
+        // weight-sized gradient (under the id of the transposed view) — the cost avoided.
+        assert_eq!(g1.get_ids().count(), 1);
+        assert_eq!(g2.get_ids().count(), 2);
+        Ok(())
     }
 }

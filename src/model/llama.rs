@@ -339,7 +339,7 @@ impl Llama {
             Some(l) => l.forward(&x),
             None => {
                 let (b, t, h) = x.dims3()?;
-                x.reshape((b * t, h))?.matmul(&self.embed.t()?)?.reshape((
+                super::linear::matmul_t(&x.reshape((b * t, h))?, &self.embed)?.reshape((
                     b,
                     t,
                     self.cfg.vocab_size,

@@ -33,8 +33,19 @@ pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
 /// Writes a random LLaMA with `cfg` and the tokenizer, special tokens and chat template of
 /// `text_from` (e.g. SmolLM2) to `dir`.
 pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text_from: &LanguageModel) -> Result<()> {
-    let opts = LoadOptions { trainable: true, ..LoadOptions::default() };
-    let loaded = CausalLm::build(&RandomSource::new(1.0), &ArchConfig::Llama(cfg.clone()), &opts)?;
-    let tensors: HashMap<String, Tensor> = loaded.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let opts = LoadOptions {
+        trainable: true,
+        ..LoadOptions::default()
+    };
+    let loaded = CausalLm::build(
+        &RandomSource::new(1.0),
+        &ArchConfig::Llama(cfg.clone()),
+        &opts,
+    )?;
+    let tensors: HashMap<String, Tensor> = loaded
+        .params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
     write_llama_dir(dir, cfg, &tensors, text_from)
 }
