@@ -14,9 +14,10 @@ use ftlab::infer::LanguageModel;
 use ftlab::model::LoadOptions;
 use ftlab::runs::layout::RunDir;
 use ftlab::train::events::{EventLine, TrainEvent};
-use ftlab::train::step::{eval_loss, forward_backward};
-use ftlab::train::trainer::{BatchSource, Summary, Trainer};
-use ftlab::train::{setup, sft_source};
+use ftlab::train::setup;
+use ftlab::train::sft_task::{self, SftTask};
+use ftlab::train::step::forward_backward;
+use ftlab::train::trainer::{Summary, TrainTask, Trainer};
 
 fn run_training(
     cfg: &RunConfig,
@@ -24,24 +25,12 @@ fn run_training(
     resume: bool,
     stop_at: Option<usize>,
 ) -> (Summary, Vec<(usize, f64)>, f64) {
-    let (lm, tm) = setup::prepare(cfg).unwrap();
-    let (train, eval) = sft_source::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
-    let eval_ref = eval.as_ref().unwrap();
-    let initial: f64 = {
-        let (mut s, mut n) = (0.0, 0usize);
-        for b in eval_ref.batches(0, 4, 0).unwrap() {
-            let (l, c) = eval_loss(&tm.model, &b).unwrap();
-            s += l * c as f64;
-            n += c;
-        }
-        s / n as f64
-    };
+    let task = SftTask::from_config(cfg, std::path::Path::new(".")).unwrap();
+    let initial = task.evaluate(4, 0).unwrap().unwrap().loss;
     let mut trainer = Trainer {
         cfg: cfg.clone(),
         run: RunDir::new(dir),
-        tm,
-        train: &train,
-        eval: Some(eval_ref as &dyn BatchSource),
+        task,
         predicted_peak_bytes: None,
     };
     let stop = AtomicBool::new(false);
@@ -107,7 +96,7 @@ fn every_technique_lowers_the_eval_loss_of_a_tiny_model() {
 fn checkpointed_gradients_equal_plain_gradients() {
     let (_root, cfg) = tiny_setup("");
     let (lm, tm) = setup::prepare(&cfg).unwrap();
-    let (train, _) = sft_source::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
+    let (train, _) = sft_task::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
     let batch = &train.batches(0, 4, 1).unwrap()[0];
     let mut plain = vec![None; tm.params.len()];
     let mut ckpt = vec![None; tm.params.len()];

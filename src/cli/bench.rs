@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{OptimizerKind, RunConfig};
 use crate::train::optim::{clip_grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
+use crate::train::setup;
+use crate::train::sft_task;
 use crate::train::step::forward_backward;
-use crate::train::{setup, sft_source};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -72,7 +73,7 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
     let mut cfg = RunConfig::load(preset, &overrides(args))?;
     cfg.data.eval = None;
     let (lm, tm) = setup::prepare(&cfg)?;
-    let (train, _) = sft_source::build(
+    let (train, _) = sft_task::build(
         &cfg.data,
         &lm,
         preset.parent().unwrap_or(std::path::Path::new(".")),

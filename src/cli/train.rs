@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use crate::config::RunConfig;
 use crate::runs::layout::RunDir;
 use crate::train::events::{EventLine, TrainEvent};
+use crate::train::setup;
+use crate::train::sft_task::SftTask;
 use crate::train::trainer::Trainer;
-use crate::train::{setup, sft_source};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -105,19 +106,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot write", run.config().display()))?;
     }
     eprintln!("run directory: {}", run.root.display());
-    let (lm, tm) = setup::prepare(&cfg)?;
-    let (train, eval) = sft_source::build(&cfg.data, &lm, &base)?;
-    drop(lm);
-    eprintln!("training set: {}", train.stats());
-    let predicted = None;
+    let task = SftTask::from_config(&cfg, &base)?;
+    eprintln!("training set: {}", task.train.stats());
+    let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
     let mut trainer = Trainer {
         cfg,
         run,
-        tm,
-        train: &train,
-        eval: eval
-            .as_ref()
-            .map(|e| e as &dyn crate::train::trainer::BatchSource),
+        task,
         predicted_peak_bytes: predicted,
     };
     let events = args.events;

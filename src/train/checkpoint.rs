@@ -7,8 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::adapt::peft::{save_adapter, LoraConfig, ADAPTER_WEIGHTS};
-use crate::model::CausalLm;
+use crate::adapt::peft::ADAPTER_WEIGHTS;
 use crate::train::optim::Optimizer;
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -23,25 +22,19 @@ pub struct TrainerState {
     /// Micro-batches of `epoch` already consumed.
     pub batch_in_epoch: usize,
     pub best_eval_loss: Option<f64>,
+    /// The best evaluation's score (lower is better; `best_eval_loss` is its loss).
+    #[serde(default)]
+    pub best_eval_score: Option<f64>,
     pub evals_without_improvement: usize,
     pub last_train_loss: Option<f64>,
     pub elapsed_secs: f64,
 }
 
-/// What is being trained, for saving and loading weights.
-pub enum Trainables<'a> {
-    Lora {
-        cfg: &'a LoraConfig,
-        base_model: &'a str,
-    },
-    Full,
-}
-
+/// Writes a checkpoint: the task's weights (via `save_weights`), optimiser state and the
+/// trainer's position, swapped into place atomically.
 pub fn save(
     dir: &Path,
-    model: &mut CausalLm,
-    params: &[(String, Var)],
-    what: &Trainables,
+    save_weights: impl FnOnce(&Path) -> Result<()>,
     optimizer: &dyn Optimizer,
     state: &TrainerState,
 ) -> Result<()> {
@@ -50,10 +43,7 @@ pub fn save(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    match what {
-        Trainables::Lora { cfg, base_model } => save_adapter(&tmp, model, cfg, base_model, params)?,
-        Trainables::Full => save_vars(&tmp.join(FULL_WEIGHTS), params)?,
-    }
+    save_weights(&tmp)?;
     let opt: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
     candle_core::safetensors::save(&opt, tmp.join(OPTIMIZER_FILE))?;
     std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
@@ -79,8 +69,12 @@ pub fn load(
     dir: &Path,
     params: &[(String, Var)],
     optimizer: &mut dyn Optimizer,
-    device: &Device,
 ) -> Result<TrainerState> {
+    let device = match params.first() {
+        Some((_, v)) => v.device().clone(),
+        None => Device::Cpu,
+    };
+    let device = &device;
     let state_path = dir.join(STATE_FILE);
     let state: TrainerState = serde_json::from_str(
         &std::fs::read_to_string(&state_path)

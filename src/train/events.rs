@@ -38,6 +38,9 @@ pub enum TrainEvent {
         step: usize,
         loss: f64,
         tokens: usize,
+        /// Task metrics, e.g. {"pearson": 0.81, "spearman": 0.79}.
+        #[serde(default)]
+        metrics: std::collections::BTreeMap<String, f64>,
         best: bool,
     },
     Checkpoint {

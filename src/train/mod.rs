@@ -5,6 +5,6 @@ pub mod events;
 pub mod optim;
 pub mod schedule;
 pub mod setup;
-pub mod sft_source;
+pub mod sft_task;
 pub mod step;
 pub mod trainer;

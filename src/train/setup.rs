@@ -69,3 +69,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
     };
     Ok((lm, tm))
 }
+
+/// The predicted peak memory of training `cfg` (bytes), from the memory plan.
+pub fn predict_peak(_cfg: &RunConfig, _model: &CausalLm) -> Result<u64> {
+    anyhow::bail!("memory plan not wired yet")
+}

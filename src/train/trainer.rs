@@ -1,7 +1,9 @@
 //! The training loop: gradient accumulation, clipping, schedule, evaluation with early
 //! stopping, checkpoints with rotation, resume, and events. No printing: events go to
 //! `metrics.jsonl` and to the caller's sink.
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -9,28 +11,53 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Trainables, TrainerState};
-use super::data::Batch;
+use super::checkpoint::{self, TrainerState};
 use super::events::{EventLine, TrainEvent};
 use super::optim::{clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use super::schedule::LrSchedule;
-use super::step::{eval_loss, forward_backward, EmbedNoise};
 use crate::config::{OptimizerKind, RunConfig};
 use crate::model::CausalLm;
 use crate::runs::layout::RunDir;
 use crate::telemetry::memory::{peak_rss_bytes, rss_bytes};
 
-/// Batches for one epoch, deterministic in (epoch, seed).
-pub trait BatchSource {
-    /// Number of examples.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>>;
+/// What one kind of training (instruction SFT of a causal LM, sentence-similarity
+/// fine-tuning of an encoder) gives the loop; the loop owns accumulation, clipping, the
+/// schedule, evaluation bookkeeping, checkpoints, resume and events.
+pub trait TrainTask {
+    type Batch;
+    /// Trainable parameters by name (the optimiser's variables, in this order).
+    fn params(&self) -> &[(String, Var)];
+    fn total_params(&self) -> usize;
+    /// Number of training examples (rows).
+    fn train_len(&self) -> usize;
+    /// Micro-batches of one epoch, deterministic in (epoch, seed).
+    fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Self::Batch>>;
+    /// Forward and backward of one micro-batch, adding into `accum` (aligned with
+    /// `params`). Returns the mean loss and the number of tokens processed.
+    fn forward_backward(
+        &self,
+        batch: &Self::Batch,
+        noise_seed: u64,
+        accum: &mut [Option<Tensor>],
+    ) -> Result<(f64, usize)>;
+    fn evaluate(&self, batch_size: usize, seed: u64) -> Result<Option<Evaluation>>;
+    fn set_training(&mut self, training: bool);
+    /// Writes the trainable weights to `dir` (a PEFT adapter, or safetensors by name).
+    fn save_weights(&mut self, dir: &Path) -> Result<()>;
 }
 
-/// The model side of a run: a model with its trainable parameters.
+/// One evaluation pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub tokens: usize,
+    /// Task metrics (e.g. Pearson and Spearman correlations).
+    pub metrics: BTreeMap<String, f64>,
+    /// What "best" and early stopping minimise (the loss, or −Spearman).
+    pub score: f64,
+}
+
+/// The model side of a causal-LM run: the model with its trainable parameters.
 pub struct TrainModel {
     pub model: CausalLm,
     pub params: Vec<(String, Var)>,
@@ -53,17 +80,17 @@ pub struct Summary {
     pub final_train_loss: Option<f64>,
     pub best_eval_loss: Option<f64>,
     pub eval_losses: Vec<(usize, f64)>,
+    /// Metrics of the evaluation with the best score.
+    pub best_eval_metrics: BTreeMap<String, f64>,
     pub mean_tokens_per_sec: f64,
     pub peak_rss_bytes: Option<u64>,
     pub predicted_peak_bytes: Option<u64>,
 }
 
-pub struct Trainer<'a> {
+pub struct Trainer<T: TrainTask> {
     pub cfg: RunConfig,
     pub run: RunDir,
-    pub tm: TrainModel,
-    pub train: &'a dyn BatchSource,
-    pub eval: Option<&'a dyn BatchSource>,
+    pub task: T,
     pub predicted_peak_bytes: Option<u64>,
 }
 
@@ -71,9 +98,9 @@ fn trainable_count(params: &[(String, Var)]) -> usize {
     params.iter().map(|(_, v)| v.elem_count()).sum()
 }
 
-impl<'a> Trainer<'a> {
+impl<T: TrainTask> Trainer<T> {
     fn optimizer(&self) -> Result<Box<dyn Optimizer>> {
-        let vars: Vec<Var> = self.tm.params.iter().map(|(_, v)| v.clone()).collect();
+        let vars: Vec<Var> = self.task.params().iter().map(|(_, v)| v.clone()).collect();
         let cfg = AdamWConfig {
             weight_decay: self.cfg.train.weight_decay,
             ..AdamWConfig::default()
@@ -87,7 +114,7 @@ impl<'a> Trainer<'a> {
     /// Micro-batches per epoch and the optimiser steps the run will take.
     fn plan_steps(&self) -> Result<(usize, usize)> {
         let t = &self.cfg.train;
-        let per_epoch = self.train.len().div_ceil(t.batch_size);
+        let per_epoch = self.task.train_len().div_ceil(t.batch_size);
         if per_epoch == 0 {
             bail!("the training set is empty");
         }
@@ -98,20 +125,6 @@ impl<'a> Trainer<'a> {
             steps_per_epoch * t.epochs
         };
         Ok((per_epoch, total))
-    }
-
-    fn evaluate(&self) -> Result<Option<(f64, usize)>> {
-        let Some(eval) = self.eval else {
-            return Ok(None);
-        };
-        let mut sum = 0.0;
-        let mut n = 0usize;
-        for b in eval.batches(0, self.cfg.train.batch_size, self.cfg.train.seed)? {
-            let (loss, count) = eval_loss(&self.tm.model, &b)?;
-            sum += loss * count as f64;
-            n += count;
-        }
-        Ok((n > 0).then(|| (sum / n as f64, n)))
     }
 
     /// Runs (or resumes) training until the step budget, early stopping or `stop`.
@@ -154,13 +167,12 @@ impl<'a> Trainer<'a> {
         let t = self.cfg.train.clone();
         let (per_epoch, total_steps) = self.plan_steps()?;
         let mut opt = self.optimizer()?;
-        let device = self.tm.model.device().clone();
         let mut state = TrainerState::default();
         if resume {
             let (step, dir) = self.run.list_checkpoints().pop().with_context(|| {
                 format!("{}: no checkpoint to resume from", self.run.root.display())
             })?;
-            state = checkpoint::load(&dir, &self.tm.params, opt.as_mut(), &device)?;
+            state = checkpoint::load(&dir, self.task.params(), opt.as_mut())?;
             debug_assert_eq!(state.step, step);
         }
         let schedule = LrSchedule {
@@ -170,33 +182,34 @@ impl<'a> Trainer<'a> {
             total_steps,
             min_lr_ratio: 0.0,
         };
-        let trainable = trainable_count(&self.tm.params);
+        let trainable = trainable_count(self.task.params());
         emit(TrainEvent::Start {
             run: self.run.id(),
             technique: self.cfg.technique().to_string(),
             model: self.cfg.model.spec.clone(),
             total_steps,
             trainable_params: trainable,
-            total_params: self.tm.total_params,
-            train_examples: self.train.len(),
-            eval_examples: self.eval.map_or(0, |e| e.len()),
+            total_params: self.task.total_params(),
+            train_examples: self.task.train_len(),
+            eval_examples: 0,
             predicted_peak_bytes: self.predicted_peak_bytes,
             resumed_from_step: state.step,
         })?;
         let start = Instant::now();
         let base_elapsed = state.elapsed_secs;
         let mut eval_losses = Vec::new();
+        let mut best_metrics = BTreeMap::new();
         let mut token_rate_sum = 0.0;
         let mut token_rate_n = 0usize;
         let mut reason = "completed".to_string();
-        let mut accum: Vec<Option<Tensor>> = vec![None; self.tm.params.len()];
+        let mut accum: Vec<Option<Tensor>> = vec![None; self.task.params().len()];
         let mut micro_in_step = 0usize;
         let mut step_loss = 0.0;
         let mut step_tokens = 0usize;
         let mut step_start = Instant::now();
-        self.tm.model.set_training(true);
+        self.task.set_training(true);
         'outer: while state.step < total_steps {
-            let batches = self.train.batches(state.epoch, t.batch_size, t.seed)?;
+            let batches = self.task.batches(state.epoch, t.batch_size, t.seed)?;
             while state.batch_in_epoch < batches.len() {
                 if stop.load(Ordering::SeqCst) {
                     reason = "stopped".into();
@@ -204,19 +217,7 @@ impl<'a> Trainer<'a> {
                 }
                 let batch = &batches[state.batch_in_epoch];
                 let noise_seed = t.seed ^ ((state.step as u64) << 20) ^ micro_in_step as u64;
-                let alpha = self.tm.neftune_alpha;
-                let noise = move |x: &Tensor| {
-                    crate::train::data::neftune::neftune_noise(x, alpha, noise_seed)
-                };
-                let noise_ref: EmbedNoise = if alpha > 0.0 { Some(&noise) } else { None };
-                let (loss, n) = forward_backward(
-                    &self.tm.model,
-                    &self.tm.params,
-                    batch,
-                    self.cfg.model.gradient_checkpointing,
-                    noise_ref,
-                    &mut accum,
-                )?;
+                let (loss, n) = self.task.forward_backward(batch, noise_seed, &mut accum)?;
                 if !loss.is_finite() {
                     bail!(
                         "loss became {loss} at step {}: stopping (lower the learning rate?)",
@@ -226,9 +227,7 @@ impl<'a> Trainer<'a> {
                 state.batch_in_epoch += 1;
                 micro_in_step += 1;
                 step_loss += loss;
-                // Throughput counts every processed token (prompt, response and padding).
-                step_tokens += batch.input_ids.elem_count();
-                let _ = n;
+                step_tokens += n;
                 let epoch_done = state.batch_in_epoch == batches.len();
                 if micro_in_step < t.grad_accum && !epoch_done {
                     continue;
@@ -282,24 +281,27 @@ impl<'a> Trainer<'a> {
                     || last;
                 let mut improved = false;
                 if eval_now {
-                    self.tm.model.set_training(false);
-                    if let Some((loss, tokens)) = self.evaluate()? {
-                        improved = state.best_eval_loss.is_none_or(|b| loss < b);
+                    self.task.set_training(false);
+                    if let Some(ev) = self.task.evaluate(t.batch_size, t.seed)? {
+                        improved = state.best_eval_score.is_none_or(|b| ev.score < b);
                         if improved {
-                            state.best_eval_loss = Some(loss);
+                            state.best_eval_score = Some(ev.score);
+                            state.best_eval_loss = Some(ev.loss);
                             state.evals_without_improvement = 0;
+                            best_metrics = ev.metrics.clone();
                         } else {
                             state.evals_without_improvement += 1;
                         }
-                        eval_losses.push((state.step, loss));
+                        eval_losses.push((state.step, ev.loss));
                         emit(TrainEvent::Eval {
                             step: state.step,
-                            loss,
-                            tokens,
+                            loss: ev.loss,
+                            tokens: ev.tokens,
+                            metrics: ev.metrics,
                             best: improved,
                         })?;
                     }
-                    self.tm.model.set_training(true);
+                    self.task.set_training(true);
                 }
                 state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
                 if (t.save_every > 0 && state.step % t.save_every == 0)
@@ -322,7 +324,7 @@ impl<'a> Trainer<'a> {
             state.epoch += 1;
             state.batch_in_epoch = 0;
         }
-        self.tm.model.set_training(false);
+        self.task.set_training(false);
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
         if reason != "completed"
             || self.run.list_checkpoints().last().map(|c| c.0) != Some(state.step)
@@ -340,10 +342,11 @@ impl<'a> Trainer<'a> {
             reason: reason.clone(),
             elapsed_secs: state.elapsed_secs,
             trainable_params: trainable,
-            total_params: self.tm.total_params,
+            total_params: self.task.total_params(),
             final_train_loss: state.last_train_loss,
             best_eval_loss: state.best_eval_loss,
             eval_losses,
+            best_eval_metrics: best_metrics,
             mean_tokens_per_sec: if token_rate_n > 0 {
                 token_rate_sum / token_rate_n as f64
             } else {
@@ -372,26 +375,9 @@ impl<'a> Trainer<'a> {
         emit: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<()> {
         let dir = self.run.checkpoint(state.step);
-        let lora = self.cfg.lora.clone();
-        let base = self.tm.base_name.clone();
-        let what = match &lora {
-            Some(l) => Trainables::Lora {
-                cfg: l,
-                base_model: &base,
-            },
-            None => Trainables::Full,
-        };
-        checkpoint::save(&dir, &mut self.tm.model, &self.tm.params, &what, opt, state)?;
+        checkpoint::save(&dir, |d| self.task.save_weights(d), opt, state)?;
         if best {
-            let best_dir = self.run.best();
-            checkpoint::save(
-                &best_dir,
-                &mut self.tm.model,
-                &self.tm.params,
-                &what,
-                opt,
-                state,
-            )?;
+            checkpoint::save(&self.run.best(), |d| self.task.save_weights(d), opt, state)?;
         }
         // Rotation: keep the newest `save_total_limit` step checkpoints.
         let all = self.run.list_checkpoints();
@@ -408,25 +394,14 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The run's result: `adapter/` (PEFT layout) or `model/model.safetensors`.
+    /// The run's result: `adapter/` (PEFT layout) for LoRA runs, else `model/`.
     fn save_final(&mut self) -> Result<()> {
-        match self.cfg.lora.clone() {
-            Some(cfg) => {
-                let base = self.tm.base_name.clone();
-                let dir = self.run.adapter();
-                crate::adapt::peft::save_adapter(
-                    &dir,
-                    &mut self.tm.model,
-                    &cfg,
-                    &base,
-                    &self.tm.params,
-                )
-            }
-            None => {
-                let dir = self.run.model();
-                std::fs::create_dir_all(&dir)?;
-                checkpoint::save_vars(&dir.join(checkpoint::FULL_WEIGHTS), &self.tm.params)
-            }
-        }
+        let dir = if self.cfg.lora.is_some() {
+            self.run.adapter()
+        } else {
+            self.run.model()
+        };
+        std::fs::create_dir_all(&dir)?;
+        self.task.save_weights(&dir)
     }
 }

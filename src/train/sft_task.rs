@@ -1,0 +1,202 @@
+//! Instruction SFT of a causal LM: the run's data (files, template, batching) and the
+//! `TrainTask` the training loop drives.
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::data::{
+    load_jsonl, Batch, Batching, DataFormat, PromptTemplate, SftConfig, SftDataset, SftTokenizer,
+};
+use std::collections::BTreeMap;
+
+use candle_core::{Tensor, Var};
+
+use super::checkpoint::{save_vars, FULL_WEIGHTS};
+use super::data::neftune_noise;
+use super::setup;
+use super::step::{eval_loss, forward_backward, EmbedNoise};
+use super::trainer::{Evaluation, TrainModel, TrainTask};
+use crate::adapt::peft::{save_adapter, LoraConfig};
+use crate::config::DataConfig;
+use crate::config::RunConfig;
+use crate::infer::LanguageModel;
+
+pub fn data_format(name: &str) -> Result<DataFormat> {
+    Ok(match name {
+        "auto" => DataFormat::Auto,
+        "dolly" => DataFormat::Dolly,
+        "alpaca" => DataFormat::Alpaca,
+        "chat" | "messages" => DataFormat::Chat,
+        other => bail!("data.format `{other}`: expected auto, dolly, alpaca or chat"),
+    })
+}
+
+/// `chat`, `plain-ja`, `plain-en`, or the path of a Jinja template file (relative paths
+/// resolve against `base`, the preset's directory).
+pub fn prompt_template(name: &str, base: &Path) -> Result<PromptTemplate> {
+    match name.parse::<PromptTemplate>() {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let path = base.join(name);
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read template", path.display()))?;
+                Ok(PromptTemplate::Custom(text))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Loads and tokenises the train (and eval) files. Malformed lines are all reported, with
+/// file and line, before any training starts.
+pub fn build(
+    data: &DataConfig,
+    lm: &LanguageModel,
+    base: &Path,
+) -> Result<(SftDataset, Option<SftDataset>)> {
+    let format = data_format(&data.format)?;
+    let template = prompt_template(&data.template, base)?;
+    let tok = SftTokenizer::new(lm, template)?;
+    let batching = if data.packing {
+        Batching::Packed
+    } else if data.group_by_length {
+        Batching::GroupByLength
+    } else {
+        Batching::Shuffled
+    };
+    let cfg = SftConfig {
+        max_seq_len: data.max_seq_len,
+        response_only: data.response_only,
+        batching,
+        device: lm.model.device().clone(),
+    };
+    let load = |path: &Path, limit: usize| -> Result<Vec<_>> {
+        let mut records = load_jsonl(path, format)?;
+        if limit > 0 {
+            records.truncate(limit);
+        }
+        Ok(records)
+    };
+    let train = SftDataset::build(&load(&data.train, data.limit)?, &tok, &cfg)
+        .with_context(|| format!("{}: building the training set", data.train.display()))?;
+    let eval = match &data.eval {
+        Some(p) => {
+            // Evaluation always sees whole samples in a fixed order.
+            let eval_cfg = SftConfig {
+                batching: Batching::Shuffled,
+                ..cfg.clone()
+            };
+            Some(
+                SftDataset::build(&load(p, data.eval_limit)?, &tok, &eval_cfg)
+                    .with_context(|| format!("{}: building the eval set", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok((train, eval))
+}
+
+/// Instruction SFT of a causal LM as a `TrainTask`.
+pub struct SftTask {
+    pub tm: TrainModel,
+    pub train: SftDataset,
+    pub eval: Option<SftDataset>,
+    pub lora: Option<LoraConfig>,
+    pub checkpointing: bool,
+}
+
+impl SftTask {
+    /// Loads the model and the data of a run config.
+    pub fn from_config(cfg: &RunConfig, base: &Path) -> Result<Self> {
+        let (lm, tm) = setup::prepare(cfg)?;
+        let (train, eval) = build(&cfg.data, &lm, base)?;
+        Ok(Self {
+            tm,
+            train,
+            eval,
+            lora: cfg.lora.clone(),
+            checkpointing: cfg.model.gradient_checkpointing,
+        })
+    }
+}
+
+impl TrainTask for SftTask {
+    type Batch = Batch;
+
+    fn params(&self) -> &[(String, Var)] {
+        &self.tm.params
+    }
+    fn total_params(&self) -> usize {
+        self.tm.total_params
+    }
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+    fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>> {
+        self.train.batches(epoch, batch_size, seed)
+    }
+
+    fn forward_backward(
+        &self,
+        batch: &Batch,
+        noise_seed: u64,
+        accum: &mut [Option<Tensor>],
+    ) -> Result<(f64, usize)> {
+        let alpha = self.tm.neftune_alpha;
+        let noise = move |x: &Tensor| neftune_noise(x, alpha, noise_seed);
+        let noise_ref: EmbedNoise = if alpha > 0.0 { Some(&noise) } else { None };
+        let (loss, _) = forward_backward(
+            &self.tm.model,
+            &self.tm.params,
+            batch,
+            self.checkpointing,
+            noise_ref,
+            accum,
+        )?;
+        // Throughput counts every processed token (prompt, response and padding).
+        Ok((loss, batch.input_ids.elem_count()))
+    }
+
+    fn evaluate(&self, batch_size: usize, seed: u64) -> Result<Option<Evaluation>> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
+        let (mut sum, mut n) = (0.0, 0usize);
+        for b in eval.batches(0, batch_size, seed)? {
+            let (loss, count) = eval_loss(&self.tm.model, &b)?;
+            sum += loss * count as f64;
+            n += count;
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let loss = sum / n as f64;
+        let mut metrics = BTreeMap::new();
+        metrics.insert("perplexity".to_string(), loss.exp());
+        Ok(Some(Evaluation {
+            loss,
+            tokens: n,
+            metrics,
+            score: loss,
+        }))
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.tm.model.set_training(training);
+    }
+
+    fn save_weights(&mut self, dir: &Path) -> Result<()> {
+        match &self.lora {
+            Some(cfg) => save_adapter(
+                dir,
+                &mut self.tm.model,
+                cfg,
+                &self.tm.base_name,
+                &self.tm.params,
+            ),
+            None => save_vars(&dir.join(FULL_WEIGHTS), &self.tm.params),
+        }
+    }
+}
