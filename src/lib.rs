@@ -13,3 +13,4 @@ pub mod plan;
 pub mod runs;
 pub mod telemetry;
 pub mod train;
+pub mod tui;

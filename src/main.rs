@@ -23,6 +23,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Fold a run's LoRA adapter into the base model; writes an HF model directory.
     Merge(cli::merge::MergeArgs),
+    /// Predicted memory of a preset: weights, gradients, optimizer state, activations.
+    Plan(cli::plan::PlanArgs),
     /// A few training steps of each technique: step time, tokens/s, peak memory.
     Bench(cli::bench::BenchArgs),
     /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2 by default).
@@ -39,6 +41,7 @@ fn main() {
         Some(Command::Merge(args)) => cli::merge::run(args),
         Some(Command::Embed(args)) => cli::embed::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Plan(args)) => cli::plan::run(args),
         None => cli::tui::run(),
     };
     if let Err(e) = result {

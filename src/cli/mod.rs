@@ -6,5 +6,6 @@ pub mod input;
 pub mod merge;
 pub mod models;
 pub mod perplexity;
+pub mod plan;
 pub mod train;
 pub mod tui;

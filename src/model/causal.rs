@@ -251,6 +251,16 @@ impl CausalLm {
     }
 }
 
+/// The architecture config of a resolved model, read from metadata only (no weights).
+pub fn arch_config_of(source: &crate::hub::ModelSource) -> Result<ArchConfig> {
+    match source {
+        crate::hub::ModelSource::Gguf { path } => {
+            Ok(ArchConfig::Llama(LlamaConfig::from_gguf(&GgufFile::open(path)?)?))
+        }
+        crate::hub::ModelSource::HfDir { dir } => read_hf_causal_config(dir),
+    }
+}
+
 /// Reads `config.json` of an HF directory into an architecture config.
 pub fn read_hf_causal_config(dir: &Path) -> Result<ArchConfig> {
     let v = read_config_json(dir)?;

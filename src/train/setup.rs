@@ -6,9 +6,11 @@ use candle_core::DType;
 use super::trainer::TrainModel;
 use crate::adapt::nf4::Quant4Kind;
 use crate::adapt::peft::apply_lora;
-use crate::config::{QuantKind, RunConfig};
+use crate::adapt::peft::TargetModules;
+use crate::config::{OptimizerKind, QuantKind, RunConfig};
+use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique};
 use crate::infer::LanguageModel;
-use crate::model::{CausalLm, LoadOptions};
+use crate::model::{ArchConfig, CausalLm, LoadOptions};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
 pub fn count_params(model: &mut CausalLm) -> usize {
@@ -70,7 +72,41 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
     Ok((lm, tm))
 }
 
-/// The predicted peak memory of training `cfg` (bytes), from the memory plan.
-pub fn predict_peak(_cfg: &RunConfig, _model: &CausalLm) -> Result<u64> {
-    anyhow::bail!("memory plan not wired yet")
+/// The memory-plan input of a run config for a model of architecture `arch`.
+pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
+    let lora = cfg.lora.as_ref().map(|l| LoraPlan {
+        r: l.r,
+        targets: match &l.target_modules {
+            TargetModules::Preset(_) => LoraTargets::AllLinear,
+            TargetModules::Names(n) => LoraTargets::Names(n.clone()),
+        },
+        modules_to_save_params: 0,
+        dropout: l.dropout > 0.0,
+    });
+    let technique = Technique {
+        full: cfg.lora.is_none(),
+        lora,
+        quant4: cfg.model.quant != QuantKind::None,
+        gradient_checkpointing: cfg.model.gradient_checkpointing,
+        optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
+    };
+    let mut input = PlanInput::new(ModelShape::from_arch(arch), cfg.train.batch_size, cfg.data.max_seq_len, technique);
+    input.grad_accum_steps = cfg.train.grad_accum;
+    input
+}
+
+/// The memory plan of a run config, from the model's metadata (no weights are loaded).
+pub fn plan_for(cfg: &RunConfig) -> Result<MemoryPlan> {
+    let resolved = crate::hub::resolve(&cfg.model.spec)?;
+    let arch = crate::model::causal::arch_config_of(&resolved.source)?;
+    Ok(plan(&plan_input(cfg, &arch)))
+}
+
+/// The predicted peak memory (bytes) of training `cfg` on `model`.
+pub fn predict_peak(cfg: &RunConfig, model: &CausalLm) -> Result<u64> {
+    let arch = match model {
+        CausalLm::Llama(m) => ArchConfig::Llama(m.cfg.clone()),
+        CausalLm::GptNeox(m) => ArchConfig::GptNeox(m.cfg.clone()),
+    };
+    Ok(plan(&plan_input(cfg, &arch)).expected_peak(false))
 }

@@ -1,0 +1,268 @@
+//! What candle's autograd keeps alive, derived from ftlab's own forward code
+//! (`model/llama.rs`, `model/gpt_neox.rs`, `model/ops.rs`, `model/linear.rs`,
+//! `adapt/lora.rs`) and from candle-core 0.11's `backprop.rs`.
+//!
+//! Two facts about candle's CPU autograd decide everything here:
+//!
+//! 1. **Every tensor produced by a tracked op is kept** until the loss tensor is dropped.
+//!    A tracked op (one with an input that is a `Var` or itself tracked) stores its input
+//!    tensors in its `BackpropOp`, so the loss transitively owns *every* intermediate of the
+//!    forward pass, not only what the backward formulas need (PyTorch frees e.g. the input
+//!    of `sum` or `exp`'s input; candle keeps both). Views (reshape of a contiguous tensor,
+//!    transpose, narrow, broadcast_as, `detach`, `to_dtype` to the same dtype) share
+//!    storage and cost nothing; `contiguous()` of a strided view and `reshape` of a
+//!    strided tensor copy.
+//! 2. **`backward()` computes a gradient for every input of every tracked op, tracked or
+//!    not, and never removes the untracked ones** from the returned `GradStore`: `Matmul`
+//!    always computes `lhs.t().matmul(grad)` for its right-hand side, binary ops always
+//!    compute both sides. So a frozen weight `W.t()` used by a tracked matmul gets a
+//!    W-sized gradient, a broadcast frozen norm weight gets a (b, t, hidden) gradient, the
+//!    RoPE cos/sin tables and the causal mask get gradients of their broadcast shapes —
+//!    all alive until the trainer drops the store (`train/step.rs` drops it after
+//!    accumulating the `Var` gradients). We call these *stray gradients*.
+//!
+//! Counts below are in elements ("floats"); `plan` multiplies by bytes per element.
+use super::shape::{Arch, LinearSpec, ModelShape};
+
+/// LoRA as the activation model needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct LoraOverlay {
+    pub r: usize,
+    pub dropout: bool,
+}
+
+/// Per-token elements kept by one block's forward pass, excluding attention scores.
+///
+/// LLaMA block (`Block::forward`), per token, h = hidden, qd = heads·hd, kvd = kv·hd,
+/// I = intermediate:
+/// - `rms_norm` (input): `x.sqr()` h, `mean_keepdim` 1, `+eps` 1, `sqrt` 1,
+///   `broadcast_div` h, `broadcast_mul(weight)` h → 3h + 3
+/// - q/k/v `Linear::forward`: matmul output (qd | kvd); with biases + `broadcast_add`
+///   (qd | kvd); then `reshape → transpose(1,2) → contiguous()` copies → 2qd + 4kvd
+///   (+ qd + 2kvd with biases)
+/// - `Rope::apply` (`rotate`): `x2.neg()` d/2, `cat` d, `x·cos` d, `rotated·sin` d,
+///   `add` d → 4.5 per rotated element, for q and k; a partial rotation (GPT-NeoX) adds
+///   the final `cat` with the pass-through part (+ the full width)
+/// - `repeat_kv` (grouped-query, heads ≠ kv_heads): broadcast then `reshape` of a
+///   strided tensor copies → qd for k and qd for v
+/// - `ops::attention`: `k.t().contiguous()` qd; scores (counted in [`block_scores`]);
+///   `probs.matmul(v)` qd; `transpose(1,2).reshape` copies qd
+/// - o_proj matmul h, residual add h
+/// - `rms_norm` (post-attention) 3h + 3
+/// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
+/// - residual add h
+///
+/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 20,166 floats per token per block.
+///
+/// GPT-NeoX block (`NeoxBlock::forward`), heads = kv heads, qd = h:
+/// - `layer_norm` ×2: `centered` h, `sqr` h, `broadcast_div` h, `·weight` h, `+bias` h
+///   (+ 3 per-token scalars) → 5h + 3 each
+/// - qkv matmul 3h + bias 3h; three `narrow(..).contiguous()` copies 3h
+/// - RoPE on q and k as above
+/// - attention `k.t().contiguous()` h, `probs·v` h, reshape copy h
+/// - dense matmul h + bias h
+/// - MLP: h_to_4h I + bias I, GELU I, 4h_to_h h + bias h → 3I + 2h
+/// - two residual adds 2h
+///
+/// LoRA on a targeted linear (`Linear::forward` + `LoraAdapter::forward`), per token:
+/// `x·Aᵀ` r, `·Bᵀ` out, `·scale` out, `y + lora` out → r + 3·out; with dropout in
+/// training, `candle_nn::ops::dropout` keeps its mask and the product → + 2·in.
+pub(crate) fn block_retained_per_token(
+    s: &ModelShape,
+    layer_linears: &[&LinearSpec],
+    lora: Option<&LoraOverlay>,
+    lora_targets: &dyn Fn(&LinearSpec) -> bool,
+) -> f64 {
+    let (h, i) = (s.hidden as f64, s.intermediate as f64);
+    let rope = |heads: usize| -> f64 {
+        let full = (heads * s.head_dim) as f64;
+        let rot = (heads * s.rotary_dim.min(s.head_dim)) as f64;
+        if s.rotary_dim >= s.head_dim {
+            4.5 * full
+        } else if s.rotary_dim == 0 {
+            0.0
+        } else {
+            4.5 * rot + full
+        }
+    };
+    let base = match s.arch {
+        Arch::Llama => {
+            let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
+            let norm = 3.0 * h + 3.0;
+            let bias = if s.attention_bias {
+                qd + 2.0 * kvd
+            } else {
+                0.0
+            };
+            let proj = 2.0 * qd + 4.0 * kvd + bias;
+            let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
+            let attn = 3.0 * qd;
+            let mlp = 4.0 * i + h;
+            2.0 * norm + proj + rope(s.heads) + rope(s.kv_heads) + repeat + attn + h + h + mlp + h
+        }
+        Arch::GptNeox => {
+            let norm = 5.0 * h + 3.0;
+            let qkv = 6.0 * h + 3.0 * h;
+            let attn = 3.0 * h;
+            let dense = 2.0 * h;
+            let mlp = 3.0 * i + 2.0 * h;
+            2.0 * norm + qkv + 2.0 * rope(s.heads) + attn + dense + mlp + 2.0 * h
+        }
+    };
+    let lora_extra: f64 = match lora {
+        Some(l) => layer_linears
+            .iter()
+            .filter(|lin| lora_targets(lin))
+            .map(|lin| {
+                let drop = if l.dropout {
+                    2.0 * lin.in_f as f64
+                } else {
+                    0.0
+                };
+                l.r as f64 + 3.0 * lin.out_f as f64 + drop
+            })
+            .sum(),
+        None => 0.0,
+    };
+    base + lora_extra
+}
+
+/// Elements of the attention-score tensors one block keeps, all (b, heads, t, t):
+/// `q·kᵀ`, `/ √d`, `+ mask`, and `candle_nn::ops::softmax`'s `x − max`, `exp`,
+/// `/ sum` → 6 (the `max`/`sum` reductions add 2·b·heads·t).
+pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
+    let (b, t, nh) = (b as f64, t as f64, s.heads as f64);
+    6.0 * b * nh * t * t + 2.0 * b * nh * t
+}
+
+/// Stray gradients of one block that stay in the `GradStore` (see the module docs).
+pub(crate) struct BlockStray {
+    /// Elements proportional to tokens or t² (rope tables, mask, frozen norms/biases,
+    /// dropout masks).
+    pub activation_like: f64,
+    /// Elements of frozen dense linear weights that received a gradient.
+    pub weights: f64,
+}
+
+/// RoPE: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked tables
+/// give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and k.
+/// Mask: `scores.broadcast_add(mask)` gives the mask a (b, heads, t, t) gradient.
+/// Frozen norms (LoRA/QLoRA): `broadcast_mul(weight)` (and `+bias`) → h per token each;
+/// frozen biases of linears → out per token. Frozen dense linear weights (LoRA on an f32
+/// base): `W.t()` of a tracked matmul → in·out, except block 0's projections of the
+/// block input when the embeddings are frozen (their input is untracked, so that matmul
+/// is not recorded). 4-bit bases use a custom op with no weight gradient: none.
+/// Dropout masks (LoRA dropout) are untracked inputs of a `Mul` → in per token.
+pub(crate) fn block_stray(
+    s: &ModelShape,
+    layer: usize,
+    layer_linears: &[&LinearSpec],
+    b: usize,
+    t: usize,
+    frozen_base: bool,
+    dense_frozen_linears: bool,
+    embeddings_trainable: bool,
+    lora: Option<&LoraOverlay>,
+    lora_targets: &dyn Fn(&LinearSpec) -> bool,
+) -> BlockStray {
+    let n = (b * t) as f64;
+    let rot = s.rotary_dim.min(s.head_dim) as f64;
+    let rope = 2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot);
+    let mask = (b * s.heads * t * t) as f64;
+    let mut per_token = rope;
+    let mut weights = 0.0;
+    if frozen_base {
+        let norms = match s.arch {
+            Arch::Llama => 2.0,
+            Arch::GptNeox => 4.0,
+        };
+        per_token += norms * s.hidden as f64;
+        for lin in layer_linears {
+            if lin.bias {
+                per_token += lin.out_f as f64;
+            }
+            let untracked_input = layer == 0 && lin.reads_block_input && !embeddings_trainable;
+            if dense_frozen_linears && !untracked_input {
+                weights += (lin.in_f * lin.out_f) as f64;
+            }
+        }
+    }
+    if let Some(l) = lora {
+        if l.dropout {
+            per_token += layer_linears
+                .iter()
+                .filter(|lin| lora_targets(lin))
+                .map(|lin| lin.in_f as f64)
+                .sum::<f64>();
+        }
+    }
+    BlockStray {
+        activation_like: per_token * n + mask,
+        weights,
+    }
+}
+
+/// Gradients alive at once inside one block's backward, besides the kept activations:
+/// the in-flight gradient of the node being processed, the accumulated gradients of its
+/// inputs and `or_insert`'s zero tensors. Worst around attention (a few score-sized
+/// tensors) and the MLP (a few (t, I) tensors). An estimate: 2 score tensors + 2I + 3h
+/// per token.
+pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize) -> f64 {
+    let n = (b * t) as f64;
+    let scores = (b * s.heads * t * t) as f64;
+    2.0 * scores + n * (2.0 * s.intermediate as f64 + 3.0 * s.hidden as f64)
+}
+
+/// Elements the head keeps (`Llama::head` + `train::step::loss_from_logits` +
+/// `ops::masked_cross_entropy`), t tokens per row, t−1 scored:
+/// final norm (3h + 3 | 5h + 3) per token; logits `x·Eᵀ` V per token; for b > 1 the
+/// `narrow(1, 0, t−1).reshape(..)` of the logits is strided and copies (V per scored
+/// token); `log_softmax_last`: `x − max` V, `exp` V, `− lse` V per scored token.
+pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
+    let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
+    let v = s.vocab as f64;
+    let norm = match s.arch {
+        Arch::Llama => 3.0 * s.hidden as f64 + 3.0,
+        Arch::GptNeox => 5.0 * s.hidden as f64 + 3.0,
+    };
+    let copy = if b > 1 { v } else { 0.0 };
+    n * (norm + v) + scored * (copy + 3.0 * v)
+}
+
+/// Stray gradients of the head: the detached `max` of the log-softmax is broadcast into
+/// a `Sub` → V per scored token, always; a frozen LM head (tied or not) used through a
+/// tracked matmul → V·h; a frozen final norm → h (| 2h) per token.
+pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) -> f64 {
+    let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
+    let v = s.vocab as f64;
+    let mut e = scored * v;
+    if frozen_base {
+        e += v * s.hidden as f64;
+        e += n * match s.arch {
+            Arch::Llama => s.hidden as f64,
+            Arch::GptNeox => 2.0 * s.hidden as f64,
+        };
+    }
+    e
+}
+
+/// Gradients alive at once while the backward pass crosses the head, beyond the stray
+/// gradients of [`head_stray`]. `or_insert`'s zero tensors cost no resident memory (large
+/// zeroed allocations are fresh anonymous pages, resident only once written), so each
+/// accumulation costs one written tensor. At the log-softmax: ~3 logits-sized gradients
+/// (in-flight, accumulated for `x − max`, the broadcast `lse` term). At the LM-head matmul:
+/// the in-flight logits gradient (+ the input gradient) and `lhs.t()·grad` (V·h), whose
+/// sum with the zeros is the stray gradient (frozen head) or, for a trainable head, the
+/// transpose node's gradient followed by the table's own (2 × V·h).
+pub(crate) fn head_backward_transient(
+    s: &ModelShape,
+    b: usize,
+    t: usize,
+    head_trainable: bool,
+) -> f64 {
+    let scored = (b * t.saturating_sub(1).max(1)) as f64;
+    let logits = scored * s.vocab as f64;
+    let vh = (s.vocab * s.hidden) as f64;
+    let tables = if head_trainable { 2.0 } else { 1.0 };
+    (3.0 * logits).max(tables * vh + 1.5 * logits)
+}

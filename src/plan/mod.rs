@@ -1,0 +1,534 @@
+//! The memory model of a training run: bytes of weights, gradients, optimiser state,
+//! activations and process overhead, per technique — shown before launch, compared with
+//! the measured peak after.
+//!
+//! It models *this* implementation (candle's CPU autograd in f32, `train::step`'s plain
+//! and checkpointed passes, `train::optim`'s AdamW and 8-bit AdamW), not PyTorch: candle
+//! keeps every intermediate of the forward pass and also gradients of frozen inputs (see
+//! [`activations`] for the derivation). The peak is taken in the steady state (optimiser
+//! state allocated, i.e. from the second optimiser step on) as the largest of the phases
+//! of one micro-batch's backward pass.
+//!
+//! ```
+//! use ftlab::plan::{plan, ModelShape, PlanInput, Technique};
+//! let p = plan(&PlanInput::new(ModelShape::smollm2_135m(), 1, 256, Technique::qlora(16)));
+//! println!("{p}");
+//! assert!(p.total < plan(&PlanInput::new(ModelShape::smollm2_135m(), 1, 256, Technique::baseline())).total);
+//! ```
+pub mod activations;
+mod render;
+pub mod shape;
+
+use std::fmt;
+
+pub use render::Comparison;
+pub use shape::{Arch, LinearSpec, ModelShape, ParamKind, ParamTensor};
+
+use activations::LoraOverlay;
+
+/// Bits per parameter of a 4-bit (NF4/FP4) linear weight with double quantisation:
+/// 4 + 8/64 (8-bit absmax per block of 64) + 32/(64·256) (an f32 scale per 256 absmax).
+pub const NF4_DQ_BITS: f64 = 4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0);
+/// Without double quantisation: 4 + 32/64 (an f32 absmax per block of 64).
+pub const NF4_BITS: f64 = 4.5;
+/// 8-bit AdamW: elements per quantisation block (one f32 absmax per moment per block).
+pub const ADAM8_BLOCK: u64 = 256;
+/// 8-bit AdamW: tensors with fewer elements keep f32 moments (bitsandbytes' rule).
+pub const ADAM8_MIN_SIZE: u64 = 4096;
+/// Resident memory of an idle worker process before any model is loaded: code pages,
+/// the tokenizer, rayon's thread stacks, allocator metadata. Measured (see
+/// `tests/plan.rs`, `measure_idle_baseline`): ~25 MiB; rounded up for the larger binary.
+pub const PROCESS_BASELINE: u64 = 40 << 20;
+/// Fraction of the f32 weights that stays resident after a 4-bit base is quantised from
+/// them: glibc keeps freed heap chunks (tensors of a few MiB fall under its adaptive
+/// mmap threshold), so part of the dense copy persists in RSS. Measured on SmolLM2
+/// (see `measure_qlora_backward`).
+pub const QUANT_LOAD_RESIDUE: f64 = 0.0;
+
+/// Which parameters train and how the base is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Technique {
+    /// Every base weight is trainable (full fine-tuning).
+    pub full: bool,
+    pub lora: Option<LoraPlan>,
+    /// Frozen base linear weights stored in 4 bits (NF4/FP4 with double quantisation);
+    /// embeddings and norms stay dense. Only meaningful with a frozen base.
+    pub quant4: bool,
+    /// Per-block recomputation in the backward pass (`train::step`, checkpointing).
+    pub gradient_checkpointing: bool,
+    /// Blockwise 8-bit AdamW moments instead of f32.
+    pub optimizer_8bit: bool,
+}
+
+/// LoRA adapters as the memory model needs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraPlan {
+    pub r: usize,
+    pub targets: LoraTargets,
+    /// Parameters of `modules_to_save` (trained in full next to the adapters).
+    pub modules_to_save_params: u64,
+    /// LoRA dropout > 0 (its masks are kept for backward).
+    pub dropout: bool,
+}
+
+/// Which block linears get an adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoraTargets {
+    /// Every linear layer of the blocks (not the LM head), PEFT's "all-linear".
+    AllLinear,
+    /// Module names matched as PEFT does: the full name or a dotted suffix (`q_proj`).
+    Names(Vec<String>),
+}
+
+impl LoraTargets {
+    pub fn matches(&self, module: &str) -> bool {
+        match self {
+            LoraTargets::AllLinear => true,
+            LoraTargets::Names(ns) => ns
+                .iter()
+                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
+        }
+    }
+}
+
+impl LoraPlan {
+    pub fn all_linear(r: usize) -> Self {
+        Self {
+            r,
+            targets: LoraTargets::AllLinear,
+            modules_to_save_params: 0,
+            dropout: false,
+        }
+    }
+}
+
+impl Technique {
+    /// Full fine-tuning, AdamW, no checkpointing.
+    pub fn baseline() -> Self {
+        Self {
+            full: true,
+            lora: None,
+            quant4: false,
+            gradient_checkpointing: false,
+            optimizer_8bit: false,
+        }
+    }
+
+    /// Full fine-tuning with per-block gradient checkpointing.
+    pub fn grad_ckpt() -> Self {
+        Self {
+            gradient_checkpointing: true,
+            ..Self::baseline()
+        }
+    }
+
+    /// LoRA (rank r, all linears) on a frozen f32 base, no checkpointing.
+    pub fn lora(r: usize) -> Self {
+        Self {
+            full: false,
+            lora: Some(LoraPlan::all_linear(r)),
+            quant4: false,
+            gradient_checkpointing: false,
+            optimizer_8bit: false,
+        }
+    }
+
+    /// QLoRA: LoRA on a frozen 4-bit base.
+    pub fn qlora(r: usize) -> Self {
+        Self {
+            quant4: true,
+            ..Self::lora(r)
+        }
+    }
+
+    pub fn with_checkpointing(mut self, on: bool) -> Self {
+        self.gradient_checkpointing = on;
+        self
+    }
+
+    pub fn with_8bit_optimizer(mut self, on: bool) -> Self {
+        self.optimizer_8bit = on;
+        self
+    }
+
+    /// A short name: "full FT", "LoRA r16 + ckpt", "QLoRA r16 + 8-bit AdamW"...
+    pub fn describe(&self) -> String {
+        let mut s = match (&self.lora, self.full, self.quant4) {
+            (Some(l), false, true) => format!("QLoRA r{}", l.r),
+            (Some(l), false, false) => format!("LoRA r{}", l.r),
+            (Some(l), true, _) => format!("full FT + LoRA r{}", l.r),
+            (None, true, _) => "full FT".to_string(),
+            (None, false, _) => "frozen".to_string(),
+        };
+        if self.gradient_checkpointing {
+            s.push_str(" + grad ckpt");
+        }
+        if self.optimizer_8bit {
+            s.push_str(" + 8-bit AdamW");
+        }
+        s
+    }
+
+    fn quantized_base(&self) -> bool {
+        self.quant4 && !self.full
+    }
+}
+
+/// Everything the plan depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInput {
+    pub shape: ModelShape,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Bytes per element of weights and activations: 4 on the CPU (f32). The model is
+    /// exact for f32; for 16-bit it scales the dense parts (norm, softmax and loss
+    /// internals that run in f32 are not modelled separately).
+    pub compute_dtype_bytes: usize,
+    /// Micro-batches per optimiser step. With more than one, the accumulated gradients of
+    /// earlier micro-batches are alive during each later backward pass.
+    pub grad_accum_steps: usize,
+    pub technique: Technique,
+}
+
+impl PlanInput {
+    /// f32, no gradient accumulation.
+    pub fn new(shape: ModelShape, batch_size: usize, seq_len: usize, technique: Technique) -> Self {
+        Self {
+            shape,
+            batch_size,
+            seq_len,
+            compute_dtype_bytes: 4,
+            grad_accum_steps: 1,
+            technique,
+        }
+    }
+}
+
+/// Predicted memory of a run, in bytes. `total` is the predicted steady-state peak of a
+/// training step; `load_peak` the peak while loading (reached before training starts, and
+/// part of a process's VmHWM unless it is reset after loading).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    pub weights: u64,
+    /// Trainable-parameter gradients plus the stray gradients candle keeps for frozen
+    /// inputs until the step's `GradStore` is dropped.
+    pub gradients: u64,
+    pub optimizer: u64,
+    /// The largest live set of the backward pass beyond weights, gradients and optimiser
+    /// state: kept forward intermediates plus backward transients.
+    pub activations: u64,
+    pub overhead: u64,
+    pub total: u64,
+    pub load_peak: u64,
+    pub params: u64,
+    pub trainable_params: u64,
+    /// "frozen forward", "full FT + grad ckpt", ...
+    pub label: String,
+    /// Sub-items behind the components (name, bytes), for a detail view.
+    pub details: Vec<(String, u64)>,
+}
+
+impl MemoryPlan {
+    /// The peak a process should reach over its life: training peak or loading peak.
+    pub fn expected_peak(&self, include_load: bool) -> u64 {
+        if include_load {
+            self.total.max(self.load_peak)
+        } else {
+            self.total
+        }
+    }
+
+    /// The same plan without optimiser state (a forward + backward with no step yet).
+    pub fn without_optimizer(&self) -> MemoryPlan {
+        let mut p = self.clone();
+        p.total -= p.optimizer;
+        p.optimizer = 0;
+        p.label = format!("{} (no optimiser state)", p.label);
+        p
+    }
+
+    pub fn compare(&self, measured_peak: u64) -> Comparison {
+        Comparison::new(self.total, measured_peak)
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        render::table(self, f)
+    }
+}
+
+/// Optimiser state bytes for one trainable tensor.
+fn optimizer_bytes(numel: u64, eight_bit: bool) -> u64 {
+    if eight_bit && numel >= ADAM8_MIN_SIZE {
+        2 * numel + 8 * numel.div_ceil(ADAM8_BLOCK)
+    } else {
+        8 * numel
+    }
+}
+
+/// The memory plan of a training step (steady state) for `input`.
+pub fn plan(input: &PlanInput) -> MemoryPlan {
+    let s = &input.shape;
+    let tech = &input.technique;
+    let (b, t) = (input.batch_size.max(1), input.seq_len.max(1));
+    let n = (b * t) as f64;
+    let db = input.compute_dtype_bytes.max(1) as f64;
+    let bytes = |elems: f64| (elems * db).round() as u64;
+    let f32b = |elems: f64| (elems * 4.0).round() as u64;
+
+    let params = s.params();
+    let linears = s.linears();
+    let total_params: u64 = params.iter().map(|p| p.numel).sum();
+    let linear_params: u64 = params
+        .iter()
+        .filter(|p| p.kind == ParamKind::Linear)
+        .map(|p| p.numel)
+        .sum();
+    let vh = (s.vocab * s.hidden) as f64;
+
+    let lora = tech.lora.as_ref();
+    let overlay = lora.map(|l| LoraOverlay {
+        r: l.r,
+        dropout: l.dropout,
+    });
+    let targets = |lin: &LinearSpec| lora.is_some_and(|l| l.targets.matches(&lin.name));
+    let targeted: Vec<&LinearSpec> = linears.iter().filter(|l| targets(l)).collect();
+    let lora_params: u64 = targeted
+        .iter()
+        .map(|l| (lora.map_or(0, |p| p.r) * (l.in_f + l.out_f)) as u64)
+        .sum();
+    let save_params = lora.map_or(0, |l| l.modules_to_save_params);
+    let frozen_base = !tech.full;
+    let quant = tech.quantized_base();
+    let dense_frozen_linears = frozen_base && !quant;
+    let embeddings_trainable = tech.full;
+    let trainable = if tech.full { total_params } else { 0 } + lora_params + save_params;
+    let mut details = Vec::new();
+
+    // ---- weights: dense params in the compute dtype; a 4-bit base stores its linear
+    // weights at NF4_DQ_BITS; LoRA factors are f32 `Var`s.
+    let base_weights = if quant {
+        let q = (linear_params as f64 * NF4_DQ_BITS / 8.0).round() as u64;
+        let dense = bytes((total_params - linear_params) as f64);
+        details.push(("4-bit linear weights".into(), q));
+        details.push(("dense embeddings and norms".into(), dense));
+        q + dense
+    } else {
+        bytes(total_params as f64)
+    };
+    let lora_weights = f32b(lora_params as f64);
+    if lora_params > 0 {
+        details.push(("LoRA factors".into(), lora_weights));
+    }
+    let weights = base_weights + lora_weights;
+
+    // ---- optimiser: AdamW m and v per trainable tensor (8 bytes/param), or 8-bit.
+    let eight = tech.optimizer_8bit;
+    let mut optimizer = 0u64;
+    if tech.full {
+        optimizer += params
+            .iter()
+            .map(|p| optimizer_bytes(p.numel, eight))
+            .sum::<u64>();
+    }
+    let r = lora.map_or(0, |l| l.r) as u64;
+    for l in &targeted {
+        optimizer += optimizer_bytes(r * l.in_f as u64, eight);
+        optimizer += optimizer_bytes(r * l.out_f as u64, eight);
+    }
+    optimizer += optimizer_bytes(save_params, eight);
+
+    // ---- gradients of trainable params (f32 `Var`s).
+    let grads = f32b(trainable as f64);
+    let layer_grads = |layer: usize| -> f64 {
+        let mut e = 0.0;
+        for lin in linears.iter().filter(|l| l.layer == layer) {
+            if tech.full {
+                e += (lin.in_f * lin.out_f) as f64 + if lin.bias { lin.out_f as f64 } else { 0.0 };
+            }
+            if targets(lin) {
+                e += (r as usize * (lin.in_f + lin.out_f)) as f64;
+            }
+        }
+        if tech.full {
+            e += match s.arch {
+                Arch::Llama => 2.0,
+                Arch::GptNeox => 4.0,
+            } * s.hidden as f64;
+        }
+        e * 4.0
+    };
+
+    // ---- per-layer activations and stray gradients.
+    let blocks_tracked = tech.full || !targeted.is_empty();
+    let mut block_acts = Vec::with_capacity(s.layers);
+    let mut block_stray = Vec::with_capacity(s.layers);
+    for layer in 0..s.layers {
+        let lins: Vec<&LinearSpec> = linears.iter().filter(|l| l.layer == layer).collect();
+        let per_token = activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets);
+        let acts = bytes(per_token * n) + f32b(activations::block_scores(s, b, t));
+        let st = activations::block_stray(
+            s,
+            layer,
+            &lins,
+            b,
+            t,
+            frozen_base,
+            dense_frozen_linears,
+            embeddings_trainable,
+            overlay.as_ref(),
+            &targets,
+        );
+        block_acts.push(if blocks_tracked { acts } else { 0 });
+        block_stray.push(if blocks_tracked {
+            bytes(st.activation_like + st.weights)
+        } else {
+            0
+        });
+    }
+    let acts_blocks: u64 = block_acts.iter().sum();
+    let stray_blocks: u64 = block_stray.iter().sum();
+    let head_acts = bytes(activations::head_retained(s, b, t));
+    let head_stray = bytes(activations::head_stray(s, b, t, frozen_base));
+    let head_transient = bytes(activations::head_backward_transient(s, b, t, tech.full));
+    let block_transient = bytes(activations::block_backward_transient(s, b, t));
+    let hidden_state = bytes(n * s.hidden as f64);
+    let embed_grad_transient = if embeddings_trainable { bytes(vh) } else { 0 };
+    let accum_prev = if input.grad_accum_steps > 1 { grads } else { 0 };
+
+    // Activation-shaped transients of the 4-bit custom op: one dequantised weight at a time.
+    let dequant_scratch = if quant {
+        linears
+            .iter()
+            .map(|l| f32b((l.in_f * l.out_f) as f64))
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+
+    let (gradients, dynamic) = if !tech.gradient_checkpointing {
+        // `train::step::forward_backward`, plain: the loss owns every block's
+        // intermediates until the end of backward.
+        let kept = hidden_state + acts_blocks + head_acts;
+        details.push(("kept forward intermediates".into(), kept));
+        // Phase 1: crossing the head (few param gradients yet, big logits gradients).
+        let head_phase = kept + head_stray + head_transient + accum_prev;
+        // Phase 2: end of backward: every gradient, every stray gradient, the embedding's
+        // `index_add` making a new V×h table while the old one is alive.
+        let stray = stray_blocks + head_stray;
+        let end_phase = kept
+            + grads
+            + stray
+            + embed_grad_transient
+            + block_transient
+            + dequant_scratch
+            + accum_prev;
+        let gradients = grads + stray;
+        details.push(("stray gradients (frozen inputs)".into(), stray));
+        (
+            gradients,
+            head_phase.max(end_phase).saturating_sub(gradients),
+        )
+    } else {
+        // `train::step::forward_backward`, checkpointed: every block input (detached; the
+        // first shares the embedding output) + the `Var` copy of the last hidden state;
+        // the head graph (logits, log-softmax) stays alive to the end because `loss` is
+        // read after the block loop.
+        let inputs = hidden_state * (s.layers as u64 + 1);
+        details.push(("block inputs (checkpoints)".into(), inputs));
+        details.push(("head graph (logits, log-softmax)".into(), head_acts));
+        let head_phase = inputs + head_acts + head_stray + head_transient + accum_prev;
+        // Recomputing block i: its intermediates, its stray gradients, the upstream
+        // gradient and `out · upstream` (+ its stray gradient), with every gradient of
+        // the blocks above (worst at block 0: all of them).
+        let worst_block = (0..s.layers)
+            .map(|i| block_acts[i] + block_stray[i])
+            .max()
+            .unwrap_or(0);
+        let max_stray = block_stray.iter().copied().max().unwrap_or(0);
+        let layer_grad_max = (0..s.layers)
+            .map(|l| (layer_grads(l)).round() as u64)
+            .max()
+            .unwrap_or(0);
+        let accum_block = if input.grad_accum_steps > 1 {
+            layer_grad_max
+        } else {
+            0
+        };
+        let block_phase = inputs
+            + head_acts
+            + grads
+            + worst_block
+            + block_transient
+            + 3 * hidden_state
+            + dequant_scratch
+            + accum_block;
+        // The embedding table's backward (full FT): `index_add` into a new V×h table and
+        // the accumulation `a + g`, while every other gradient is alive.
+        let embed_phase = if embeddings_trainable {
+            inputs + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
+        } else {
+            0
+        };
+        let gradients = grads + max_stray;
+        details.push(("stray gradients (one block)".into(), max_stray));
+        let dynamic = head_phase.max(block_phase).max(embed_phase);
+        (gradients, dynamic.saturating_sub(gradients))
+    };
+
+    let overhead = PROCESS_BASELINE
+        + if quant {
+            (total_params as f64 * 4.0 * QUANT_LOAD_RESIDUE) as u64
+        } else {
+            0
+        };
+    let total = weights + gradients + optimizer + dynamic + overhead;
+    let largest = params.iter().map(|p| p.numel).max().unwrap_or(0) as f64;
+    let load_peak = PROCESS_BASELINE + f32b(total_params as f64) + 2 * f32b(largest) + lora_weights;
+    MemoryPlan {
+        weights,
+        gradients,
+        optimizer,
+        activations: dynamic,
+        overhead,
+        total,
+        load_peak,
+        params: total_params,
+        trainable_params: trainable,
+        label: tech.describe(),
+        details,
+    }
+}
+
+/// Memory of a forward pass with the loss and no gradients (evaluation, perplexity): the
+/// weights of `input`'s technique and the largest transient live set. Without a `Var`
+/// nothing is tracked, so each intermediate is freed as soon as the next op has read it;
+/// the peak is at the loss: logits, the log-softmax's `x − max` and its output (and the
+/// strided-logits copy for b > 1), or inside a block (two score tensors, a few (t, I)).
+pub fn plan_forward(input: &PlanInput) -> MemoryPlan {
+    let mut p = plan(input);
+    let s = &input.shape;
+    let (b, t) = (input.batch_size.max(1), input.seq_len.max(1));
+    let db = input.compute_dtype_bytes.max(1) as f64;
+    let scored = (b * t.saturating_sub(1).max(1)) as f64;
+    let logits = (b * t) as f64 * s.vocab as f64;
+    let head = logits + scored * if b > 1 { 3.0 } else { 2.0 } * s.vocab as f64;
+    let scores = (b * s.heads * t * t) as f64;
+    let block =
+        2.0 * scores + (b * t) as f64 * (3.0 * s.intermediate as f64 + 5.0 * s.hidden as f64);
+    let acts = (head.max(block) * db).round() as u64;
+    p.gradients = 0;
+    p.optimizer = 0;
+    p.activations = acts;
+    p.total = p.weights + acts + p.overhead;
+    p.trainable_params = 0;
+    p.label = format!("forward only, {}", input.technique.describe());
+    p.details = vec![("logits and loss (transient)".into(), acts)];
+    p
+}
