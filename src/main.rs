@@ -23,6 +23,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Fold a run's LoRA adapter into the base model; writes an HF model directory.
     Merge(cli::merge::MergeArgs),
+    /// Held-out contained-answer accuracy (greedy generation on SFT data with short answers).
+    Eval(cli::eval::EvalArgs),
     /// Predicted memory of a preset: weights, gradients, optimizer state, activations.
     Plan(cli::plan::PlanArgs),
     /// A few training steps of each technique: step time, tokens/s, peak memory.
@@ -42,6 +44,7 @@ fn main() {
         Some(Command::Embed(args)) => cli::embed::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Plan(args)) => cli::plan::run(args),
+        Some(Command::Eval(args)) => cli::eval::run(args),
         None => cli::tui::run(),
     };
     if let Err(e) = result {

@@ -1,6 +1,7 @@
 //! Command-line subcommands. Each prints for a person; the library below never does.
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod generate;
 pub mod input;
 pub mod merge;

@@ -1,6 +1,7 @@
 //! The training engine: data, optimisers, schedules, checkpointing and the loop.
 pub mod checkpoint;
 pub mod data;
+pub mod evaluate;
 pub mod events;
 pub mod optim;
 pub mod schedule;

@@ -1,0 +1,59 @@
+//! `ftlab eval`: held-out contained-answer accuracy of a model (optionally with a run's adapter).
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::infer::LanguageModel;
+use crate::model::LoadOptions;
+use crate::train::data::load_jsonl;
+use crate::train::evaluate::answer_accuracy;
+use crate::train::sft_task::{data_format, prompt_template};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// A training result to apply (run directory or adapter directory).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    #[arg(long, default_value = "data/sft/heldout.jsonl")]
+    pub data: PathBuf,
+    /// Prompt template: chat, plain-ja, plain-en or a Jinja file (as in the preset).
+    #[arg(long, default_value = "chat")]
+    pub template: String,
+    /// Only these categories (comma-separated), e.g. closed_qa,unanswerable.
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+    /// Evaluate at most N examples (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// Print the result (with every sample) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    if let Some(a) = &args.adapter {
+        eprintln!("applied {}", lm.apply_run(a)?);
+    }
+    let mut records = load_jsonl(&args.data, data_format("auto")?)?;
+    if args.limit > 0 {
+        records.truncate(args.limit);
+    }
+    let template = prompt_template(&args.template, std::path::Path::new("."))?;
+    let res = answer_accuracy(&lm, &records, template, &args.categories, args.max_new_tokens, |i, n, s| {
+        eprintln!("[{i}/{n}] {} {}: expected {:?}, got {:?}", if s.correct { "ok " } else { "MISS" }, s.origin, s.expected, s.output);
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&res)?);
+    } else {
+        println!("contained-answer accuracy: {}/{} = {:.3}", res.correct, res.examples, res.accuracy);
+        for (c, (ok, n)) in &res.by_category {
+            println!("  {c:<16} {ok}/{n}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Held-out answer accuracy: generate (greedy) for each instruction example with the
+//! training prompt format and count responses that contain the example's `short_answer`
+//! (case-insensitive) — the "contained answer" metric of ftlab's own SFT data.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::data::{PromptTemplate, Record, SftTokenizer};
+use crate::infer::generate::{generate, GenerateRequest};
+use crate::infer::sampling::SamplingParams;
+use crate::infer::LanguageModel;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerSample {
+    pub origin: String,
+    pub category: String,
+    pub expected: String,
+    pub output: String,
+    pub correct: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerAccuracy {
+    pub examples: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// category → (correct, examples)
+    pub by_category: BTreeMap<String, (usize, usize)>,
+    pub samples: Vec<AnswerSample>,
+}
+
+fn normalise(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// Whether `output` contains `expected`, ignoring case and runs of whitespace.
+pub fn contains_answer(output: &str, expected: &str) -> bool {
+    normalise(output).contains(&normalise(expected))
+}
+
+/// Evaluates the records that carry a `short_answer` (and, if given, one of `categories`).
+pub fn answer_accuracy(
+    lm: &LanguageModel,
+    records: &[Record],
+    template: PromptTemplate,
+    categories: &[String],
+    max_new_tokens: usize,
+    mut progress: impl FnMut(usize, usize, &AnswerSample),
+) -> Result<AnswerAccuracy> {
+    let tok = SftTokenizer::new(lm, template)?;
+    let chosen: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.example.short_answer().is_some())
+        .filter(|r| {
+            categories.is_empty() || r.example.extra_str("category").is_some_and(|c| categories.iter().any(|x| x == c))
+        })
+        .collect();
+    if chosen.is_empty() {
+        bail!("no examples with a `short_answer` field (and the requested categories) to evaluate");
+    }
+    let mut out = AnswerAccuracy { examples: 0, correct: 0, accuracy: 0.0, by_category: BTreeMap::new(), samples: Vec::new() };
+    for (i, r) in chosen.iter().enumerate() {
+        let req = GenerateRequest {
+            prompt_ids: tok.prompt_ids(&r.example)?,
+            max_new_tokens,
+            sampling: SamplingParams { temperature: 0.0, repeat_penalty: 1.0, ..SamplingParams::default() },
+            stop_ids: lm.special.eos_tokens.clone(),
+        };
+        let (ids, _) = generate(&lm.model, &req, |_| Ok(()))?;
+        let output = lm.decode(&ids)?;
+        let expected = r.example.short_answer().unwrap_or_default().to_string();
+        let correct = contains_answer(&output, &expected);
+        let category = r.example.extra_str("category").unwrap_or("uncategorised").to_string();
+        let entry = out.by_category.entry(category.clone()).or_insert((0, 0));
+        entry.1 += 1;
+        if correct {
+            entry.0 += 1;
+            out.correct += 1;
+        }
+        out.examples += 1;
+        let sample = AnswerSample { origin: r.origin(), category, expected, output, correct };
+        progress(i + 1, chosen.len(), &sample);
+        out.samples.push(sample);
+    }
+    out.accuracy = out.correct as f64 / out.examples as f64;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn containment_ignores_case_and_whitespace() {
+        assert!(super::contains_answer("It closes at 4  P.M. today", "4 p.m."));
+        assert!(super::contains_answer("文脈には記載がありません。", "文脈には記載がありません。"));
+        assert!(!super::contains_answer("It closes at 5 p.m.", "4 p.m."));
+    }
+}
