@@ -65,35 +65,53 @@ fn print_event(line: &EventLine) {
     }
 }
 
-/// Resolves the config and the run directory of a new run or a resumed one.
-fn config_and_dir(args: &TrainArgs) -> Result<(RunConfig, RunDir, bool, PathBuf)> {
+/// The run's config: the preset with overrides, or a resumed run's own config.toml.
+/// Returns (config, resume, directory that relative template paths resolve against).
+fn load_config(args: &TrainArgs) -> Result<(RunConfig, bool, PathBuf)> {
     if let Some(dir) = &args.resume {
         let run = RunDir::new(dir);
         let cfg = RunConfig::load(&run.config(), &args.overrides)?;
         if run.list_checkpoints().is_empty() {
             bail!("{}: no checkpoint to resume from", dir.display());
         }
-        return Ok((cfg, run, true, PathBuf::from(".")));
+        return Ok((cfg, true, PathBuf::from(".")));
     }
     let preset = args.preset.as_ref().context("a preset file is required")?;
     let cfg = RunConfig::load(preset, &args.overrides)?;
-    let run = match &args.run_dir {
+    let base = preset.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((cfg, false, base))
+}
+
+/// The run directory: the resumed one, --run-dir (which must not hold a run yet), or a
+/// fresh one under --runs-root. Created only once the model and data have loaded, so a
+/// bad config or data file leaves nothing behind.
+fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
+    if let Some(dir) = &args.resume {
+        return Ok(RunDir::new(dir));
+    }
+    match &args.run_dir {
         Some(d) => {
             if d.join("metrics.jsonl").exists() {
                 bail!("{}: already holds a run; use --resume to continue it or choose another --run-dir", d.display());
             }
             std::fs::create_dir_all(d)
                 .with_context(|| format!("{}: cannot create", d.display()))?;
-            RunDir::new(d)
+            Ok(RunDir::new(d))
         }
-        None => RunDir::create_unique(&args.runs_root, &cfg.name)?,
-    };
-    let base = preset.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok((cfg, run, false, base))
+        None => RunDir::create_unique(&args.runs_root, &cfg.name),
+    }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (cfg, run, resume, base) = config_and_dir(&args)?;
+    let (cfg, resume, base) = load_config(&args)?;
+    if let Some(d) = &args.run_dir {
+        if !resume && d.join("metrics.jsonl").exists() {
+            bail!(
+                "{}: already holds a run; use --resume to continue it or choose another --run-dir",
+                d.display()
+            );
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -101,13 +119,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
+    let task = SftTask::from_config(&cfg, &base)?;
+    eprintln!("training set: {}", task.train.stats());
+    let run = run_dir(&args, &cfg)?;
     if !resume {
         std::fs::write(run.config(), cfg.to_toml()?)
             .with_context(|| format!("{}: cannot write", run.config().display()))?;
     }
     eprintln!("run directory: {}", run.root.display());
-    let task = SftTask::from_config(&cfg, &base)?;
-    eprintln!("training set: {}", task.train.stats());
     let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
     let mut trainer = Trainer {
         cfg,

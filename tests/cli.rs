@@ -1,0 +1,104 @@
+//! The binary on bad input: a clear message naming the file and the problem, exit code 1,
+//! never a panic.
+use std::process::Command;
+
+fn ftlab(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(args)
+        .output()
+        .expect("run ftlab");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "ftlab panicked: {stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn non_utf8_prompt_and_text_files_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("prompt.txt");
+    std::fs::write(&bad, b"first line\nsecond \xff line\n").unwrap();
+    let (code, err) = ftlab(&["generate", "--prompt-file", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("prompt.txt:2:") && err.contains("UTF-8"),
+        "{err}"
+    );
+    let (code, err) = ftlab(&["perplexity", "--file", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("prompt.txt:2:"), "{err}");
+}
+
+#[test]
+fn malformed_presets_and_overrides_are_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "name = \"x\"\n[model]\nspec = \"smollm2\"\n[data]\ntrain = \"t.jsonl\"\n[train]\nlr = 1e-4\nbatch_sise = 2\n").unwrap();
+    let (code, err) = ftlab(&[
+        "train",
+        p.to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.toml") && err.contains("line 8") && err.contains("batch_sise"),
+        "{err}"
+    );
+    let (code, err) = ftlab(&[
+        "train",
+        "presets/lora.toml",
+        "--set",
+        "lora.r",
+        "--run-dir",
+        dir.path().join("run2").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expected key=value"), "{err}");
+    let (code, err) = ftlab(&["plan", "presets/lora.toml", "--set", "lora.dropout=2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("lora.dropout"), "{err}");
+}
+
+#[test]
+fn malformed_training_data_is_reported_before_training_with_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"a\", \"response\": \"b\"}\n{\"instruction\": \"a\"\n{\"instruction\": \"c\", \"response\": \"d\"}\n{\"instruction\": 3, \"response\": \"d\"}\n",
+    )
+    .unwrap();
+    let preset = dir.path().join("p.toml");
+    std::fs::write(&preset, format!("name = \"x\"\n[model]\nspec = \"smollm2\"\n[data]\ntrain = \"{}\"\n[train]\nlr = 1e-4\nmax_steps = 1\n", data.display())).unwrap();
+    let (code, err) = ftlab(&[
+        "train",
+        preset.to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("sft.jsonl:2") && err.contains("sft.jsonl:4"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "bad data must leave no run directory behind"
+    );
+}
+
+#[test]
+fn unknown_models_and_unreachable_hub_fail_fast_and_clearly() {
+    let (code, err) = ftlab(&["generate", "--model", "no-such-model", "--prompt", "hi"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("smollm2"),
+        "the error lists the known models: {err}"
+    );
+    let (code, err) = ftlab(&["generate", "--model", "hf:nobody/nothing", "--prompt", "hi"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Hugging Face Hub") || err.contains("not found"),
+        "{err}"
+    );
+}
