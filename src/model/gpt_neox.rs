@@ -289,10 +289,7 @@ impl GptNeox {
     }
 
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))
+        ops::embedding(&self.embed, ids)
     }
 
     pub fn block(
@@ -308,19 +305,10 @@ impl GptNeox {
 
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.final_norm.forward(x)?;
-        match &self.embed_out {
-            Some(l) => l.forward(&x),
-            None => {
-                let (b, t, h) = x.dims3()?;
-                super::linear::matmul_t(&x.reshape((b * t, h))?, &self.embed)?.reshape((
-                    b,
-                    t,
-                    self.cfg.vocab_size,
-                ))
-            }
-        }
+        super::linear::lm_head(&x, self.embed_out.as_ref(), &self.embed)
     }
 
+    /// Replaces the input embedding table (made trainable by `modules_to_save`).
     pub fn set_embed(&mut self, t: Tensor) {
         self.embed = t;
     }

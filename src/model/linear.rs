@@ -53,6 +53,19 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Logits from final hidden states (b, t, h): the LM head, or — tied embeddings — the
+/// input embedding table (vocab, h) used as the output projection.
+pub fn lm_head(x: &Tensor, head: Option<&Linear>, tied_embed: &Tensor) -> Result<Tensor> {
+    match head {
+        Some(l) => l.forward(x),
+        None => {
+            let (b, t, h) = x.dims3()?;
+            let vocab = tied_embed.dim(0)?;
+            matmul_t(&x.reshape((b * t, h))?, tied_embed)?.reshape((b, t, vocab))
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
     base: BaseWeight,

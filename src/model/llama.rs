@@ -315,11 +315,7 @@ impl Llama {
     }
 
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let flat = ids.flatten_all()?;
-        self.embed
-            .index_select(&flat, 0)?
-            .reshape((b, t, self.cfg.hidden_size))
+        ops::embedding(&self.embed, ids)
     }
 
     pub fn block(
@@ -335,17 +331,7 @@ impl Llama {
 
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps)?;
-        match &self.lm_head {
-            Some(l) => l.forward(&x),
-            None => {
-                let (b, t, h) = x.dims3()?;
-                super::linear::matmul_t(&x.reshape((b * t, h))?, &self.embed)?.reshape((
-                    b,
-                    t,
-                    self.cfg.vocab_size,
-                ))
-            }
-        }
+        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
     }
 
     /// Replaces the input embedding table (made trainable by `modules_to_save`).

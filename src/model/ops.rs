@@ -5,6 +5,15 @@
 //! gradient (see CANDLE_NOTES.md). Every model in ftlab goes through this module instead.
 use candle_core::{DType, Device, Result, Tensor, D};
 
+/// Rows of an embedding table (vocab, h) for token ids (b, t) → (b, t, h).
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let h = table.dim(1)?;
+    table
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, h))
+}
+
 /// Softmax over the last dimension, composed of differentiable primitives.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
