@@ -125,6 +125,9 @@ pub struct TrainConfig {
     /// Evaluate every N optimiser steps (0 = only at the end of each epoch).
     #[serde(default)]
     pub eval_every: usize,
+    /// Evaluate the untrained model before the first step (the eval curve's start).
+    #[serde(default = "yes")]
+    pub eval_on_start: bool,
     /// Stop after this many evaluations without improvement (0 = never).
     #[serde(default)]
     pub early_stopping_patience: usize,

@@ -207,6 +207,22 @@ impl<T: TrainTask> Trainer<T> {
         let mut step_loss = 0.0;
         let mut step_tokens = 0usize;
         let mut step_start = Instant::now();
+        if !resume && t.eval_on_start {
+            // The untrained model's level, so the eval curve starts where training does.
+            if let Some(ev) = self.task.evaluate(t.batch_size, t.seed)? {
+                state.best_eval_score = Some(ev.score);
+                state.best_eval_loss = Some(ev.loss);
+                best_metrics = ev.metrics.clone();
+                eval_losses.push((0, ev.loss));
+                emit(TrainEvent::Eval {
+                    step: 0,
+                    loss: ev.loss,
+                    tokens: ev.tokens,
+                    metrics: ev.metrics,
+                    best: false,
+                })?;
+            }
+        }
         self.task.set_training(true);
         'outer: while state.step < total_steps {
             let batches = self.task.batches(state.epoch, t.batch_size, t.seed)?;
