@@ -10,3 +10,5 @@
 //!          summary.json
 //! ```
 pub mod layout;
+pub mod registry;
+pub mod supervisor;

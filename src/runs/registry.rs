@@ -1,0 +1,615 @@
+//! The history of runs: every run directory under `runs/`, read back into the state the
+//! dashboard shows (status, curves, memory), so that restarting ftlab shows them again.
+//!
+//! A run's record is built from the same [`EventLine`]s whether they are read from
+//! `metrics.jsonl` or arrive live from a worker's stdout: [`RunRecord::apply`] is the one
+//! place that turns events into state. Two small files written by the supervisor complete
+//! the picture: `supervisor.json` (how the run was launched and how it ended, for runs that
+//! died without a `done` event) and `memory.jsonl` (the supervisor's memory samples).
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::runs::layout::RunDir;
+use crate::train::events::{EventLine, TrainEvent};
+
+/// The supervisor's own record of a run, next to the worker's files.
+pub const SUPERVISOR_FILE: &str = "supervisor.json";
+/// Memory samples taken by the supervisor, one JSON object per line.
+pub const MEMORY_FILE: &str = "memory.jsonl";
+/// The worker's stderr, kept for the failure reason and for reading later.
+pub const WORKER_LOG: &str = "worker.log";
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for its device (runs on one device queue by default).
+    Queued,
+    Running,
+    /// Finished: "completed" or "early_stopping".
+    Done(String),
+    /// Stopped by the user (the worker saved a checkpoint and its result).
+    Stopped,
+    /// Crashed, killed (OOM), bad config, or ftlab exited under it: the reason says which.
+    Failed(String),
+}
+
+impl RunStatus {
+    pub fn is_live(&self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    pub fn is_finished_ok(&self) -> bool {
+        matches!(self, RunStatus::Done(_) | RunStatus::Stopped)
+    }
+
+    /// One word for lists: queued, running, done, stopped, failed.
+    pub fn word(&self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Done(_) => "done",
+            RunStatus::Stopped => "stopped",
+            RunStatus::Failed(_) => "failed",
+        }
+    }
+
+    /// The word plus the reason where there is one.
+    pub fn describe(&self) -> String {
+        match self {
+            RunStatus::Done(r) if r != "completed" => format!("done ({})", r.replace('_', " ")),
+            RunStatus::Failed(r) => format!("failed: {r}"),
+            other => other.word().to_string(),
+        }
+    }
+}
+
+/// What the supervisor writes into `supervisor.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SupervisorRecord {
+    pub preset: Option<PathBuf>,
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    #[serde(default)]
+    pub device: String,
+    /// Final status when the supervisor saw the worker exit; absent while live.
+    #[serde(default)]
+    pub outcome: Option<RunStatus>,
+}
+
+/// What a memory reading measured, so that charts label it honestly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    /// Resident set of the worker process (`/proc/<pid>/status` VmRSS).
+    #[default]
+    Ram,
+    /// The worker's own GPU memory through NVML.
+    GpuProcess,
+    /// The whole GPU's used memory (NVML did not list the worker's pid).
+    GpuDevice,
+}
+
+impl MemoryKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            MemoryKind::Ram => "process RAM (RSS)",
+            MemoryKind::GpuProcess => "GPU memory, this run (NVML)",
+            MemoryKind::GpuDevice => "GPU memory, all processes (NVML)",
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self, MemoryKind::Ram)
+    }
+}
+
+/// One memory reading, `secs` after the run started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPoint {
+    pub secs: f64,
+    pub bytes: u64,
+    #[serde(default)]
+    pub kind: MemoryKind,
+    /// Peak so far where the source keeps one (VmHWM).
+    #[serde(default)]
+    pub peak: Option<u64>,
+    /// Device capacity for GPU readings.
+    #[serde(default)]
+    pub capacity: Option<u64>,
+}
+
+/// One optimiser step as the charts need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPoint {
+    pub step: usize,
+    pub loss: f64,
+    pub its: f64,
+    pub tokens_per_sec: f64,
+    pub elapsed_secs: f64,
+    pub rss_bytes: Option<u64>,
+}
+
+/// Facts from the `start` event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StartInfo {
+    pub technique: String,
+    pub model: String,
+    pub total_steps: usize,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub train_examples: usize,
+    pub predicted_peak_bytes: Option<u64>,
+    pub resumed_from_step: usize,
+}
+
+/// Facts from the `done` event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DoneInfo {
+    pub step: usize,
+    pub reason: String,
+    pub elapsed_secs: f64,
+    pub final_train_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Everything known about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: Option<RunConfig>,
+    pub status: RunStatus,
+    pub start: Option<StartInfo>,
+    pub steps: Vec<StepPoint>,
+    /// (step, eval loss)
+    pub evals: Vec<(usize, f64)>,
+    pub done: Option<DoneInfo>,
+    pub memory: Vec<MemoryPoint>,
+    /// Seconds since the epoch of the first event (for memory timing of live runs).
+    pub started_at: Option<f64>,
+    /// Worker pid while it runs.
+    pub pid: Option<u32>,
+    /// An `error` event's message.
+    pub error: Option<String>,
+    /// Last lines of the worker's stderr (live runs; for a failure's detail).
+    pub log_tail: Vec<String>,
+    pub supervisor: Option<SupervisorRecord>,
+}
+
+impl RunRecord {
+    /// An empty record for a run directory (nothing read yet).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            id: RunDir::new(dir).id(),
+            dir: dir.to_path_buf(),
+            config: None,
+            status: RunStatus::Queued,
+            start: None,
+            steps: Vec::new(),
+            evals: Vec::new(),
+            done: None,
+            memory: Vec::new(),
+            started_at: None,
+            pid: None,
+            error: None,
+            log_tail: Vec::new(),
+            supervisor: None,
+        }
+    }
+
+    /// Folds one event into the record (the live path and the history path share this).
+    pub fn apply(&mut self, line: &EventLine) {
+        match &line.event {
+            TrainEvent::Start {
+                technique,
+                model,
+                total_steps,
+                trainable_params,
+                total_params,
+                train_examples,
+                predicted_peak_bytes,
+                resumed_from_step,
+                ..
+            } => {
+                if self.started_at.is_none() {
+                    self.started_at = Some(line.time);
+                }
+                self.start = Some(StartInfo {
+                    technique: technique.clone(),
+                    model: model.clone(),
+                    total_steps: *total_steps,
+                    trainable_params: *trainable_params,
+                    total_params: *total_params,
+                    train_examples: *train_examples,
+                    predicted_peak_bytes: *predicted_peak_bytes,
+                    resumed_from_step: *resumed_from_step,
+                });
+                // A resumed run starts again: the finished state of before no longer holds.
+                self.done = None;
+                self.error = None;
+                self.status = RunStatus::Running;
+            }
+            TrainEvent::Step {
+                step,
+                loss,
+                its,
+                tokens_per_sec,
+                elapsed_secs,
+                rss_bytes,
+                ..
+            } => {
+                // A resume replays from its checkpoint: drop points past it.
+                self.steps.retain(|p| p.step < *step);
+                self.steps.push(StepPoint {
+                    step: *step,
+                    loss: *loss,
+                    its: *its,
+                    tokens_per_sec: *tokens_per_sec,
+                    elapsed_secs: *elapsed_secs,
+                    rss_bytes: *rss_bytes,
+                });
+                if !matches!(self.status, RunStatus::Running) && self.done.is_none() {
+                    self.status = RunStatus::Running;
+                }
+            }
+            TrainEvent::Eval { step, loss, .. } => {
+                self.evals.retain(|(s, _)| s < step);
+                self.evals.push((*step, *loss));
+            }
+            TrainEvent::Checkpoint { .. } => {}
+            TrainEvent::Done {
+                step,
+                reason,
+                elapsed_secs,
+                final_train_loss,
+                best_eval_loss,
+                peak_rss_bytes,
+            } => {
+                self.done = Some(DoneInfo {
+                    step: *step,
+                    reason: reason.clone(),
+                    elapsed_secs: *elapsed_secs,
+                    final_train_loss: *final_train_loss,
+                    best_eval_loss: *best_eval_loss,
+                    peak_rss_bytes: *peak_rss_bytes,
+                });
+                self.status = if reason == "stopped" {
+                    RunStatus::Stopped
+                } else {
+                    RunStatus::Done(reason.clone())
+                };
+            }
+            TrainEvent::Error { message } => {
+                self.error = Some(message.clone());
+                self.status = RunStatus::Failed(message.clone());
+            }
+        }
+    }
+
+    /// Adds a memory reading taken by the supervisor.
+    pub fn push_memory(&mut self, p: MemoryPoint) {
+        self.memory.push(p);
+    }
+
+    /// Technique: from the start event, else from the config.
+    pub fn technique(&self) -> String {
+        self.start
+            .as_ref()
+            .map(|s| s.technique.clone())
+            .or_else(|| self.config.as_ref().map(|c| c.technique().to_string()))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Model spec: from the start event, else from the config.
+    pub fn model(&self) -> String {
+        self.start
+            .as_ref()
+            .map(|s| s.model.clone())
+            .or_else(|| self.config.as_ref().map(|c| c.model.spec.clone()))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Device the run computes on ("cpu", "cuda:0").
+    pub fn device(&self) -> String {
+        self.config
+            .as_ref()
+            .map(|c| c.model.device.clone())
+            .or_else(|| self.supervisor.as_ref().map(|s| s.device.clone()))
+            .unwrap_or_else(|| "cpu".into())
+    }
+
+    pub fn total_steps(&self) -> Option<usize> {
+        self.start.as_ref().map(|s| s.total_steps).or_else(|| {
+            self.config
+                .as_ref()
+                .map(|c| c.train.max_steps)
+                .filter(|n| *n > 0)
+        })
+    }
+
+    /// The last step reached.
+    pub fn current_step(&self) -> usize {
+        self.done
+            .as_ref()
+            .map(|d| d.step)
+            .into_iter()
+            .chain(self.steps.last().map(|p| p.step))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Fraction done, 0..=1.
+    pub fn progress(&self) -> f64 {
+        match self.total_steps() {
+            Some(t) if t > 0 => (self.current_step() as f64 / t as f64).clamp(0.0, 1.0),
+            _ => 0.0,
+        }
+    }
+
+    /// Seconds left at the pace of the recent steps.
+    pub fn eta_secs(&self) -> Option<f64> {
+        if !matches!(self.status, RunStatus::Running) {
+            return None;
+        }
+        let total = self.total_steps()?;
+        let recent: Vec<&StepPoint> = self.steps.iter().rev().take(10).collect();
+        if recent.len() < 2 {
+            let p = recent.first()?;
+            let per = p.elapsed_secs / p.step.max(1) as f64;
+            return Some(per * total.saturating_sub(p.step) as f64);
+        }
+        let (a, b) = (recent[recent.len() - 1], recent[0]);
+        let per = (b.elapsed_secs - a.elapsed_secs) / (b.step - a.step).max(1) as f64;
+        Some(per.max(0.0) * total.saturating_sub(b.step) as f64)
+    }
+
+    /// Wall time of the training (from the done event, else the last step).
+    pub fn wall_secs(&self) -> Option<f64> {
+        self.done
+            .as_ref()
+            .map(|d| d.elapsed_secs)
+            .or_else(|| self.steps.last().map(|p| p.elapsed_secs))
+    }
+
+    pub fn final_train_loss(&self) -> Option<f64> {
+        self.done
+            .as_ref()
+            .and_then(|d| d.final_train_loss)
+            .or_else(|| self.steps.last().map(|p| p.loss))
+    }
+
+    pub fn final_eval_loss(&self) -> Option<f64> {
+        self.evals.last().map(|e| e.1)
+    }
+
+    /// Mean tokens/s over the steps seen (the first step, which warms up, left out when
+    /// there are others).
+    pub fn mean_tokens_per_sec(&self) -> Option<f64> {
+        let pts: Vec<f64> = self
+            .steps
+            .iter()
+            .skip(usize::from(self.steps.len() > 2))
+            .map(|p| p.tokens_per_sec)
+            .collect();
+        (!pts.is_empty()).then(|| pts.iter().sum::<f64>() / pts.len() as f64)
+    }
+
+    /// The memory curve: the supervisor's samples, else the worker's own RSS per step.
+    pub fn memory_curve(&self) -> (MemoryKind, Vec<(f64, u64)>) {
+        if !self.memory.is_empty() {
+            let kind = self.memory.last().map(|m| m.kind).unwrap_or_default();
+            return (
+                kind,
+                self.memory
+                    .iter()
+                    .filter(|m| m.kind == kind)
+                    .map(|m| (m.secs, m.bytes))
+                    .collect(),
+            );
+        }
+        (
+            MemoryKind::Ram,
+            self.steps
+                .iter()
+                .filter_map(|p| p.rss_bytes.map(|b| (p.elapsed_secs, b)))
+                .collect(),
+        )
+    }
+
+    /// Measured peak: the largest of VmHWM/NVML readings and the worker's own report.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let from_samples = self
+            .memory
+            .iter()
+            .map(|m| m.peak.unwrap_or(m.bytes).max(m.bytes))
+            .max();
+        let from_done = self.done.as_ref().and_then(|d| d.peak_rss_bytes);
+        let from_steps = self.steps.iter().filter_map(|p| p.rss_bytes).max();
+        match from_samples.filter(|_| self.memory.iter().any(|m| m.kind.is_gpu())) {
+            Some(gpu) => Some(gpu),
+            None => [from_samples, from_done, from_steps]
+                .into_iter()
+                .flatten()
+                .max(),
+        }
+    }
+
+    /// Predicted peak: the worker's start event, else the caller's prediction.
+    pub fn predicted_peak(&self) -> Option<u64> {
+        self.start.as_ref().and_then(|s| s.predicted_peak_bytes)
+    }
+
+    /// A LoRA adapter or full fine-tuned weights to load for inference.
+    pub fn has_result(&self) -> bool {
+        let d = RunDir::new(&self.dir);
+        d.adapter().exists() || d.model().exists() || d.best().exists()
+    }
+
+    /// Reads a run directory: config, events, supervisor record and memory samples.
+    pub fn load(dir: &Path) -> Self {
+        let run = RunDir::new(dir);
+        let mut rec = RunRecord::new(dir);
+        rec.config = std::fs::read_to_string(run.config())
+            .ok()
+            .and_then(|t| RunConfig::from_toml_str(&t).ok());
+        rec.supervisor = std::fs::read_to_string(dir.join(SUPERVISOR_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Ok(text) = std::fs::read_to_string(run.metrics()) {
+            for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                if let Ok(line) = EventLine::parse(l) {
+                    rec.apply(&line);
+                }
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join(MEMORY_FILE)) {
+            rec.memory = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
+        // Nothing runs a run from history: one left "running" or "queued" died with the ftlab
+        // that supervised it (or is run by another ftlab — it then shows as interrupted here).
+        if rec.status.is_live() {
+            rec.status = match rec.supervisor.as_ref().and_then(|s| s.outcome.clone()) {
+                Some(outcome) => outcome,
+                None if rec.start.is_none() && rec.steps.is_empty() => RunStatus::Failed(
+                    "interrupted before it started (no events; see worker.log)".into(),
+                ),
+                None => RunStatus::Failed(format!(
+                    "interrupted at step {} (no done event: the worker or ftlab exited, or it runs in another process)",
+                    rec.current_step()
+                )),
+            };
+        }
+        rec
+    }
+}
+
+/// The run directories under one root.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub root: PathBuf,
+}
+
+impl Registry {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Directories that look like runs (a config, events or a supervisor record), by id.
+    pub fn run_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && (p.join("config.toml").exists()
+                        || p.join("metrics.jsonl").exists()
+                        || p.join(SUPERVISOR_FILE).exists())
+            })
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// Every run, oldest first (ids start with a timestamp).
+    pub fn scan(&self) -> Vec<RunRecord> {
+        self.run_dirs().iter().map(|d| RunRecord::load(d)).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<RunRecord> {
+        let dir = self.root.join(id);
+        dir.is_dir().then(|| RunRecord::load(&dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(event: TrainEvent, time: f64) -> EventLine {
+        EventLine {
+            v: crate::train::events::SCHEMA_VERSION,
+            time,
+            event,
+        }
+    }
+
+    fn step(step: usize, loss: f64) -> TrainEvent {
+        TrainEvent::Step {
+            step,
+            total_steps: 10,
+            epoch: 0.0,
+            loss,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 100,
+            tokens_per_sec: 50.0,
+            its: 0.5,
+            elapsed_secs: step as f64 * 2.0,
+            rss_bytes: Some(1000 + step as u64),
+            peak_rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn events_fold_into_status_progress_and_eta() {
+        let mut r = RunRecord::new(Path::new("/tmp/runs/20250101-000000-x"));
+        assert_eq!(r.id, "20250101-000000-x");
+        r.apply(&line(
+            TrainEvent::Start {
+                run: "x".into(),
+                technique: "LoRA".into(),
+                model: "m".into(),
+                total_steps: 10,
+                trainable_params: 5,
+                total_params: 50,
+                train_examples: 3,
+                eval_examples: 1,
+                predicted_peak_bytes: Some(4096),
+                resumed_from_step: 0,
+            },
+            100.0,
+        ));
+        assert_eq!(r.status, RunStatus::Running);
+        for s in 1..=4 {
+            r.apply(&line(step(s, 3.0 - s as f64 * 0.1), 100.0 + s as f64));
+        }
+        assert!((r.progress() - 0.4).abs() < 1e-9);
+        assert!((r.eta_secs().unwrap() - 12.0).abs() < 1e-9);
+        assert_eq!(r.memory_curve().1.len(), 4);
+        assert_eq!(r.predicted_peak(), Some(4096));
+        r.apply(&line(
+            TrainEvent::Error {
+                message: "boom".into(),
+            },
+            110.0,
+        ));
+        assert_eq!(r.status, RunStatus::Failed("boom".into()));
+        assert_eq!(r.status.describe(), "failed: boom");
+    }
+
+    #[test]
+    fn stopped_and_done_reasons() {
+        let mut r = RunRecord::new(Path::new("r"));
+        let done = |reason: &str| TrainEvent::Done {
+            step: 3,
+            reason: reason.into(),
+            elapsed_secs: 1.0,
+            final_train_loss: Some(1.0),
+            best_eval_loss: None,
+            peak_rss_bytes: None,
+        };
+        r.apply(&line(done("stopped"), 0.0));
+        assert_eq!(r.status, RunStatus::Stopped);
+        r.apply(&line(done("early_stopping"), 0.0));
+        assert_eq!(r.status.describe(), "done (early stopping)");
+    }
+}

@@ -1,0 +1,94 @@
+//! Process memory from `/proc/<pid>/status`: resident set (VmRSS) and its high-water mark
+//! (VmHWM), and a reset of the high-water mark so a peak can be measured per phase.
+//!
+//! Everything here is Linux-only by nature; elsewhere (or with /proc unreadable) the
+//! functions return an error naming the file, and callers fall back to showing nothing.
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+
+fn status_path(pid: Option<u32>) -> PathBuf {
+    match pid {
+        Some(p) => PathBuf::from(format!("/proc/{p}/status")),
+        None => PathBuf::from("/proc/self/status"),
+    }
+}
+
+/// Parses one `Key:   1234 kB` line of a `/proc/<pid>/status` text into bytes.
+pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let mut parts = rest.split_whitespace();
+        let value: u64 = parts.next()?.parse().ok()?;
+        let scale = match parts.next() {
+            Some("kB") | Some("KB") | Some("kb") => 1024,
+            Some("mB") | Some("MB") => 1024 * 1024,
+            None => 1,
+            Some(_) => return None,
+        };
+        Some(value * scale)
+    })
+}
+
+fn read_status_field(pid: Option<u32>, key: &str) -> Result<u64> {
+    let path = status_path(pid);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read process memory (needs Linux /proc)",
+            path.display()
+        )
+    })?;
+    parse_status_kb(&text, key).ok_or_else(|| anyhow!("{}: no `{key}` line", path.display()))
+}
+
+/// Resident set size (VmRSS) in bytes of `pid`, or of this process for `None`.
+pub fn rss_bytes(pid: Option<u32>) -> Result<u64> {
+    read_status_field(pid, "VmRSS")
+}
+
+/// Peak resident set size (VmHWM) in bytes since the process started or since the last
+/// [`reset_peak`].
+pub fn peak_rss_bytes(pid: Option<u32>) -> Result<u64> {
+    read_status_field(pid, "VmHWM")
+}
+
+/// Resets this process's VmHWM to its current RSS (writes `5` to `/proc/self/clear_refs`).
+pub fn reset_peak() -> Result<()> {
+    reset_peak_of(None)
+}
+
+/// Resets the VmHWM of `pid` (or of this process). Writing another process's `clear_refs`
+/// needs the same permissions as ptrace (same user, usually fine for a child).
+pub fn reset_peak_of(pid: Option<u32>) -> Result<()> {
+    let path = match pid {
+        Some(p) => PathBuf::from(format!("/proc/{p}/clear_refs")),
+        None => PathBuf::from("/proc/self/clear_refs"),
+    };
+    std::fs::write(&path, b"5").with_context(|| {
+        format!(
+            "{}: cannot reset the peak-memory mark (needs Linux /proc)",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_lines() {
+        let s = "Name:\tftlab\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(parse_status_kb(s, "VmRSS"), Some(1024 * 1024));
+        assert_eq!(parse_status_kb(s, "VmHWM"), Some(2048 * 1024));
+        assert_eq!(parse_status_kb(s, "VmSwap"), None);
+        // A key that is a prefix of another must not match it.
+        assert_eq!(parse_status_kb("VmRSSx: 5 kB\n", "VmRSS"), None);
+    }
+
+    #[test]
+    fn missing_process_is_an_error_naming_the_file() {
+        let err = rss_bytes(Some(u32::MAX)).unwrap_err().to_string();
+        assert!(err.contains(&format!("/proc/{}/status", u32::MAX)), "{err}");
+    }
+}

@@ -1,0 +1,289 @@
+//! Presets tab: the presets of `presets/` and of the user's own directory, each with its
+//! technique, model, key hyper-parameters and predicted memory; the common fields are
+//! editable before launch (as `--set` overrides), and one or several can be launched.
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::app::{short_spec, App, PresetFocus, PresetSource, EDIT_FIELDS};
+use super::widgets::format;
+use crate::config::{QuantKind, RunConfig};
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    let p = &app.presets;
+    if p.entries.is_empty() {
+        let dirs = super::app::user_preset_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "~/.config/ftlab/presets".into());
+        f.render_widget(
+            Paragraph::new(vec![
+                Line::from("no presets found".bold()),
+                Line::from(""),
+                Line::from(format!(
+                    "ftlab looks for *.toml presets in ./presets and in {dirs}."
+                )),
+                Line::from("Run ftlab from the repository root, or add a preset there."),
+            ])
+            .wrap(Wrap { trim: true })
+            .block(Block::bordered().title(" Presets ")),
+            area,
+        );
+        return;
+    }
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(32), Constraint::Percentage(68)]).areas(area);
+    let items: Vec<ListItem> = p
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mark = if p.marked.contains(&i) {
+                "[x] "
+            } else {
+                "[ ] "
+            };
+            let tech = match &e.effective {
+                Ok(c) => c.technique().to_string(),
+                Err(_) => "config error".into(),
+            };
+            let mut spans = vec![
+                Span::styled(mark, Style::default().fg(Color::Yellow)),
+                Span::styled(e.name(), Style::default().bold()),
+            ];
+            if e.source == PresetSource::User {
+                spans.push(Span::styled(" (user)", Style::default().fg(Color::Blue)));
+            }
+            if !e.overrides.is_empty() {
+                spans.push(Span::styled(" *", Style::default().fg(Color::Yellow)));
+            }
+            let color = if e.effective.is_ok() {
+                Color::Gray
+            } else {
+                Color::Red
+            };
+            ListItem::new(vec![
+                Line::from(spans),
+                Line::from(Span::styled(
+                    format!("    {tech}"),
+                    Style::default().fg(color),
+                )),
+            ])
+        })
+        .collect();
+    let mut state = ListState::default().with_selected(Some(p.selected));
+    let focused = matches!(p.focus, PresetFocus::List);
+    f.render_stateful_widget(
+        List::new(items)
+            .block(
+                Block::bordered()
+                    .title(format!(" Presets ({}) ", p.entries.len()))
+                    .border_style(border(focused)),
+            )
+            .highlight_style(super::widgets::SELECTED),
+        left,
+        &mut state,
+    );
+    if let Some(e) = p.entries.get(p.selected) {
+        draw_detail(f, app, e, right);
+    }
+}
+
+fn border(focused: bool) -> Style {
+    if focused {
+        Style::default().fg(Color::Cyan)
+    } else {
+        Style::default().fg(Color::DarkGray)
+    }
+}
+
+fn kv(k: &str, v: impl Into<String>) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(format!("{k:<16}"), Style::default().fg(Color::Gray)),
+        Span::raw(v.into()),
+    ])
+}
+
+fn model_line(c: &RunConfig) -> String {
+    let mut s = short_spec(&c.model.spec);
+    let mut notes = Vec::new();
+    match c.model.quant {
+        QuantKind::Nf4 => notes.push("NF4 base".to_string()),
+        QuantKind::Fp4 => notes.push("FP4 base".to_string()),
+        QuantKind::None => {}
+    }
+    if c.model.quant != QuantKind::None && c.model.double_quant {
+        notes.push("double quant".into());
+    }
+    if c.model.gradient_checkpointing {
+        notes.push("grad checkpointing".into());
+    }
+    notes.push(format!("{} on {}", c.model.dtype, c.model.device));
+    s.push_str(&format!(" ({})", notes.join(", ")));
+    s
+}
+
+fn draw_detail(f: &mut Frame, app: &App, e: &super::app::PresetEntry, area: Rect) {
+    let editing = !matches!(app.presets.focus, PresetFocus::List);
+    let mut lines: Vec<Line> = Vec::new();
+    match &e.effective {
+        Ok(c) => {
+            lines.push(Line::from(vec![
+                Span::styled(c.name.clone(), Style::default().bold().fg(Color::Cyan)),
+                Span::raw(" — "),
+                Span::styled(c.technique().to_string(), Style::default().bold()),
+            ]));
+            if !c.description.is_empty() {
+                lines.push(Line::from(c.description.clone().dark_gray()));
+            }
+            lines.push(Line::from(""));
+            lines.push(kv("file", e.path.display().to_string()));
+            lines.push(kv("model", model_line(c)));
+            if let Some(l) = &c.lora {
+                lines.push(kv(
+                    "LoRA",
+                    format!(
+                        "r {} · alpha {} · dropout {} · targets {}",
+                        l.r,
+                        l.alpha,
+                        l.dropout,
+                        match &l.target_modules {
+                            crate::adapt::peft::TargetModules::Preset(p) => p.clone(),
+                            crate::adapt::peft::TargetModules::Names(n) => n.join(", "),
+                        }
+                    ),
+                ));
+            }
+            let t = &c.train;
+            lines.push(kv(
+                "batch",
+                format!(
+                    "{} × {} accumulation = {} sequences/step of ≤ {} tokens",
+                    t.batch_size,
+                    t.grad_accum,
+                    t.batch_size * t.grad_accum,
+                    c.data.max_seq_len
+                ),
+            ));
+            lines.push(kv(
+                "optimiser",
+                format!(
+                    "{:?} · lr {} · {:?} schedule, warmup {}",
+                    t.optimizer,
+                    format::sci(t.lr),
+                    t.schedule,
+                    t.warmup_steps
+                )
+                .to_lowercase(),
+            ));
+            lines.push(kv(
+                "steps",
+                if t.max_steps > 0 {
+                    format!(
+                        "{} (eval every {}, save every {})",
+                        t.max_steps, t.eval_every, t.save_every
+                    )
+                } else {
+                    format!("{} epoch(s)", t.epochs)
+                },
+            ));
+            lines.push(kv("data", c.data.train.display().to_string()));
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!("{:<16}", "predicted peak"),
+                    Style::default().fg(Color::Gray),
+                ),
+                match e.predicted_peak {
+                    Some(b) => {
+                        Span::styled(format::bytes(b), Style::default().bold().fg(Color::Green))
+                    }
+                    None => Span::styled(
+                        "— (no memory prediction available)",
+                        Style::default().fg(Color::DarkGray),
+                    ),
+                },
+            ]));
+        }
+        Err(err) => {
+            lines.push(Line::from(e.name().bold().red()));
+            lines.push(kv("file", e.path.display().to_string()));
+            lines.push(Line::from(Span::styled(
+                format!("config error: {err}"),
+                Style::default().fg(Color::Red),
+            )));
+        }
+    }
+    let [info, fields] = Layout::vertical([
+        Constraint::Min(6),
+        Constraint::Length(EDIT_FIELDS.len() as u16 + 4),
+    ])
+    .areas(area);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(" Preset ")
+                .border_style(border(false)),
+        ),
+        info,
+    );
+    let mut flines = Vec::new();
+    for (i, (label, key)) in EDIT_FIELDS.iter().enumerate() {
+        let cur = matches!(app.presets.focus, PresetFocus::Fields(j) if j == i)
+            || matches!(&app.presets.focus, PresetFocus::Editing { field, .. } if *field == i);
+        let value = match &app.presets.focus {
+            PresetFocus::Editing { field, buffer } if *field == i => Span::styled(
+                format!("{buffer}▏"),
+                Style::default().fg(Color::Black).bg(Color::Yellow),
+            ),
+            _ => match e.field_value(key) {
+                Some(v) => Span::styled(
+                    v,
+                    if e.overrides.contains_key(*key) {
+                        Style::default().fg(Color::Yellow).bold()
+                    } else {
+                        Style::default()
+                    },
+                ),
+                None => Span::styled("— (not LoRA)", Style::default().fg(Color::DarkGray)),
+            },
+        };
+        let pointer = if cur { "▸ " } else { "  " };
+        let mut spans = vec![
+            Span::styled(pointer, Style::default().fg(Color::Cyan)),
+            Span::styled(format!("{label:<16}"), Style::default().fg(Color::Gray)),
+            value,
+        ];
+        if e.overrides.contains_key(*key) {
+            spans.push(Span::styled(
+                format!("   --set {key}"),
+                Style::default().fg(Color::DarkGray),
+            ));
+        }
+        flines.push(Line::from(spans));
+    }
+    let sets = e.override_list();
+    flines.push(Line::from(if sets.is_empty() {
+        Span::styled(
+            "as written in the preset",
+            Style::default().fg(Color::DarkGray),
+        )
+    } else {
+        Span::styled(
+            format!("launch with: --set {}", sets.join(" --set ")),
+            Style::default().fg(Color::Yellow),
+        )
+    }));
+    f.render_widget(
+        Paragraph::new(flines).wrap(Wrap { trim: true }).block(
+            Block::bordered()
+                .title(if editing {
+                    " Edit before launch (enter: change, esc: back) "
+                } else {
+                    " Edit before launch (e) "
+                })
+                .border_style(border(editing)),
+        ),
+        fields,
+    );
+}

@@ -1,0 +1,612 @@
+//! The dashboard drawn into ratatui's TestBackend, tab by tab and state by state (empty,
+//! running, finished, failed). Assertions are on what matters — labels, values, the presence
+//! of a chart — not on whole-screen snapshots.
+use std::path::{Path, PathBuf};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ftlab::runs::registry::{MemoryKind, MemoryPoint, RunRecord, RunStatus};
+use ftlab::runs::supervisor::SupervisorEvent;
+use ftlab::train::events::{EventLine, TrainEvent, SCHEMA_VERSION};
+use ftlab::tui::app::{discover_presets, PresetSource, Role, Turn};
+use ftlab::tui::infer_worker::InferEvent;
+use ftlab::tui::{draw, Action, App, GpuState, Tab};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn no_gpu() -> GpuState {
+    GpuState::Unavailable("NVIDIA driver library not found".into())
+}
+
+fn app_with_presets() -> App {
+    let presets = discover_presets(&[(repo("presets"), PresetSource::Project)]);
+    App::new(no_gpu(), PathBuf::from("/nonexistent/runs"), presets)
+}
+
+fn empty_app() -> App {
+    App::new(no_gpu(), PathBuf::from("/nonexistent/runs"), Vec::new())
+}
+
+/// The screen as text, one line per row.
+fn render(app: &mut App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn braille_cells(screen: &str) -> usize {
+    screen
+        .chars()
+        .filter(|c| ('\u{2801}'..='\u{28FF}').contains(c))
+        .count()
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+fn code(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn line(time: f64, event: TrainEvent) -> EventLine {
+    EventLine {
+        v: SCHEMA_VERSION,
+        time,
+        event,
+    }
+}
+
+fn start(total: usize) -> TrainEvent {
+    TrainEvent::Start {
+        run: "r".into(),
+        technique: "LoRA".into(),
+        model: "smollm2".into(),
+        total_steps: total,
+        trainable_params: 2_442_240,
+        total_params: 134_515_008,
+        train_examples: 500,
+        eval_examples: 32,
+        predicted_peak_bytes: Some(900 << 20),
+        resumed_from_step: 0,
+    }
+}
+
+fn step(s: usize, total: usize) -> TrainEvent {
+    TrainEvent::Step {
+        step: s,
+        total_steps: total,
+        epoch: 0.1,
+        loss: 3.0 - 0.1 * s as f64,
+        lr: 2e-4,
+        grad_norm: 1.0,
+        tokens: 1024,
+        tokens_per_sec: 40.0 + s as f64,
+        its: 0.04,
+        elapsed_secs: 25.0 * s as f64,
+        rss_bytes: Some((700 + 10 * s as u64) << 20),
+        peak_rss_bytes: Some((720 + 10 * s as u64) << 20),
+    }
+}
+
+/// A run at `steps` of `total` (running), with memory samples.
+fn running_run(dir: &Path, steps: usize, total: usize) -> RunRecord {
+    let mut r = RunRecord::new(dir);
+    r.apply(&line(1000.0, start(total)));
+    for s in 1..=steps {
+        r.apply(&line(1000.0 + 25.0 * s as f64, step(s, total)));
+        if s % 2 == 0 {
+            r.apply(&line(
+                1000.0 + 25.0 * s as f64,
+                TrainEvent::Eval {
+                    step: s,
+                    loss: 3.1 - 0.1 * s as f64,
+                    tokens: 5000,
+                    metrics: Default::default(),
+                    best: true,
+                },
+            ));
+        }
+    }
+    for i in 0..20 {
+        r.push_memory(MemoryPoint {
+            secs: i as f64 * 5.0,
+            bytes: (600 + 5 * i) << 20,
+            kind: MemoryKind::Ram,
+            peak: Some((610 + 5 * i) << 20),
+            capacity: None,
+        });
+    }
+    r.pid = Some(4242);
+    r.status = RunStatus::Running;
+    r
+}
+
+fn finished_run(dir: &Path, total: usize) -> RunRecord {
+    let mut r = running_run(dir, total, total);
+    r.apply(&line(
+        5000.0,
+        TrainEvent::Done {
+            step: total,
+            reason: "completed".into(),
+            elapsed_secs: 25.0 * total as f64,
+            final_train_loss: Some(3.0 - 0.1 * total as f64),
+            best_eval_loss: Some(2.5),
+            peak_rss_bytes: Some(880 << 20),
+        },
+    ));
+    r.pid = None;
+    r
+}
+
+fn failed_run(dir: &Path) -> RunRecord {
+    let mut r = running_run(dir, 3, 10);
+    r.pid = None;
+    r.status = RunStatus::Failed("killed by SIGKILL (out of memory, or killed): step 3".into());
+    r
+}
+
+// ---------------------------------------------------------------- Presets
+
+#[test]
+fn presets_tab_lists_presets_with_technique_model_and_fields() {
+    let mut app = app_with_presets();
+    let s = render(&mut app, 140, 40);
+    for name in ["baseline", "grad-ckpt", "lora", "qlora"] {
+        assert!(s.contains(name), "{name} missing:\n{s}");
+    }
+    assert!(
+        s.contains("full fine-tuning"),
+        "technique of the selected preset:\n{s}"
+    );
+    assert!(s.contains("smollm2"), "model:\n{s}");
+    for field in [
+        "batch size",
+        "sequence length",
+        "LoRA rank",
+        "learning rate",
+        "steps",
+    ] {
+        assert!(s.contains(field), "{field}:\n{s}");
+    }
+    assert!(s.contains("predicted peak"), "{s}");
+    // The baseline has no LoRA: its rank is not editable.
+    assert!(s.contains("— (not LoRA)"), "{s}");
+    assert!(s.contains("no GPU: showing RAM"), "{s}");
+}
+
+#[test]
+fn presets_tab_empty_says_where_it_looked() {
+    let mut app = empty_app();
+    let s = render(&mut app, 100, 30);
+    assert!(s.contains("no presets found"), "{s}");
+    assert!(s.contains("./presets"), "{s}");
+}
+
+#[test]
+fn editing_a_preset_field_becomes_a_set_override_and_launches_with_it() {
+    let mut app = app_with_presets();
+    // Select qlora (4th), open the fields, go to "steps" and type 5.
+    for _ in 0..3 {
+        app.on_key(code(KeyCode::Down));
+    }
+    app.on_key(key('e'));
+    for _ in 0..4 {
+        app.on_key(code(KeyCode::Down));
+    }
+    app.on_key(code(KeyCode::Enter));
+    for _ in 0..4 {
+        app.on_key(code(KeyCode::Backspace));
+    }
+    app.on_key(key('5'));
+    app.on_key(code(KeyCode::Enter));
+    let s = render(&mut app, 140, 40);
+    assert!(s.contains("QLoRA"), "{s}");
+    assert!(s.contains("--set train.max_steps=5"), "{s}");
+    // An invalid value is refused with the config's own message and the old value kept.
+    app.on_key(code(KeyCode::Up)); // learning rate
+    app.on_key(code(KeyCode::Enter));
+    for _ in 0..10 {
+        app.on_key(code(KeyCode::Backspace));
+    }
+    app.on_key(key('-'));
+    app.on_key(key('1'));
+    app.on_key(code(KeyCode::Enter));
+    assert!(
+        app.message.as_deref().unwrap_or("").contains("train.lr"),
+        "{:?}",
+        app.message
+    );
+    let actions = app.on_key(key('l'));
+    match actions.as_slice() {
+        [Action::Launch(req)] => {
+            assert!(req.preset.ends_with("qlora.toml"));
+            assert_eq!(req.overrides, vec!["train.max_steps=5".to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn several_marked_presets_launch_together() {
+    let mut app = app_with_presets();
+    app.on_key(key(' '));
+    app.on_key(code(KeyCode::Down));
+    app.on_key(code(KeyCode::Down));
+    app.on_key(key(' '));
+    let s = render(&mut app, 140, 40);
+    assert_eq!(s.matches("[x]").count(), 2, "{s}");
+    let actions = app.on_key(code(KeyCode::Enter));
+    assert_eq!(actions.len(), 2);
+    assert!(actions.iter().all(|a| matches!(a, Action::Launch(_))));
+}
+
+// ---------------------------------------------------------------- Runs
+
+#[test]
+fn runs_tab_empty_points_to_presets() {
+    let mut app = empty_app();
+    app.tab = Tab::Runs;
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("no runs yet"), "{s}");
+    assert!(s.contains("Presets tab"), "{s}");
+}
+
+#[test]
+fn runs_tab_running_shows_progress_eta_and_four_charts() {
+    let mut app = empty_app();
+    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
+    app.tab = Tab::Runs;
+    let s = render(&mut app, 140, 42);
+    assert!(s.contains("20260101-100000-lora"), "{s}");
+    assert!(s.contains("running"), "{s}");
+    assert!(s.contains("pid 4242"), "{s}");
+    assert!(s.contains("step 4/10"), "{s}");
+    assert!(s.contains("40%"), "{s}");
+    assert!(s.contains("ETA 2m 30s"), "6 steps left at 25 s/step:\n{s}");
+    for title in ["Loss", "Tokens/s", "Iterations/s", "Memory"] {
+        assert!(s.contains(title), "{title}:\n{s}");
+    }
+    assert!(
+        s.contains("no GPU: showing RAM"),
+        "memory panel labels its source:\n{s}"
+    );
+    assert!(s.contains("process RAM (RSS)"), "{s}");
+    assert!(
+        s.contains("predicted 900.0 MiB"),
+        "predicted peak line in the legend:\n{s}"
+    );
+    assert!(
+        s.contains("train") && s.contains("eval"),
+        "loss legend:\n{s}"
+    );
+    assert!(s.contains("2.44M trainable"), "{s}");
+    assert!(braille_cells(&s) > 50, "charts are drawn:\n{s}");
+    assert!(s.contains("(1 live)"), "the tab bar counts live runs:\n{s}");
+}
+
+#[test]
+fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
+    let mut app = App::new(
+        GpuState::Available("NVIDIA H100".into()),
+        PathBuf::from("/x"),
+        Vec::new(),
+    );
+    let mut r = running_run(Path::new("/r/20260101-100000-qlora"), 4, 10);
+    r.memory = (0..10)
+        .map(|i| MemoryPoint {
+            secs: i as f64,
+            bytes: (1 + i) << 30,
+            kind: MemoryKind::GpuProcess,
+            peak: None,
+            capacity: Some(80 << 30),
+        })
+        .collect();
+    app.upsert_run(r);
+    app.tab = Tab::Runs;
+    let s = render(&mut app, 140, 42);
+    assert!(s.contains("GPU: NVIDIA H100"), "{s}");
+    assert!(s.contains("GPU memory, this run (NVML)"), "{s}");
+    assert!(s.contains("of 80.00 GiB"), "the device total:\n{s}");
+    assert!(!s.contains("no GPU"), "{s}");
+}
+
+#[test]
+fn runs_tab_finished_and_failed() {
+    let mut app = empty_app();
+    app.upsert_run(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
+    app.upsert_run(failed_run(Path::new("/r/20260101-100000-qlora")));
+    app.tab = Tab::Runs;
+    app.selected_run = Some("20260101-100000-qlora".into());
+    let s = render(&mut app, 140, 42);
+    assert!(s.contains("failed: killed by SIGKILL"), "{s}");
+    assert!(s.contains("done"), "the finished run in the list:\n{s}");
+    app.on_key(code(KeyCode::Down));
+    let s = render(&mut app, 140, 42);
+    assert!(s.contains("step 10/10"), "{s}");
+    assert!(s.contains("100%"), "{s}");
+    assert!(!s.contains("ETA"), "no ETA once done:\n{s}");
+    assert!(s.contains("done"), "{s}");
+    assert!(braille_cells(&s) > 50, "{s}");
+}
+
+#[test]
+fn runs_tab_queued_and_supervisor_events_drive_the_state() {
+    let mut app = empty_app();
+    app.tab = Tab::Runs;
+    let dir = PathBuf::from("/r/20260101-110000-lora");
+    app.on_supervisor(SupervisorEvent::Queued {
+        id: "20260101-110000-lora".into(),
+        dir: dir.clone(),
+        device: "cpu".into(),
+        config: None,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("queued"), "{s}");
+    assert!(s.contains("waiting for its device"), "{s}");
+    app.on_supervisor(SupervisorEvent::Started {
+        id: "20260101-110000-lora".into(),
+        pid: 77,
+    });
+    app.on_supervisor(SupervisorEvent::Event {
+        id: "20260101-110000-lora".into(),
+        line: line(1.0, start(5)),
+    });
+    app.on_supervisor(SupervisorEvent::Event {
+        id: "20260101-110000-lora".into(),
+        line: line(2.0, step(1, 5)),
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("running") && s.contains("step 1/5"), "{s}");
+    // Stop goes to the supervisor.
+    assert_eq!(
+        app.on_key(key('s')),
+        vec![Action::Stop("20260101-110000-lora".into())]
+    );
+    app.on_supervisor(SupervisorEvent::Finished {
+        id: "20260101-110000-lora".into(),
+        status: RunStatus::Stopped,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("stopped"), "{s}");
+    assert_eq!(app.live_runs(), 0);
+}
+
+// ---------------------------------------------------------------- Compare
+
+#[test]
+fn compare_tab_empty_explains_how_to_choose() {
+    let mut app = empty_app();
+    app.tab = Tab::Compare;
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("no runs chosen"), "{s}");
+}
+
+#[test]
+fn compare_tab_table_and_overlaid_chart() {
+    let mut app = empty_app();
+    app.upsert_run(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
+    let mut lora = finished_run(Path::new("/r/20260101-100000-lora"), 8);
+    if let Some(s) = lora.start.as_mut() {
+        s.technique = "QLoRA".into();
+    }
+    app.upsert_run(lora);
+    app.upsert_run(failed_run(Path::new("/r/20260101-110000-x")));
+    app.tab = Tab::Compare;
+    app.on_key(code(KeyCode::Down)); // skip the failed run (newest first)
+    app.on_key(key(' '));
+    app.on_key(code(KeyCode::Down));
+    app.on_key(key(' '));
+    assert_eq!(app.compared_runs().len(), 2);
+    let s = render(&mut app, 150, 40);
+    for h in [
+        "technique",
+        "trainable",
+        "peak mem",
+        "tok/s",
+        "train loss",
+        "eval loss",
+        "wall time",
+    ] {
+        assert!(s.contains(h), "{h}:\n{s}");
+    }
+    assert!(s.contains("QLoRA") && s.contains("LoRA"), "{s}");
+    assert!(s.contains("2.44M"), "{s}");
+    assert!(s.contains("880.0 MiB"), "peak memory of a run:\n{s}");
+    assert!(
+        s.contains("2.0000"),
+        "final train loss of the 10-step run:\n{s}"
+    );
+    assert!(s.contains("4m 10s"), "wall time of the 10-step run:\n{s}");
+    assert!(braille_cells(&s) > 50, "overlay chart:\n{s}");
+    assert!(s.contains("train loss"), "{s}");
+    // Switch the overlaid metric to memory.
+    app.on_key(code(KeyCode::Right));
+    app.on_key(code(KeyCode::Right));
+    app.on_key(code(KeyCode::Right));
+    let s = render(&mut app, 150, 40);
+    assert!(s.contains("seconds"), "memory is over time:\n{s}");
+    assert!(braille_cells(&s) > 20, "{s}");
+}
+
+// ---------------------------------------------------------------- Inference
+
+#[test]
+fn inference_tab_empty_offers_the_base_model_and_sampling() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("base smollm2"), "{s}");
+    assert!(s.contains("no conversation yet"), "{s}");
+    for f in ["temperature", "top-p", "top-k", "max new tokens"] {
+        assert!(s.contains(f), "{f}:\n{s}");
+    }
+}
+
+#[test]
+fn inference_tab_streams_an_answer_and_keeps_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("20260101-090000-lora");
+    std::fs::create_dir_all(dir.join("adapter")).unwrap();
+    let mut app = app_with_presets();
+    app.upsert_run(finished_run(&dir, 4));
+    app.tab = Tab::Infer;
+    let s = render(&mut app, 120, 36);
+    assert!(
+        s.contains("run 20260101-090000-lora"),
+        "a finished run is a target:\n{s}"
+    );
+    // Pick the run, type, send.
+    let targets = app.infer_targets();
+    let i = targets.iter().position(|t| t.adapter.is_some()).unwrap();
+    app.infer.selected = i;
+    app.on_key(code(KeyCode::Enter));
+    for c in "What is LoRA?".chars() {
+        app.on_key(key(c));
+    }
+    let actions = app.on_key(code(KeyCode::Enter));
+    let job = match actions.as_slice() {
+        [Action::Generate(job)] => job.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job.target.adapter.as_deref(), Some(dir.as_path()));
+    assert_eq!(job.messages.last().unwrap().content, "What is LoRA?");
+    for piece in ["Low", "-rank", " adaptation"] {
+        app.on_infer(InferEvent::Token {
+            job: job.id,
+            text: piece.into(),
+        });
+    }
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("What is LoRA?"), "{s}");
+    assert!(
+        s.contains("Low-rank adaptation"),
+        "streamed text so far:\n{s}"
+    );
+    assert!(s.contains("streaming") && s.contains("3 tokens"), "{s}");
+    app.on_infer(InferEvent::Done {
+        job: job.id,
+        generated: 3,
+        tokens_per_sec: 9.5,
+        stopped: true,
+        cancelled: false,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("9.5 tokens/s"), "{s}");
+    assert!(!s.contains("streaming"), "{s}");
+    let h = &app.infer.histories[&job.target.key];
+    assert_eq!(
+        h,
+        &vec![
+            Turn {
+                role: Role::User,
+                text: "What is LoRA?".into()
+            },
+            Turn {
+                role: Role::Assistant,
+                text: "Low-rank adaptation".into()
+            }
+        ]
+    );
+    // A second question carries the conversation.
+    for c in "More?".chars() {
+        app.on_key(key(c));
+    }
+    match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => assert_eq!(job.messages.len(), 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inference_failure_is_shown() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(code(KeyCode::Enter));
+    app.on_key(key('h'));
+    let id = match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => job.id,
+        other => panic!("{other:?}"),
+    };
+    app.on_infer(InferEvent::Failed {
+        job: id,
+        error: "model `smollm2` is not in the cache".into(),
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(
+        s.contains("error: model `smollm2` is not in the cache"),
+        "{s}"
+    );
+}
+
+// ---------------------------------------------------------------- Frame
+
+#[test]
+fn help_overlay_tabs_and_quit() {
+    let mut app = empty_app();
+    app.on_key(key('?'));
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("keys"), "{s}");
+    assert!(s.contains("Presets · Runs · Compare · Inference"), "{s}");
+    app.on_key(code(KeyCode::Esc));
+    assert!(!app.show_help);
+    app.on_key(key('3'));
+    assert_eq!(app.tab, Tab::Compare);
+    app.on_key(code(KeyCode::Tab));
+    assert_eq!(app.tab, Tab::Infer);
+    app.on_key(code(KeyCode::BackTab));
+    assert_eq!(app.tab, Tab::Compare);
+    // No live run: q quits at once.
+    assert_eq!(app.on_key(key('q')), vec![Action::Quit]);
+}
+
+#[test]
+fn quitting_with_live_runs_asks_first() {
+    let mut app = empty_app();
+    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 2, 10));
+    assert!(app.on_key(key('q')).is_empty());
+    assert!(app.confirm_quit);
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("1 run is still live"), "{s}");
+    // Anything but y stays.
+    assert!(app.on_key(key('n')).is_empty());
+    assert!(!app.should_quit);
+    app.on_key(key('q'));
+    assert_eq!(app.on_key(key('y')), vec![Action::StopAll, Action::Quit]);
+    assert!(app.should_quit);
+}
+
+#[test]
+fn a_small_terminal_says_so_and_every_size_draws() {
+    let mut app = app_with_presets();
+    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
+    let s = render(&mut app, 50, 12);
+    assert!(s.contains("terminal too small"), "{s}");
+    assert!(s.contains("50×12"), "{s}");
+    // Resizing never breaks the layout: every tab draws at many sizes without panicking.
+    for tab in Tab::ALL {
+        app.tab = tab;
+        for (w, h) in [
+            (70, 20),
+            (71, 21),
+            (80, 24),
+            (100, 30),
+            (160, 50),
+            (250, 70),
+        ] {
+            let s = render(&mut app, w, h);
+            assert!(s.contains(tab.title()), "{tab:?} at {w}×{h}:\n{s}");
+        }
+    }
+}
