@@ -72,7 +72,11 @@ fn every_trainable_variable_receives_a_nonzero_gradient() {
         let x = ids(2, 9);
         let logits = loaded.model.forward(&x, 0, None).unwrap();
         let (b, t, v) = logits.dims3().unwrap();
-        let logits = logits.narrow(1, 0, t - 1).unwrap().reshape(((t - 1) * b, v)).unwrap();
+        let logits = logits
+            .narrow(1, 0, t - 1)
+            .unwrap()
+            .reshape(((t - 1) * b, v))
+            .unwrap();
         let targets = x.narrow(1, 1, t - 1).unwrap().reshape((t - 1) * b).unwrap();
         let mask = Tensor::ones((t - 1) * b, DType::F32, &Device::Cpu).unwrap();
         let (loss, _) = masked_cross_entropy(&logits, &targets, &mask).unwrap();
@@ -82,7 +86,13 @@ fn every_trainable_variable_receives_a_nonzero_gradient() {
             .iter()
             .filter(|(_, var)| {
                 grads.get(var).is_none_or(|g| {
-                    g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0
                 })
             })
             .map(|(n, _)| n.as_str())
@@ -94,18 +104,31 @@ fn every_trainable_variable_receives_a_nonzero_gradient() {
 #[test]
 fn incremental_decoding_with_kv_cache_matches_full_forward() {
     for (name, cfg) in all_configs() {
-        let loaded = CausalLm::build(&RandomSource::new(1.0), &cfg, &LoadOptions::default()).unwrap();
+        let loaded =
+            CausalLm::build(&RandomSource::new(1.0), &cfg, &LoadOptions::default()).unwrap();
         let m = &loaded.model;
         let x = ids(1, 8);
         let full = m.forward(&x, 0, None).unwrap();
         let mut cache = m.new_cache();
         // A 3-token prefill, then one token at a time.
-        let mut parts = vec![m.forward(&x.narrow(1, 0, 3).unwrap(), 0, Some(&mut cache)).unwrap()];
+        let mut parts = vec![m
+            .forward(&x.narrow(1, 0, 3).unwrap(), 0, Some(&mut cache))
+            .unwrap()];
         for p in 3..8 {
-            parts.push(m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap());
+            parts.push(
+                m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache))
+                    .unwrap(),
+            );
         }
         let inc = Tensor::cat(&parts, 1).unwrap();
-        let diff = (full - inc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (full - inc)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-4, "{name}: max diff {diff}");
         assert_eq!(cache.seq_len(), 8);
     }
@@ -113,7 +136,16 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
 
 #[test]
 fn positions_beyond_the_context_are_an_error_not_a_panic() {
-    let loaded = CausalLm::build(&RandomSource::new(1.0), &llama_cfg(false, true), &LoadOptions::default()).unwrap();
-    let err = loaded.model.forward(&ids(1, 4), 62, None).unwrap_err().to_string();
+    let loaded = CausalLm::build(
+        &RandomSource::new(1.0),
+        &llama_cfg(false, true),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let err = loaded
+        .model
+        .forward(&ids(1, 4), 62, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("maximum of 64 positions"), "{err}");
 }

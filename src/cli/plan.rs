@@ -34,7 +34,14 @@ pub fn run(args: PlanArgs) -> Result<()> {
                 })
             );
         } else {
-            println!("{} — {} (batch {} × seq {}, model {})", p.display(), cfg.technique(), cfg.train.batch_size, cfg.data.max_seq_len, cfg.model.spec);
+            println!(
+                "{} — {} (batch {} × seq {}, model {})",
+                p.display(),
+                cfg.technique(),
+                cfg.train.batch_size,
+                cfg.data.max_seq_len,
+                cfg.model.spec
+            );
             println!("{plan}");
         }
     }

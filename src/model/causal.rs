@@ -254,9 +254,9 @@ impl CausalLm {
 /// The architecture config of a resolved model, read from metadata only (no weights).
 pub fn arch_config_of(source: &crate::hub::ModelSource) -> Result<ArchConfig> {
     match source {
-        crate::hub::ModelSource::Gguf { path } => {
-            Ok(ArchConfig::Llama(LlamaConfig::from_gguf(&GgufFile::open(path)?)?))
-        }
+        crate::hub::ModelSource::Gguf { path } => Ok(ArchConfig::Llama(LlamaConfig::from_gguf(
+            &GgufFile::open(path)?,
+        )?)),
         crate::hub::ModelSource::HfDir { dir } => read_hf_causal_config(dir),
     }
 }

@@ -31,7 +31,10 @@ pub struct AnswerAccuracy {
 }
 
 fn normalise(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// Whether `output` contains `expected`, ignoring case and runs of whitespace.
@@ -53,25 +56,42 @@ pub fn answer_accuracy(
         .iter()
         .filter(|r| r.example.short_answer().is_some())
         .filter(|r| {
-            categories.is_empty() || r.example.extra_str("category").is_some_and(|c| categories.iter().any(|x| x == c))
+            categories.is_empty()
+                || r.example
+                    .extra_str("category")
+                    .is_some_and(|c| categories.iter().any(|x| x == c))
         })
         .collect();
     if chosen.is_empty() {
         bail!("no examples with a `short_answer` field (and the requested categories) to evaluate");
     }
-    let mut out = AnswerAccuracy { examples: 0, correct: 0, accuracy: 0.0, by_category: BTreeMap::new(), samples: Vec::new() };
+    let mut out = AnswerAccuracy {
+        examples: 0,
+        correct: 0,
+        accuracy: 0.0,
+        by_category: BTreeMap::new(),
+        samples: Vec::new(),
+    };
     for (i, r) in chosen.iter().enumerate() {
         let req = GenerateRequest {
             prompt_ids: tok.prompt_ids(&r.example)?,
             max_new_tokens,
-            sampling: SamplingParams { temperature: 0.0, repeat_penalty: 1.0, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                temperature: 0.0,
+                repeat_penalty: 1.0,
+                ..SamplingParams::default()
+            },
             stop_ids: lm.special.eos_tokens.clone(),
         };
         let (ids, _) = generate(&lm.model, &req, |_| Ok(()))?;
         let output = lm.decode(&ids)?;
         let expected = r.example.short_answer().unwrap_or_default().to_string();
         let correct = contains_answer(&output, &expected);
-        let category = r.example.extra_str("category").unwrap_or("uncategorised").to_string();
+        let category = r
+            .example
+            .extra_str("category")
+            .unwrap_or("uncategorised")
+            .to_string();
         let entry = out.by_category.entry(category.clone()).or_insert((0, 0));
         entry.1 += 1;
         if correct {
@@ -79,7 +99,13 @@ pub fn answer_accuracy(
             out.correct += 1;
         }
         out.examples += 1;
-        let sample = AnswerSample { origin: r.origin(), category, expected, output, correct };
+        let sample = AnswerSample {
+            origin: r.origin(),
+            category,
+            expected,
+            output,
+            correct,
+        };
         progress(i + 1, chosen.len(), &sample);
         out.samples.push(sample);
     }
@@ -91,8 +117,14 @@ pub fn answer_accuracy(
 mod tests {
     #[test]
     fn containment_ignores_case_and_whitespace() {
-        assert!(super::contains_answer("It closes at 4  P.M. today", "4 p.m."));
-        assert!(super::contains_answer("文脈には記載がありません。", "文脈には記載がありません。"));
+        assert!(super::contains_answer(
+            "It closes at 4  P.M. today",
+            "4 p.m."
+        ));
+        assert!(super::contains_answer(
+            "文脈には記載がありません。",
+            "文脈には記載がありません。"
+        ));
         assert!(!super::contains_answer("It closes at 5 p.m.", "4 p.m."));
     }
 }

@@ -8,9 +8,9 @@ use crate::adapt::nf4::Quant4Kind;
 use crate::adapt::peft::apply_lora;
 use crate::adapt::peft::TargetModules;
 use crate::config::{OptimizerKind, QuantKind, RunConfig};
-use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique};
 use crate::infer::LanguageModel;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
+use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
 pub fn count_params(model: &mut CausalLm) -> usize {
@@ -90,7 +90,12 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         gradient_checkpointing: cfg.model.gradient_checkpointing,
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
-    let mut input = PlanInput::new(ModelShape::from_arch(arch), cfg.train.batch_size, cfg.data.max_seq_len, technique);
+    let mut input = PlanInput::new(
+        ModelShape::from_arch(arch),
+        cfg.train.batch_size,
+        cfg.data.max_seq_len,
+        technique,
+    );
     input.grad_accum_steps = cfg.train.grad_accum;
     input
 }

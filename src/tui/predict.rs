@@ -10,5 +10,7 @@ pub fn predicted_peak_bytes(cfg: &RunConfig) -> Option<u64> {
         let cache = crate::hub::cache_dir().ok()?;
         crate::hub::installed(&model, &cache)?;
     }
-    crate::train::setup::plan_for(cfg).ok().map(|p| p.expected_peak(false))
+    crate::train::setup::plan_for(cfg)
+        .ok()
+        .map(|p| p.expected_peak(false))
 }
