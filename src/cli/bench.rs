@@ -72,7 +72,9 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
     use crate::telemetry::memory::{peak_rss_bytes, reset_peak};
     let mut cfg = RunConfig::load(preset, &overrides(args))?;
     cfg.data.eval = None;
-    let (lm, tm) = setup::prepare(&cfg)?;
+    let (lm, mut tm) = setup::prepare(&cfg)?;
+    // Train mode, as in a real run (LoRA dropout is active).
+    tm.model.set_training(true);
     let (train, _) = sft_task::build(
         &cfg.data,
         &lm,

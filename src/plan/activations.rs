@@ -15,11 +15,13 @@
 //! 2. **`backward()` computes a gradient for every input of every tracked op, tracked or
 //!    not, and never removes the untracked ones** from the returned `GradStore`: `Matmul`
 //!    always computes `lhs.t().matmul(grad)` for its right-hand side, binary ops always
-//!    compute both sides. So a frozen weight `W.t()` used by a tracked matmul gets a
-//!    W-sized gradient, a broadcast frozen norm weight gets a (b, t, hidden) gradient, the
-//!    RoPE cos/sin tables and the causal mask get gradients of their broadcast shapes —
-//!    all alive until the trainer drops the store (`train/step.rs` drops it after
-//!    accumulating the `Var` gradients). We call these *stray gradients*.
+//!    compute both sides. So a broadcast frozen norm weight gets a (b, t, hidden)
+//!    gradient, the RoPE cos/sin tables and the causal mask get gradients of their
+//!    broadcast shapes — all alive until the trainer drops the store (`train/step.rs`
+//!    drops it after accumulating the `Var` gradients). We call these *stray gradients*.
+//!    (A frozen weight `W.t()` in a plain matmul would get a W-sized one; ftlab's frozen
+//!    linears and frozen LM head go through `linear::matmul_t`'s custom op, whose backward
+//!    yields the input gradient only, dense or 4-bit alike.)
 //!
 //! Counts below are in elements ("floats"); `plan` multiplies by bytes per element.
 use super::shape::{Arch, LinearSpec, ModelShape};
@@ -66,7 +68,11 @@ pub(crate) struct LoraOverlay {
 ///
 /// LoRA on a targeted linear (`Linear::forward` + `LoraAdapter::forward`), per token:
 /// `x·Aᵀ` r, `·Bᵀ` out, `·scale` out, `y + lora` out → r + 3·out; with dropout in
-/// training, `candle_nn::ops::dropout` keeps its mask and the product → + 2·in.
+/// training, `candle_nn::ops::dropout` keeps its f32 mask and the product (2·in), and the
+/// freed uniform draw and its f32 cast (2·in more) stay resident between the kept tensors
+/// (glibc cannot return them): + 4·in. Each adapter draws its own mask, so q/k/v (and
+/// gate/up) pay it separately. Measured on SmolLM2, r 8, 1×256: dropout 0.05 costs
+/// ~860 MiB (`measure_lora_dropout_backward`).
 pub(crate) fn block_retained_per_token(
     s: &ModelShape,
     layer_linears: &[&LinearSpec],
@@ -115,7 +121,7 @@ pub(crate) fn block_retained_per_token(
             .filter(|lin| lora_targets(lin))
             .map(|lin| {
                 let drop = if l.dropout {
-                    2.0 * lin.in_f as f64
+                    4.0 * lin.in_f as f64
                 } else {
                     0.0
                 };
@@ -135,57 +141,40 @@ pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
     6.0 * b * nh * t * t + 2.0 * b * nh * t
 }
 
-/// Stray gradients of one block that stay in the `GradStore` (see the module docs).
-pub(crate) struct BlockStray {
-    /// Elements proportional to tokens or t² (rope tables, mask, frozen norms/biases,
-    /// dropout masks).
-    pub activation_like: f64,
-    /// Elements of frozen dense linear weights that received a gradient.
-    pub weights: f64,
-}
-
+/// Stray gradients of one block that stay in the `GradStore` (see the module docs), in
+/// elements.
+///
 /// RoPE: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked tables
 /// give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and k.
 /// Mask: `scores.broadcast_add(mask)` gives the mask a (b, heads, t, t) gradient.
 /// Frozen norms (LoRA/QLoRA): `broadcast_mul(weight)` (and `+bias`) → h per token each;
-/// frozen biases of linears → out per token. Frozen dense linear weights (LoRA on an f32
-/// base): `W.t()` of a tracked matmul → in·out, except block 0's projections of the
-/// block input when the embeddings are frozen (their input is untracked, so that matmul
-/// is not recorded). 4-bit bases use a custom op with no weight gradient: none.
-/// Dropout masks (LoRA dropout) are untracked inputs of a `Mul` → in per token.
+/// frozen biases of linears → out per token. Dropout masks (LoRA dropout) are untracked
+/// inputs of a `Mul` → in per token. Frozen linear weights: none (custom op).
 pub(crate) fn block_stray(
     s: &ModelShape,
-    layer: usize,
     layer_linears: &[&LinearSpec],
     b: usize,
     t: usize,
     frozen_base: bool,
-    dense_frozen_linears: bool,
-    embeddings_trainable: bool,
     lora: Option<&LoraOverlay>,
     lora_targets: &dyn Fn(&LinearSpec) -> bool,
-) -> BlockStray {
+) -> f64 {
     let n = (b * t) as f64;
     let rot = s.rotary_dim.min(s.head_dim) as f64;
     let rope = 2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot);
     let mask = (b * s.heads * t * t) as f64;
     let mut per_token = rope;
-    let mut weights = 0.0;
     if frozen_base {
         let norms = match s.arch {
             Arch::Llama => 2.0,
             Arch::GptNeox => 4.0,
         };
         per_token += norms * s.hidden as f64;
-        for lin in layer_linears {
-            if lin.bias {
-                per_token += lin.out_f as f64;
-            }
-            let untracked_input = layer == 0 && lin.reads_block_input && !embeddings_trainable;
-            if dense_frozen_linears && !untracked_input {
-                weights += (lin.in_f * lin.out_f) as f64;
-            }
-        }
+        per_token += layer_linears
+            .iter()
+            .filter(|lin| lin.bias)
+            .map(|lin| lin.out_f as f64)
+            .sum::<f64>();
     }
     if let Some(l) = lora {
         if l.dropout {
@@ -196,10 +185,7 @@ pub(crate) fn block_stray(
                 .sum::<f64>();
         }
     }
-    BlockStray {
-        activation_like: per_token * n + mask,
-        weights,
-    }
+    per_token * n + mask
 }
 
 /// Gradients alive at once inside one block's backward, besides the kept activations:
@@ -230,14 +216,13 @@ pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
 }
 
 /// Stray gradients of the head: the detached `max` of the log-softmax is broadcast into
-/// a `Sub` → V per scored token, always; a frozen LM head (tied or not) used through a
-/// tracked matmul → V·h; a frozen final norm → h (| 2h) per token.
+/// a `Sub` → V per scored token, always; a frozen final norm → h (| 2h) per token. (A
+/// frozen LM head goes through the input-gradient-only custom op: nothing.)
 pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) -> f64 {
     let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
     let v = s.vocab as f64;
     let mut e = scored * v;
     if frozen_base {
-        e += v * s.hidden as f64;
         e += n * match s.arch {
             Arch::Llama => s.hidden as f64,
             Arch::GptNeox => 2.0 * s.hidden as f64,
@@ -249,11 +234,14 @@ pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) 
 /// Gradients alive at once while the backward pass crosses the head, beyond the stray
 /// gradients of [`head_stray`]. `or_insert`'s zero tensors cost no resident memory (large
 /// zeroed allocations are fresh anonymous pages, resident only once written), so each
-/// accumulation costs one written tensor. At the log-softmax: ~3 logits-sized gradients
-/// (in-flight, accumulated for `x − max`, the broadcast `lse` term). At the LM-head matmul:
-/// the in-flight logits gradient (+ the input gradient) and `lhs.t()·grad` (V·h), whose
-/// sum with the zeros is the stray gradient (frozen head) or, for a trainable head, the
-/// transpose node's gradient followed by the table's own (2 × V·h).
+/// accumulation costs one written tensor. Through the log-softmax, the `narrow` of the
+/// logits (whose backward `cat`s the gradient with zeros, then adds it) and the reshape,
+/// several logits-sized gradients are alive at once: in-flight, accumulated, `grad · exp`
+/// temporaries. Measured on SmolLM2 (`diagnose_ckpt_phases`): 4.4 logits-sized tensors at
+/// 4×256; we use 4.5. At the LM-head matmul: the in-flight logits gradient (+ the input
+/// gradient) and, for a trainable head, `lhs.t()·grad` (V·h) becoming the transpose
+/// node's gradient and then the table's own (2 × V·h; measured 2 V·h + 1 logits at
+/// 1×256). A frozen head's custom op makes no V·h tensor.
 pub(crate) fn head_backward_transient(
     s: &ModelShape,
     b: usize,
@@ -263,6 +251,6 @@ pub(crate) fn head_backward_transient(
     let scored = (b * t.saturating_sub(1).max(1)) as f64;
     let logits = scored * s.vocab as f64;
     let vh = (s.vocab * s.hidden) as f64;
-    let tables = if head_trainable { 2.0 } else { 1.0 };
-    (3.0 * logits).max(tables * vh + 1.5 * logits)
+    let tables = if head_trainable { 2.0 } else { 0.0 };
+    (4.5 * logits).max(tables * vh + 1.5 * logits)
 }

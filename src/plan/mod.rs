@@ -36,13 +36,24 @@ pub const ADAM8_BLOCK: u64 = 256;
 /// 8-bit AdamW: tensors with fewer elements keep f32 moments (bitsandbytes' rule).
 pub const ADAM8_MIN_SIZE: u64 = 4096;
 /// Resident memory of an idle worker process before any model is loaded: code pages,
-/// the tokenizer, rayon's thread stacks, allocator metadata. Measured (see
-/// `tests/plan.rs`, `measure_idle_baseline`): ~25 MiB; rounded up for the larger binary.
-pub const PROCESS_BASELINE: u64 = 40 << 20;
+/// the tokenizer, rayon's thread stacks, allocator metadata. Measured
+/// (`tests/plan.rs`, `measure_idle_baseline`): a test binary is 4 MiB, 21 MiB with the
+/// SmolLM2 tokenizer loaded from the GGUF (29 MiB peak while parsing); rounded up for the
+/// larger `ftlab` binary.
+pub const PROCESS_BASELINE: u64 = 32 << 20;
+/// Beyond the f32 weights while loading: reader buffers, the raw bytes of the tensor being
+/// dequantised, the `Var` copy of the last tensor. Measured on the SmolLM2 GGUF
+/// (`measure_gguf_load`): 549 MiB resident after loading 513 MiB of f32 weights.
+pub const LOAD_SLACK: u64 = 32 << 20;
+/// Fraction of the blocks' kept per-token activations that the allocator keeps resident
+/// by the end of a plain (non-checkpointed) backward pass: freed intermediate gradients
+/// that glibc can neither reuse nor return. Measured on SmolLM2 (`diagnose_plain_phases`):
+/// 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA 1×256.
+pub const HEAP_SLACK: f64 = 0.3;
 /// Fraction of the f32 weights that stays resident after a 4-bit base is quantised from
-/// them: glibc keeps freed heap chunks (tensors of a few MiB fall under its adaptive
-/// mmap threshold), so part of the dense copy persists in RSS. Measured on SmolLM2
-/// (see `measure_qlora_backward`).
+/// them (glibc could keep freed heap chunks). Measured on SmolLM2
+/// (`measure_qlora_backward`): 190 MiB resident after quantising against 179 MiB planned
+/// weights — the dense copy is returned to the system, so none.
 pub const QUANT_LOAD_RESIDUE: f64 = 0.0;
 
 /// Which parameters train and how the base is stored.
@@ -305,7 +316,6 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     let save_params = lora.map_or(0, |l| l.modules_to_save_params);
     let frozen_base = !tech.full;
     let quant = tech.quantized_base();
-    let dense_frozen_linears = frozen_base && !quant;
     let embeddings_trainable = tech.full;
     let trainable = if tech.full { total_params } else { 0 } + lora_params + save_params;
     let mut details = Vec::new();
@@ -367,29 +377,19 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     // ---- per-layer activations and stray gradients.
     let blocks_tracked = tech.full || !targeted.is_empty();
     let mut block_acts = Vec::with_capacity(s.layers);
+    let mut per_token_sum = 0.0;
     let mut block_stray = Vec::with_capacity(s.layers);
     for layer in 0..s.layers {
         let lins: Vec<&LinearSpec> = linears.iter().filter(|l| l.layer == layer).collect();
         let per_token = activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets);
         let acts = bytes(per_token * n) + f32b(activations::block_scores(s, b, t));
-        let st = activations::block_stray(
-            s,
-            layer,
-            &lins,
-            b,
-            t,
-            frozen_base,
-            dense_frozen_linears,
-            embeddings_trainable,
-            overlay.as_ref(),
-            &targets,
-        );
+        let stray =
+            activations::block_stray(s, &lins, b, t, frozen_base, overlay.as_ref(), &targets);
+        if blocks_tracked {
+            per_token_sum += per_token;
+        }
         block_acts.push(if blocks_tracked { acts } else { 0 });
-        block_stray.push(if blocks_tracked {
-            bytes(st.activation_like + st.weights)
-        } else {
-            0
-        });
+        block_stray.push(if blocks_tracked { bytes(stray) } else { 0 });
     }
     let acts_blocks: u64 = block_acts.iter().sum();
     let stray_blocks: u64 = block_stray.iter().sum();
@@ -422,9 +422,16 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // Phase 2: end of backward: every gradient, every stray gradient, the embedding's
         // `index_add` making a new V×h table while the old one is alive.
         let stray = stray_blocks + head_stray;
+        // Gradients of intermediates are made and freed block after block while the kept
+        // activations and new stray gradients stay allocated around them, so glibc cannot
+        // reuse or return all of the freed chunks: measured (`diagnose_plain_phases`) 0.25-
+        // 0.33 × each block's kept (non-score) activations stay resident by the end.
+        let heap_slack = bytes(HEAP_SLACK * n * per_token_sum);
+        details.push(("freed gradients kept by malloc".into(), heap_slack));
         let end_phase = kept
             + grads
             + stray
+            + heap_slack
             + embed_grad_transient
             + block_transient
             + dequant_scratch
@@ -443,7 +450,17 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         let inputs = hidden_state * (s.layers as u64 + 1);
         details.push(("block inputs (checkpoints)".into(), inputs));
         details.push(("head graph (logits, log-softmax)".into(), head_acts));
-        let head_phase = inputs + head_acts + head_stray + head_transient + accum_prev;
+        // Each block's intermediates are built (tracked) and freed once per forward and
+        // once per recompute; glibc keeps those freed heap chunks resident (tensors under
+        // its 32 MiB mmap threshold), interleaved with the live checkpoints. Measured
+        // (`diagnose_ckpt_phases`): about one block's intermediates after the forward,
+        // two during the backward over the blocks.
+        let one_block = block_acts.iter().copied().max().unwrap_or(0);
+        details.push((
+            "freed block intermediates kept by malloc".into(),
+            2 * one_block,
+        ));
+        let head_phase = inputs + head_acts + head_stray + head_transient + accum_prev + one_block;
         // Recomputing block i: its intermediates, its stray gradients, the upstream
         // gradient and `out · upstream` (+ its stray gradient), with every gradient of
         // the blocks above (worst at block 0: all of them).
@@ -462,6 +479,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             0
         };
         let block_phase = inputs
+            + 2 * one_block
             + head_acts
             + grads
             + worst_block
@@ -472,7 +490,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // The embedding table's backward (full FT): `index_add` into a new V×h table and
         // the accumulation `a + g`, while every other gradient is alive.
         let embed_phase = if embeddings_trainable {
-            inputs + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
+            inputs + 2 * one_block + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
         } else {
             0
         };
@@ -489,8 +507,13 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             0
         };
     let total = weights + gradients + optimizer + dynamic + overhead;
-    let largest = params.iter().map(|p| p.numel).max().unwrap_or(0) as f64;
-    let load_peak = PROCESS_BASELINE + f32b(total_params as f64) + 2 * f32b(largest) + lora_weights;
+    // Loading: every tensor is dequantised to f32 (GGUF) and becomes a `Var` or a frozen
+    // tensor one at a time, so the peak is the whole f32 model at the end of loading (before
+    // any 4-bit quantisation) plus reader slack; an untied LM head is loaded last and its
+    // f32 tensor and `Var` copy briefly coexist.
+    let last_copy = if s.tied_embeddings { 0 } else { 2 * f32b(vh) };
+    let load_peak =
+        PROCESS_BASELINE + LOAD_SLACK + f32b(total_params as f64) + last_copy + lora_weights;
     MemoryPlan {
         weights,
         gradients,
