@@ -350,12 +350,12 @@ lr = 1e-4
         let bad = PRESET.replace("lr = 1e-4", "lr = 1e-4\nbatchsize = 3");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
         assert!(
-            err.contains("line 10") && err.contains("batchsize"),
+            err.contains("line 9") && err.contains("batchsize"),
             "{err}"
         );
         let bad = PRESET.replace("lr = 1e-4", "lr = \"fast\"");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
-        assert!(err.contains("line 9"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
     }
 
     #[test]
