@@ -349,10 +349,7 @@ lr = 1e-4
     fn unknown_keys_and_bad_values_are_reported_with_a_line() {
         let bad = PRESET.replace("lr = 1e-4", "lr = 1e-4\nbatchsize = 3");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
-        assert!(
-            err.contains("line 9") && err.contains("batchsize"),
-            "{err}"
-        );
+        assert!(err.contains("line 9") && err.contains("batchsize"), "{err}");
         let bad = PRESET.replace("lr = 1e-4", "lr = \"fast\"");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
         assert!(err.contains("line 8"), "{err}");
