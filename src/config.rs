@@ -15,12 +15,28 @@ pub struct RunConfig {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// What is trained: instruction SFT of a causal LM (default) or sentence similarity
+    /// (STS) of an encoder.
+    #[serde(default)]
+    pub task: TaskKind,
     pub model: ModelConfig,
     /// Present = LoRA (or QLoRA with `model.quant`); absent = full fine-tuning.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
     pub data: DataConfig,
     pub train: TrainConfig,
+}
+
+/// The kind of training a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Instruction SFT of a causal LM (`data.format` dolly / alpaca / chat).
+    #[default]
+    Sft,
+    /// Sentence-pair similarity of a BERT encoder (`data.format` auto / jsonl / csv / tsv;
+    /// `sentence1`, `sentence2`, `label` 0–5).
+    Sts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -85,6 +101,9 @@ pub struct DataConfig {
     /// Use only the first N eval examples (0 = all).
     #[serde(default)]
     pub eval_limit: usize,
+    /// STS: the cosine a 0–5 label is trained towards: `signed` → [−1, 1], `unit` → [0, 1].
+    #[serde(default)]
+    pub label_scale: crate::train::data::sts::LabelScale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -275,6 +294,10 @@ impl RunConfig {
         match self.model.dtype.as_str() {
             "f32" | "bf16" | "f16" => {}
             other => bail!("model.dtype `{other}`: expected f32, bf16 or f16"),
+        }
+        match self.task {
+            TaskKind::Sft => {}
+            TaskKind::Sts => crate::train::sts_task::validate_config(self)?,
         }
         Ok(())
     }

@@ -31,6 +31,15 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2 by default).
     Embed(cli::embed::EmbedArgs),
+    /// Build (or benchmark) an HNSW index of sentence embeddings.
+    #[command(subcommand)]
+    Index(cli::index::IndexCmd),
+    /// Nearest documents of a query in an index built with `ftlab index build`.
+    Search(cli::search::SearchArgs),
+    /// Answer a question from a folder of documents: retrieve chunks, then generate.
+    Rag(cli::rag::RagArgs),
+    /// Pearson and Spearman correlation of an encoder on STS sentence pairs.
+    StsEval(cli::sts::StsEvalArgs),
 }
 
 fn main() {
@@ -43,6 +52,10 @@ fn main() {
         Some(Command::Merge(args)) => cli::merge::run(args),
         Some(Command::Embed(args)) => cli::embed::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Index(cmd)) => cli::index::run(cmd),
+        Some(Command::Search(args)) => cli::search::run(args),
+        Some(Command::Rag(args)) => cli::rag::run(args),
+        Some(Command::StsEval(args)) => cli::sts::run(args),
         Some(Command::Plan(args)) => cli::plan::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
         None => cli::tui::run(),

@@ -1,5 +1,7 @@
 //! BERT encoder and sentence embeddings: gradients reach every parameter, and the real
 //! all-MiniLM-L6-v2 matches sentence-transformers.
+mod common;
+use common::max_abs_diff;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -230,17 +232,6 @@ fn minilm_dir() -> PathBuf {
 fn minilm() -> &'static Embedder {
     static E: OnceLock<Embedder> = OnceLock::new();
     E.get_or_init(|| Embedder::from_dir(&minilm_dir(), &LoadOptions::default()).unwrap())
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[derive(serde::Deserialize)]

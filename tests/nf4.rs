@@ -1,5 +1,7 @@
 //! Blockwise 4-bit quantisation (NF4 / FP4, double quantisation) and the frozen 4-bit
 //! linear layer whose forward and backward dequantise on the fly.
+mod common;
+use common::max_abs_diff;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,19 +31,6 @@ fn normal(n: usize, seed: u64) -> Vec<f32> {
 
 fn randn(shape: (usize, usize), seed: u64) -> Tensor {
     Tensor::from_vec(normal(shape.0 * shape.1, seed), shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ftlab::config::{RunConfig, TaskKind};
+use ftlab::infer::chat_template::ChatMessage;
+use ftlab::infer::search::Hit;
 use ftlab::runs::registry::{MemoryKind, MemoryPoint, RunRecord, RunStatus};
 use ftlab::runs::supervisor::SupervisorEvent;
 use ftlab::train::events::{EventLine, TrainEvent, SCHEMA_VERSION};
-use ftlab::tui::app::{discover_presets, PresetSource, Role, Turn};
-use ftlab::tui::infer_worker::InferEvent;
+use ftlab::tui::app::{discover_presets, InferMode, PresetSource, Role, Turn};
+use ftlab::tui::infer_worker::{InferEvent, InferJob, InferRequest};
 use ftlab::tui::{draw, Action, App, GpuState, Tab};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -448,7 +451,7 @@ fn inference_tab_empty_offers_the_base_model_and_sampling() {
     app.tab = Tab::Infer;
     let s = render(&mut app, 120, 36);
     assert!(s.contains("base smollm2"), "{s}");
-    assert!(s.contains("no conversation yet"), "{s}");
+    assert!(s.contains("nothing asked yet"), "{s}");
     for f in ["temperature", "top-p", "top-k", "max new tokens"] {
         assert!(s.contains(f), "{f}:\n{s}");
     }
@@ -477,11 +480,11 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     }
     let actions = app.on_key(code(KeyCode::Enter));
     let job = match actions.as_slice() {
-        [Action::Generate(job)] => job.clone(),
+        [Action::Generate(job)] => (**job).clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(job.target.adapter.as_deref(), Some(dir.as_path()));
-    assert_eq!(job.messages.last().unwrap().content, "What is LoRA?");
+    assert_eq!(chat_messages(&job).last().unwrap().content, "What is LoRA?");
     for piece in ["Low", "-rank", " adaptation"] {
         app.on_infer(InferEvent::Token {
             job: job.id,
@@ -524,9 +527,181 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
         app.on_key(key(c));
     }
     match app.on_key(code(KeyCode::Enter)).as_slice() {
-        [Action::Generate(job)] => assert_eq!(job.messages.len(), 3),
+        [Action::Generate(job)] => assert_eq!(chat_messages(job).len(), 3),
         other => panic!("{other:?}"),
     }
+}
+
+fn chat_messages(job: &InferJob) -> &[ChatMessage] {
+    match &job.request {
+        InferRequest::Chat { messages } => messages,
+        other => panic!("not a chat job: {other:?}"),
+    }
+}
+
+fn sts_run(dir: &Path) -> RunRecord {
+    let mut r = finished_run(dir, 4);
+    let cfg = RunConfig::load(&repo("presets").join("sts-baseline.toml"), &[]).unwrap();
+    assert_eq!(cfg.task, TaskKind::Sts);
+    r.config = Some(cfg);
+    std::fs::create_dir_all(dir.join("best")).unwrap();
+    r
+}
+
+fn hit(rank: usize, source: &str, score: f32, text: &str) -> Hit {
+    Hit {
+        rank,
+        id: rank - 1,
+        source: source.into(),
+        score,
+        text: text.into(),
+    }
+}
+
+#[test]
+fn inference_search_and_rag_modes_retrieve_then_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sts_dir = tmp.path().join("20260101-100000-sts-baseline");
+    let lm_dir = tmp.path().join("20260101-090000-lora");
+    std::fs::create_dir_all(lm_dir.join("adapter")).unwrap();
+    let mut app = app_with_presets();
+    app.upsert_run(finished_run(&lm_dir, 4));
+    app.upsert_run(sts_run(&sts_dir));
+    // The STS run is an encoder, not a chat model.
+    assert!(app.infer_targets().iter().all(|t| !t.key.contains("sts")));
+    // `i` on the STS run opens the Inference tab in search mode with it selected.
+    app.tab = Tab::Runs;
+    app.selected_run = Some("20260101-100000-sts-baseline".into());
+    app.on_key(key('i'));
+    assert_eq!(app.tab, Tab::Infer);
+    assert_eq!(app.infer.mode, InferMode::Search);
+    let s = render(&mut app, 140, 40);
+    assert!(s.contains("search mode"), "{s}");
+    assert!(s.contains("base minilm"), "{s}");
+    assert!(s.contains("run 20260101-100000-sts-baseline"), "{s}");
+    // A query becomes a search job over the documents folder with the STS run's encoder.
+    app.on_key(code(KeyCode::Enter));
+    for c in "When does the library close?".chars() {
+        app.on_key(key(c));
+    }
+    let job = match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => (**job).clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job.target.model, sts_dir.display().to_string());
+    match &job.request {
+        InferRequest::Search { query, docs, k } => {
+            assert_eq!(query, "When does the library close?");
+            assert_eq!(docs, Path::new("data/docs"));
+            assert_eq!(*k, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    app.on_infer(InferEvent::Hits {
+        job: job.id,
+        hits: vec![
+            hit(1, "library.md", 0.83, "The library closes at 8 p.m."),
+            hit(2, "museum.md", 0.41, "The museum opens at ten."),
+        ],
+        searched: 40,
+    });
+    app.on_infer(InferEvent::Done {
+        job: job.id,
+        generated: 0,
+        tokens_per_sec: 0.0,
+        stopped: true,
+        cancelled: false,
+    });
+    let s = render(&mut app, 140, 40);
+    assert!(s.contains("nearest chunks"), "{s}");
+    assert!(s.contains("[1] library.md · 0.830"), "{s}");
+    assert!(s.contains("The library closes at 8 p.m."), "{s}");
+    assert!(s.contains("searched in"), "{s}");
+    // RAG: the LM list again, retrieval with the encoder chosen in search mode.
+    app.on_key(code(KeyCode::Esc));
+    app.on_key(key('m'));
+    assert_eq!(app.infer.mode, InferMode::Rag);
+    let lm = app
+        .infer_targets()
+        .iter()
+        .position(|t| t.adapter.is_some())
+        .unwrap();
+    app.infer.selected = lm;
+    app.on_key(code(KeyCode::Enter));
+    for c in "When does it close?".chars() {
+        app.on_key(key(c));
+    }
+    let job = match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => (**job).clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(job.target.adapter.as_deref(), Some(lm_dir.as_path()));
+    match &job.request {
+        InferRequest::Rag {
+            question, encoder, ..
+        } => {
+            assert_eq!(question, "When does it close?");
+            assert_eq!(encoder, &sts_dir.display().to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    app.on_infer(InferEvent::Hits {
+        job: job.id,
+        hits: vec![hit(1, "library.md", 0.79, "The library closes at 8 p.m.")],
+        searched: 40,
+    });
+    for piece in ["At ", "8 p.m."] {
+        app.on_infer(InferEvent::Token {
+            job: job.id,
+            text: piece.into(),
+        });
+    }
+    let s = render(&mut app, 140, 40);
+    assert!(s.contains("RAG mode"), "{s}");
+    assert!(s.contains("retrieved context"), "{s}");
+    assert!(s.contains("At 8 p.m."), "{s}");
+    let h = app.infer.histories.values().find(|h| h.len() == 3).unwrap();
+    assert_eq!(
+        h.iter().map(|t| t.role).collect::<Vec<_>>(),
+        [Role::User, Role::Context, Role::Assistant]
+    );
+    app.on_infer(InferEvent::Done {
+        job: job.id,
+        generated: 3,
+        tokens_per_sec: 7.0,
+        stopped: true,
+        cancelled: false,
+    });
+    // The chat history of the same model is separate.
+    app.on_key(code(KeyCode::Esc));
+    app.on_key(key('m'));
+    assert_eq!(app.infer.mode, InferMode::Chat);
+    let s = render(&mut app, 140, 40);
+    assert!(!s.contains("At 8 p.m."), "{s}");
+}
+
+#[test]
+fn inference_settings_reject_a_missing_documents_folder() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(key('s'));
+    for _ in 0..7 {
+        app.on_key(code(KeyCode::Down));
+    }
+    app.on_key(code(KeyCode::Enter));
+    for _ in 0.."data/docs".len() {
+        app.on_key(code(KeyCode::Backspace));
+    }
+    for c in "/no/such/folder".chars() {
+        app.on_key(key(c));
+    }
+    app.on_key(code(KeyCode::Enter));
+    assert_eq!(app.infer.docs, "data/docs");
+    assert!(
+        app.infer.status.contains("is not a folder"),
+        "{}",
+        app.infer.status
+    );
 }
 
 #[test]

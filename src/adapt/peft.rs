@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::lora::LoraAdapter;
-use crate::model::linear::BaseWeight;
+use crate::model::linear::{BaseWeight, Linear};
 use crate::model::CausalLm;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -85,10 +85,25 @@ pub fn apply_lora(
     device: &Device,
     seed: u64,
 ) -> Result<Vec<(String, Var)>> {
+    let mut vars = apply_lora_to_linears(model.linears_mut(), cfg, dtype, device, seed)?;
+    vars.extend(make_modules_trainable(model, &cfg.modules_to_save)?);
+    Ok(vars)
+}
+
+/// Adds fresh adapters to the targeted layers among `linears` (named linear layers of any
+/// model, e.g. `Bert::linears_mut()`). `modules_to_save` is the caller's business.
+/// Returns the adapter variables under their PEFT names.
+pub fn apply_lora_to_linears(
+    linears: Vec<(String, &mut Linear)>,
+    cfg: &LoraConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<Vec<(String, Var)>> {
     cfg.validate()?;
     let mut vars = Vec::new();
     let mut all_names = Vec::new();
-    for (name, linear) in model.linears_mut() {
+    for (name, linear) in linears {
         all_names.push(name.clone());
         if !cfg.targets(&name) {
             continue;
@@ -120,7 +135,6 @@ pub fn apply_lora(
             suffixes.join(", ")
         );
     }
-    vars.extend(make_modules_trainable(model, &cfg.modules_to_save)?);
     Ok(vars)
 }
 
@@ -190,10 +204,31 @@ pub fn save_adapter(
     base_model: &str,
     extra: &[(String, Var)],
 ) -> Result<()> {
+    save_adapter_linears(
+        dir,
+        model.linears_mut(),
+        cfg,
+        base_model,
+        extra,
+        "CAUSAL_LM",
+    )
+}
+
+/// Writes the adapters found on `linears` (and the non-LoRA variables of `extra`, i.e.
+/// modules_to_save) in PEFT's layout; `task_type` is PEFT's (`CAUSAL_LM`,
+/// `FEATURE_EXTRACTION`).
+pub fn save_adapter_linears(
+    dir: &Path,
+    linears: Vec<(String, &mut Linear)>,
+    cfg: &LoraConfig,
+    base_model: &str,
+    extra: &[(String, Var)],
+    task_type: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut targeted: Vec<String> = Vec::new();
-    for (name, linear) in model.linears_mut() {
+    for (name, linear) in linears {
         if let Some(a) = linear.lora() {
             tensors.insert(
                 format!("{PEFT_PREFIX}{name}.lora_A.weight"),
@@ -220,7 +255,7 @@ pub fn save_adapter(
     targeted.dedup();
     let peft = PeftConfig {
         peft_type: "LORA".into(),
-        task_type: Some("CAUSAL_LM".into()),
+        task_type: Some(task_type.into()),
         r: cfg.r,
         lora_alpha: cfg.alpha,
         lora_dropout: cfg.dropout,
@@ -283,11 +318,61 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let device = model.device().clone();
     let dtype = model.embed_weight().dtype();
-    let tensors = candle_core::safetensors::load(&wpath, &device)
-        .map_err(|e| anyhow!("{}: cannot read adapter weights: {e}", wpath.display()))?;
+    let tensors = read_adapter_weights(&wpath, &device)?;
+    let mut vars = attach_adapters(&wpath, &cfg, &tensors, model.linears_mut(), dtype)?;
+    let embed_key = format!("{PEFT_PREFIX}{}.weight", model.embed_module_name());
+    if let Some(e) = tensors.get(&embed_key) {
+        let v = Var::from_tensor(&e.to_dtype(dtype)?)?;
+        model.set_embed(v.as_tensor().clone());
+        vars.push((embed_key, v));
+    }
+    let head_key = format!("{PEFT_PREFIX}{}.weight", model.head_module_name());
+    if let Some(h) = tensors.get(&head_key) {
+        let l = model.lm_head_mut().ok_or_else(|| {
+            anyhow!(
+                "{}: the adapter carries an LM head but the model's head is tied",
+                wpath.display()
+            )
+        })?;
+        let v = Var::from_tensor(&h.to_dtype(dtype)?)?;
+        l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
+        vars.push((head_key, v));
+    }
+    check_all_used(&wpath, &tensors, &vars)?;
+    Ok(vars)
+}
+
+/// Loads a PEFT LoRA adapter onto named linear layers of any model (e.g.
+/// `Bert::linears_mut()`); every tensor of the adapter must find its layer.
+pub fn load_adapter_linears(
+    dir: &Path,
+    linears: Vec<(String, &mut Linear)>,
+    device: &Device,
+    dtype: DType,
+) -> Result<Vec<(String, Var)>> {
+    let cfg = read_peft_config(dir)?;
+    let wpath = dir.join(ADAPTER_WEIGHTS);
+    let tensors = read_adapter_weights(&wpath, device)?;
+    let vars = attach_adapters(&wpath, &cfg, &tensors, linears, dtype)?;
+    check_all_used(&wpath, &tensors, &vars)?;
+    Ok(vars)
+}
+
+fn read_adapter_weights(wpath: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(wpath, device)
+        .map_err(|e| anyhow!("{}: cannot read adapter weights: {e}", wpath.display()))
+}
+
+/// Sets the adapters of `tensors` on the matching layers; returns their variables.
+fn attach_adapters(
+    wpath: &Path,
+    cfg: &PeftConfig,
+    tensors: &HashMap<String, Tensor>,
+    linears: Vec<(String, &mut Linear)>,
+    dtype: DType,
+) -> Result<Vec<(String, Var)>> {
     let mut vars = Vec::new();
-    let mut used = 0usize;
-    for (name, linear) in model.linears_mut() {
+    for (name, linear) in linears {
         let ka = format!("{PEFT_PREFIX}{name}.lora_A.weight");
         let kb = format!("{PEFT_PREFIX}{name}.lora_B.weight");
         match (tensors.get(&ka), tensors.get(&kb)) {
@@ -309,7 +394,6 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
                 vars.push((ka, ad.a.clone()));
                 vars.push((kb, ad.b.clone()));
                 linear.set_lora(Some(ad));
-                used += 2;
             }
             (None, None) => {}
             _ => bail!(
@@ -318,33 +402,22 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
             ),
         }
     }
-    let embed_key = format!("{PEFT_PREFIX}{}.weight", model.embed_module_name());
-    if let Some(e) = tensors.get(&embed_key) {
-        let v = Var::from_tensor(&e.to_dtype(dtype)?)?;
-        model.set_embed(v.as_tensor().clone());
-        vars.push((embed_key, v));
-        used += 1;
-    }
-    let head_key = format!("{PEFT_PREFIX}{}.weight", model.head_module_name());
-    if let Some(h) = tensors.get(&head_key) {
-        let l = model.lm_head_mut().ok_or_else(|| {
-            anyhow!(
-                "{}: the adapter carries an LM head but the model's head is tied",
-                wpath.display()
-            )
-        })?;
-        let v = Var::from_tensor(&h.to_dtype(dtype)?)?;
-        l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
-        vars.push((head_key, v));
-        used += 1;
-    }
-    if used == 0 {
+    Ok(vars)
+}
+
+/// Every tensor of the adapter file must have been used.
+fn check_all_used(
+    wpath: &Path,
+    tensors: &HashMap<String, Tensor>,
+    vars: &[(String, Var)],
+) -> Result<()> {
+    if vars.is_empty() {
         bail!(
             "{}: no tensor matches this model's layers (adapter for a different architecture?)",
             wpath.display()
         );
     }
-    if used < tensors.len() {
+    if vars.len() < tensors.len() {
         let mut unknown: Vec<&String> = tensors
             .keys()
             .filter(|k| !vars.iter().any(|(n, _)| n == *k))
@@ -357,7 +430,7 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
             unknown[0]
         );
     }
-    Ok(vars)
+    Ok(())
 }
 
 /// Folds every adapter into its base weight (W ← W + scale·BA) and removes the adapters.

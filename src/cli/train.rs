@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TaskKind};
 use crate::runs::layout::RunDir;
 use crate::train::events::{EventLine, TrainEvent};
 use crate::train::setup;
 use crate::train::sft_task::SftTask;
-use crate::train::trainer::Trainer;
+use crate::train::sts_task::StsTask;
+use crate::train::trainer::{TrainTask, Trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -55,7 +56,7 @@ fn print_event(line: &EventLine) {
             "step {step:>5}/{total_steps}  loss {loss:.4}  lr {lr:.2e}  grad-norm {grad_norm:.3}  {tokens_per_sec:.0} tok/s  {its:.2} it/s  RSS {}",
             rss_bytes.map(gib).unwrap_or_else(|| "?".into())
         ),
-        TrainEvent::Eval { step, loss, best, .. } => eprintln!("eval  step {step}: loss {loss:.4}{}", if *best { " (best)" } else { "" }),
+        TrainEvent::Eval { step, loss, best, metrics, .. } => eprintln!("eval  step {step}: loss {loss:.4}{}{}", format_metrics(metrics), if *best { " (best)" } else { "" }),
         TrainEvent::Checkpoint { path, .. } => eprintln!("checkpoint: {path}"),
         TrainEvent::Done { reason, step, elapsed_secs, peak_rss_bytes, .. } => eprintln!(
             "done: {reason} after {step} steps in {elapsed_secs:.1} s, peak RSS {}",
@@ -119,15 +120,44 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let task = SftTask::from_config(&cfg, &base)?;
-    eprintln!("training set: {}", task.train.stats());
-    let run = run_dir(&args, &cfg)?;
+    match cfg.task {
+        TaskKind::Sft => {
+            let task = SftTask::from_config(&cfg, &base)?;
+            eprintln!("training set: {}", task.train.stats());
+            let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
+            drive(&args, cfg, resume, task, predicted, &stop)
+        }
+        TaskKind::Sts => {
+            let task = StsTask::from_config(&cfg, &base)?;
+            eprintln!("training set: {}", task.stats());
+            drive(&args, cfg, resume, task, None, &stop)
+        }
+    }
+}
+
+/// `  name value` for each metric.
+fn format_metrics(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("  {k} {v:.4}"))
+        .collect()
+}
+
+/// Creates the run directory and runs the trainer on `task` (any kind of training).
+fn drive<T: TrainTask>(
+    args: &TrainArgs,
+    cfg: RunConfig,
+    resume: bool,
+    task: T,
+    predicted: Option<u64>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let run = run_dir(args, &cfg)?;
     if !resume {
         std::fs::write(run.config(), cfg.to_toml()?)
             .with_context(|| format!("{}: cannot write", run.config().display()))?;
     }
     eprintln!("run directory: {}", run.root.display());
-    let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
     let mut trainer = Trainer {
         cfg,
         run,
@@ -144,7 +174,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             print_event(line);
         }
     };
-    let summary = trainer.run(resume, &stop, &mut sink)?;
+    let summary = trainer.run(resume, stop, &mut sink)?;
     if !events {
         eprintln!("summary: {}", trainer.run.summary().display());
     }

@@ -213,7 +213,7 @@ fn event_loop(
                     Action::StopAll => sup.stop_all(),
                     Action::SetMaxConcurrent(n) => sup.set_max_concurrent(n),
                     Action::Generate(job) => {
-                        if jobs.send(job).is_err() {
+                        if jobs.send(*job).is_err() {
                             app.infer.streaming = None;
                             app.infer.status = "the inference thread has stopped".into();
                         }

@@ -4,6 +4,9 @@ pub mod embed;
 pub mod generate;
 pub mod lm;
 pub mod perplexity;
+pub mod rag;
 pub mod sampling;
+pub mod search;
+pub mod split;
 
 pub use lm::LanguageModel;

@@ -8,4 +8,5 @@ pub mod schedule;
 pub mod setup;
 pub mod sft_task;
 pub mod step;
+pub mod sts_task;
 pub mod trainer;

@@ -102,6 +102,12 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
 
 /// The memory plan of a run config, from the model's metadata (no weights are loaded).
 pub fn plan_for(cfg: &RunConfig) -> Result<MemoryPlan> {
+    if cfg.task == crate::config::TaskKind::Sts {
+        anyhow::bail!(
+            "`{}`: the memory plan models causal-LM training only; STS runs (task = \"sts\") are measured (ftlab train prints RSS), not predicted",
+            cfg.name
+        );
+    }
     let resolved = crate::hub::resolve(&cfg.model.spec)?;
     let arch = crate::model::causal::arch_config_of(&resolved.source)?;
     Ok(plan(&plan_input(cfg, &arch)))

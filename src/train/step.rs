@@ -29,7 +29,7 @@ pub fn eval_loss(model: &CausalLm, batch: &Batch) -> Result<(f64, usize)> {
 }
 
 /// Adds the gradients of `params` found in `store` into `accum` (aligned with `params`).
-fn accumulate(
+pub fn accumulate(
     store: &GradStore,
     params: &[(String, Var)],
     accum: &mut [Option<Tensor>],
@@ -71,39 +71,68 @@ pub fn forward_backward(
         accumulate(&store, params, accum)?;
         return Ok((loss.to_scalar::<f32>()? as f64, n));
     }
-    // Checkpointed: keep only each block's (detached) input; the block's internals are
-    // rebuilt during the backward pass, one block at a time.
     let t = embeds.dim(1)?;
     let mask = if t > 1 {
         Some(causal_mask(t, 0, embeds.dtype(), embeds.device())?)
     } else {
         None
     };
-    let mut inputs = Vec::with_capacity(model.num_blocks());
+    let (loss, n) = checkpointed_backward(
+        &embeds,
+        model.num_blocks(),
+        |i, x| model.block(i, x, 0, mask.as_ref(), None),
+        |x| loss_from_logits(&model.head(x)?, batch),
+        params,
+        accum,
+    )?;
+    Ok((loss.to_scalar::<f32>()? as f64, n))
+}
+
+/// Backward through a stack of blocks with per-block recomputation (gradient
+/// checkpointing), for any architecture whose forward is `embeds → block 0 … block n−1 →
+/// head`.
+///
+/// The forward pass keeps only each block's detached input. The backward pass first runs
+/// the head (`head` returns the scalar loss and whatever the caller wants back) from a `Var`
+/// of the last hidden state, then rebuilds one block at a time from a `Var` of its input
+/// and back-propagates `(out · upstream).sum()`, whose gradient with respect to the block
+/// and its input is the chain rule's. Finally the gradient reaches `embeds` and whatever is
+/// trainable before the first block. Gradients are added into `accum` (aligned with
+/// `params`); the loss is returned with `head`'s extra value. The result equals a plain
+/// backward (bit for bit on CPU).
+pub fn checkpointed_backward<R>(
+    embeds: &Tensor,
+    num_blocks: usize,
+    block: impl Fn(usize, &Tensor) -> candle_core::Result<Tensor>,
+    head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
+    params: &[(String, Var)],
+    accum: &mut [Option<Tensor>],
+) -> Result<(Tensor, R)> {
+    let mut inputs = Vec::with_capacity(num_blocks);
     let mut x = embeds.detach();
-    for i in 0..model.num_blocks() {
+    for i in 0..num_blocks {
         inputs.push(x.clone());
-        x = model.block(i, &x, 0, mask.as_ref(), None)?.detach();
+        x = block(i, &x)?.detach();
     }
     let top = Var::from_tensor(&x)?;
-    let (loss, n) = loss_from_logits(&model.head(top.as_tensor())?, batch)?;
+    let (loss, extra) = head(top.as_tensor())?;
     let mut store = loss.backward()?;
     accumulate(&store, params, accum)?;
     let mut upstream = store
         .remove(top.as_tensor())
         .ok_or_else(|| anyhow!("no gradient reached the last hidden state"))?;
     drop(store);
-    for i in (0..model.num_blocks()).rev() {
+    for i in (0..num_blocks).rev() {
         let input = Var::from_tensor(&inputs[i])?;
-        let out = model.block(i, input.as_tensor(), 0, mask.as_ref(), None)?;
+        let out = block(i, input.as_tensor())?;
         let mut store = (out * &upstream)?.sum_all()?.backward()?;
         accumulate(&store, params, accum)?;
         upstream = store
             .remove(input.as_tensor())
             .ok_or_else(|| anyhow!("no gradient reached the input of block {i}"))?;
     }
-    // The embedding table (and anything trainable before the first block).
+    // The embeddings (and anything trainable before the first block).
     let store = (embeds * &upstream)?.sum_all()?.backward()?;
     accumulate(&store, params, accum)?;
-    Ok((loss.to_scalar::<f32>()? as f64, n))
+    Ok((loss.detach(), extra))
 }

@@ -4,15 +4,15 @@
 //! [`App::on_infer`]. Drawing (in `ui` and the tab modules) only reads this state.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 
-use super::infer_worker::{InferEvent, InferJob, InferTarget};
+pub use super::infer_state::{
+    InferFocus, InferMode, InferState, Role, Streaming, Turn, SAMPLING_FIELDS,
+};
+use super::infer_worker::InferJob;
 use super::predict;
 use crate::config::RunConfig;
-use crate::infer::chat_template::ChatMessage;
-use crate::infer::sampling::SamplingParams;
 use crate::runs::registry::{Registry, RunRecord, RunStatus};
 use crate::runs::supervisor::{LaunchRequest, SupervisorEvent};
 
@@ -48,7 +48,7 @@ pub enum Action {
     Stop(String),
     StopAll,
     SetMaxConcurrent(usize),
-    Generate(InferJob),
+    Generate(Box<InferJob>),
     CancelGenerate,
     Quit,
 }
@@ -243,68 +243,6 @@ impl CompareMetric {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Turn {
-    pub role: Role,
-    pub text: String,
-}
-
-/// The sampling fields editable in the Inference tab.
-pub const SAMPLING_FIELDS: [&str; 7] = [
-    "temperature",
-    "top-p",
-    "top-k",
-    "repeat penalty",
-    "max new tokens",
-    "seed",
-    "system prompt",
-];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InferFocus {
-    /// Choosing the model.
-    Targets,
-    /// Typing the prompt.
-    Prompt,
-    Sampling(usize),
-    EditingSampling {
-        field: usize,
-        buffer: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct Streaming {
-    pub job: u64,
-    pub target: String,
-    pub tokens: usize,
-    pub started: Instant,
-    pub first_token: Option<Instant>,
-}
-
-#[derive(Debug, Clone)]
-pub struct InferState {
-    pub selected: usize,
-    pub focus: InferFocus,
-    pub input: String,
-    /// Conversation per target (base model or run), kept for this session.
-    pub histories: HashMap<String, Vec<Turn>>,
-    pub streaming: Option<Streaming>,
-    /// tokens/s of the last finished answer, per target.
-    pub last_tps: Option<f64>,
-    pub sampling: SamplingParams,
-    pub max_new_tokens: usize,
-    pub system: String,
-    pub status: String,
-    next_job: u64,
-}
-
 pub struct App {
     pub tab: Tab,
     pub show_help: bool,
@@ -333,7 +271,7 @@ pub struct App {
 
 impl App {
     pub fn new(gpu: GpuState, runs_root: PathBuf, presets: Vec<PresetEntry>) -> Self {
-        let mut app = Self {
+        Self {
             tab: Tab::Presets,
             show_help: false,
             confirm_quit: false,
@@ -353,24 +291,10 @@ impl App {
             compare_chosen: BTreeSet::new(),
             compare_cursor: 0,
             compare_metric: CompareMetric::TrainLoss,
-            infer: InferState {
-                selected: 0,
-                focus: InferFocus::Targets,
-                input: String::new(),
-                histories: HashMap::new(),
-                streaming: None,
-                last_tps: None,
-                sampling: SamplingParams::default(),
-                max_new_tokens: 128,
-                system: String::new(),
-                status: String::new(),
-                next_job: 1,
-            },
+            infer: InferState::default(),
             message: None,
             tab_hitboxes: Vec::new(),
-        };
-        app.infer.sampling.temperature = 0.7;
-        app
+        }
     }
 
     /// Loads the run history from the registry (runs/ survives restarts).
@@ -522,94 +446,6 @@ impl App {
                 self.message = Some(format!("cannot launch {}: {error}", preset.display()));
             }
         }
-    }
-
-    pub fn on_infer(&mut self, ev: InferEvent) {
-        let current = self.infer.streaming.as_ref().map(|s| s.job);
-        match ev {
-            InferEvent::Status { job, text } if Some(job) == current => self.infer.status = text,
-            InferEvent::Token { job, text } if Some(job) == current => {
-                if let Some(s) = self.infer.streaming.as_mut() {
-                    s.tokens += 1;
-                    s.first_token.get_or_insert_with(Instant::now);
-                    let target = s.target.clone();
-                    if let Some(last) = self
-                        .infer
-                        .histories
-                        .get_mut(&target)
-                        .and_then(|h| h.last_mut())
-                    {
-                        last.text.push_str(&text);
-                    }
-                }
-            }
-            InferEvent::Done {
-                job,
-                generated,
-                tokens_per_sec,
-                stopped,
-                cancelled,
-            } if Some(job) == current => {
-                self.infer.streaming = None;
-                self.infer.last_tps = Some(tokens_per_sec);
-                self.infer.status = format!(
-                    "{generated} tokens · {tokens_per_sec:.1} tokens/s{}",
-                    if cancelled {
-                        " · cancelled"
-                    } else if stopped {
-                        " · end of turn"
-                    } else {
-                        " · token limit"
-                    }
-                );
-            }
-            InferEvent::Failed { job, error } if Some(job) == current => {
-                self.infer.streaming = None;
-                self.infer.status = format!("error: {error}");
-            }
-            _ => {}
-        }
-    }
-
-    /// Live tokens/s of the answer being streamed.
-    pub fn streaming_tps(&self) -> Option<f64> {
-        let s = self.infer.streaming.as_ref()?;
-        let t0 = s.first_token?;
-        let secs = t0.elapsed().as_secs_f64();
-        (secs > 0.0 && s.tokens > 1).then(|| (s.tokens - 1) as f64 / secs)
-    }
-
-    /// What the Inference tab offers: each base model of the presets, then each finished
-    /// run with a result (adapter or weights), newest first.
-    pub fn infer_targets(&self) -> Vec<InferTarget> {
-        let mut specs: Vec<String> = vec!["smollm2".into()];
-        for e in &self.presets.entries {
-            if let Ok(c) = &e.base {
-                if !specs.contains(&c.model.spec) {
-                    specs.push(c.model.spec.clone());
-                }
-            }
-        }
-        let mut out: Vec<InferTarget> = specs
-            .into_iter()
-            .map(|s| InferTarget {
-                key: format!("base:{s}"),
-                label: format!("base {}", short_spec(&s)),
-                model: s,
-                adapter: None,
-            })
-            .collect();
-        for r in self.runs.iter().rev() {
-            if r.status.is_finished_ok() && r.has_result() {
-                out.push(InferTarget {
-                    key: format!("run:{}", r.id),
-                    label: format!("run {}", r.id),
-                    model: r.model(),
-                    adapter: Some(r.dir.clone()),
-                });
-            }
-        }
-        out
     }
 
     // ----- keys -----
@@ -911,10 +747,8 @@ impl App {
                 ));
             }
             KeyCode::Char('i') => {
-                if let Some(r) = self.selected_run() {
-                    let key = format!("run:{}", r.id);
-                    if let Some(i) = self.infer_targets().iter().position(|t| t.key == key) {
-                        self.infer.selected = i;
+                if let Some(r) = self.selected_run().cloned() {
+                    if self.open_in_inference(&r) {
                         self.tab = Tab::Infer;
                     } else {
                         self.message = Some("this run has no result to load yet".into());
@@ -968,178 +802,9 @@ impl App {
             .filter(|r| self.compare_chosen.contains(&r.id))
             .collect()
     }
-
-    fn key_infer(&mut self, key: KeyEvent) -> Vec<Action> {
-        let targets = self.infer_targets();
-        match self.infer.focus.clone() {
-            InferFocus::Targets => match key.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.infer.selected = step(self.infer.selected, -1, targets.len())
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.infer.selected = step(self.infer.selected, 1, targets.len())
-                }
-                KeyCode::Enter | KeyCode::Char('i') | KeyCode::Char('/') => {
-                    self.infer.focus = InferFocus::Prompt
-                }
-                KeyCode::Char('s') => self.infer.focus = InferFocus::Sampling(0),
-                KeyCode::Char('x') => {
-                    if let Some(t) = targets.get(self.infer.selected) {
-                        self.infer.histories.remove(&t.key);
-                        self.infer.status = "conversation cleared".into();
-                    }
-                }
-                KeyCode::Esc | KeyCode::Char('c') if self.infer.streaming.is_some() => {
-                    return vec![Action::CancelGenerate]
-                }
-                _ => {}
-            },
-            InferFocus::Prompt => match key.code {
-                KeyCode::Esc => {
-                    if self.infer.streaming.is_some() {
-                        return vec![Action::CancelGenerate];
-                    }
-                    self.infer.focus = InferFocus::Targets;
-                }
-                KeyCode::Enter => return self.send_prompt(&targets),
-                KeyCode::Backspace => {
-                    self.infer.input.pop();
-                }
-                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                    self.infer.input.clear()
-                }
-                KeyCode::Char(c) if !c.is_control() => self.infer.input.push(c),
-                _ => {}
-            },
-            InferFocus::Sampling(f) => match key.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.infer.focus = InferFocus::Sampling(step(f, -1, SAMPLING_FIELDS.len()))
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.infer.focus = InferFocus::Sampling(step(f, 1, SAMPLING_FIELDS.len()))
-                }
-                KeyCode::Enter | KeyCode::Char('e') => {
-                    self.infer.focus = InferFocus::EditingSampling {
-                        field: f,
-                        buffer: self.sampling_value(f),
-                    }
-                }
-                KeyCode::Esc | KeyCode::Char('s') => self.infer.focus = InferFocus::Targets,
-                _ => {}
-            },
-            InferFocus::EditingSampling { field, mut buffer } => match key.code {
-                KeyCode::Esc => self.infer.focus = InferFocus::Sampling(field),
-                KeyCode::Enter => {
-                    match self.set_sampling(field, buffer.trim()) {
-                        Ok(()) => {
-                            self.infer.status =
-                                format!("{} = {}", SAMPLING_FIELDS[field], buffer.trim())
-                        }
-                        Err(e) => self.infer.status = format!("{}: {e}", SAMPLING_FIELDS[field]),
-                    }
-                    self.infer.focus = InferFocus::Sampling(field);
-                }
-                KeyCode::Backspace => {
-                    buffer.pop();
-                    self.infer.focus = InferFocus::EditingSampling { field, buffer };
-                }
-                KeyCode::Char(c) if !c.is_control() => {
-                    buffer.push(c);
-                    self.infer.focus = InferFocus::EditingSampling { field, buffer };
-                }
-                _ => {}
-            },
-        }
-        Vec::new()
-    }
-
-    pub fn sampling_value(&self, field: usize) -> String {
-        let s = &self.infer.sampling;
-        match field {
-            0 => format!("{}", s.temperature),
-            1 => format!("{}", s.top_p),
-            2 => s.top_k.to_string(),
-            3 => format!("{}", s.repeat_penalty),
-            4 => self.infer.max_new_tokens.to_string(),
-            5 => s.seed.to_string(),
-            _ => self.infer.system.clone(),
-        }
-    }
-
-    fn set_sampling(&mut self, field: usize, v: &str) -> Result<(), String> {
-        let mut s = self.infer.sampling.clone();
-        let bad = |e: &dyn std::fmt::Display| format!("`{v}`: {e}");
-        match field {
-            0 => s.temperature = v.parse().map_err(|e| bad(&e))?,
-            1 => s.top_p = v.parse().map_err(|e| bad(&e))?,
-            2 => s.top_k = v.parse().map_err(|e| bad(&e))?,
-            3 => s.repeat_penalty = v.parse().map_err(|e| bad(&e))?,
-            4 => {
-                let n: usize = v.parse().map_err(|e| bad(&e))?;
-                if n == 0 {
-                    return Err("must be at least 1".into());
-                }
-                self.infer.max_new_tokens = n;
-            }
-            5 => s.seed = v.parse().map_err(|e| bad(&e))?,
-            _ => self.infer.system = v.to_string(),
-        }
-        s.validate().map_err(|e| e.to_string())?;
-        self.infer.sampling = s;
-        Ok(())
-    }
-
-    fn send_prompt(&mut self, targets: &[InferTarget]) -> Vec<Action> {
-        if self.infer.streaming.is_some() {
-            self.infer.status = "wait for the answer (Esc cancels it)".into();
-            return Vec::new();
-        }
-        let text = self.infer.input.trim().to_string();
-        if text.is_empty() {
-            return Vec::new();
-        }
-        let Some(target) = targets.get(self.infer.selected).cloned() else {
-            return Vec::new();
-        };
-        self.infer.input.clear();
-        let history = self.infer.histories.entry(target.key.clone()).or_default();
-        history.push(Turn {
-            role: Role::User,
-            text,
-        });
-        let mut messages = Vec::new();
-        if !self.infer.system.trim().is_empty() {
-            messages.push(ChatMessage::system(self.infer.system.trim()));
-        }
-        messages.extend(history.iter().map(|t| match t.role {
-            Role::User => ChatMessage::user(&t.text),
-            Role::Assistant => ChatMessage::assistant(&t.text),
-        }));
-        history.push(Turn {
-            role: Role::Assistant,
-            text: String::new(),
-        });
-        let job = self.infer.next_job;
-        self.infer.next_job += 1;
-        self.infer.streaming = Some(Streaming {
-            job,
-            target: target.key.clone(),
-            tokens: 0,
-            started: Instant::now(),
-            first_token: None,
-        });
-        self.infer.status = format!("asking {}…", target.label);
-        vec![Action::Generate(InferJob {
-            id: job,
-            target,
-            messages,
-            sampling: self.infer.sampling.clone(),
-            max_new_tokens: self.infer.max_new_tokens,
-        })]
-    }
 }
 
-fn step(cur: usize, d: isize, n: usize) -> usize {
+pub(super) fn step(cur: usize, d: isize, n: usize) -> usize {
     if n == 0 {
         return 0;
     }

@@ -49,7 +49,14 @@ pub fn text() -> Text<'static> {
             "↑↓ enter",
             "pick the base model or a run; type; enter sends",
         ),
-        row("s", "sampling settings (temperature, top-p, top-k, …)"),
+        row(
+            "m",
+            "mode: chat · search (nearest chunks of the documents) · RAG",
+        ),
+        row(
+            "s",
+            "settings: sampling, documents folder, chunks retrieved",
+        ),
         row("x", "clear this model's conversation"),
         row("esc", "leave the prompt / cancel an answer"),
     ])

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
-use super::app::{App, InferFocus, Role, SAMPLING_FIELDS};
+use super::app::{App, InferFocus, InferMode, Role, SAMPLING_FIELDS};
 use super::widgets::format;
 
 fn border(on: bool) -> Style {
@@ -22,12 +22,17 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(SAMPLING_FIELDS.len() as u16 + 2),
     ])
     .areas(left);
-    let targets = app.infer_targets();
+    let targets = app.mode_targets();
+    let selected = app.mode_selected().min(targets.len().saturating_sub(1));
     let w = tl.width.saturating_sub(4) as usize;
     let items: Vec<ListItem> = targets
         .iter()
         .map(|t| {
-            let n = app.infer.histories.get(&t.key).map_or(0, |h| h.len() / 2);
+            let n = app
+                .infer
+                .histories
+                .get(&app.history_key(t))
+                .map_or(0, |h| h.iter().filter(|t| t.role == Role::User).count());
             let mut spans = vec![Span::raw(format::truncate(&t.label, w.saturating_sub(2)))];
             if n > 0 {
                 spans.push(Span::styled(
@@ -38,14 +43,21 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             ListItem::new(Line::from(spans))
         })
         .collect();
-    let mut state = ListState::default().with_selected(Some(
-        app.infer.selected.min(targets.len().saturating_sub(1)),
-    ));
+    let mut state = ListState::default().with_selected(Some(selected));
+    let list_title = format!(
+        " {} · {} mode (m) ",
+        if app.infer.mode == InferMode::Search {
+            "Encoder"
+        } else {
+            "Model"
+        },
+        app.infer.mode.label()
+    );
     f.render_stateful_widget(
         List::new(items)
             .block(
                 Block::bordered()
-                    .title(" Model ")
+                    .title(list_title)
                     .border_style(border(app.infer.focus == InferFocus::Targets)),
             )
             .highlight_style(super::widgets::SELECTED),
@@ -84,7 +96,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(
         Paragraph::new(slines).block(
             Block::bordered()
-                .title(" Sampling (s) ")
+                .title(" Settings (s) ")
                 .border_style(border(sampling_on)),
         ),
         sl,
@@ -96,16 +108,19 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(1),
     ])
     .areas(right);
-    let target = targets.get(app.infer.selected);
-    let history = target.and_then(|t| app.infer.histories.get(&t.key));
+    let target = targets.get(selected);
+    let history = target.and_then(|t| app.infer.histories.get(&app.history_key(t)));
     let width = chat.width.saturating_sub(2) as usize;
     let mut lines: Vec<Line> = Vec::new();
     match history {
         Some(h) if !h.is_empty() => {
             for (i, turn) in h.iter().enumerate() {
-                let (who, color) = match turn.role {
-                    Role::User => ("you", Color::Yellow),
-                    Role::Assistant => ("model", Color::Cyan),
+                let (who, color) = match (turn.role, app.infer.mode) {
+                    (Role::User, InferMode::Search) => ("query", Color::Yellow),
+                    (Role::User, _) => ("you", Color::Yellow),
+                    (Role::Assistant, _) => ("model", Color::Cyan),
+                    (Role::Context, InferMode::Search) => ("nearest chunks", Color::Green),
+                    (Role::Context, _) => ("retrieved context", Color::Green),
                 };
                 lines.push(Line::from(Span::styled(
                     who,
@@ -123,17 +138,42 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             }
         }
         _ => {
-            lines.push(Line::from("no conversation yet".dark_gray()));
-            lines.push(Line::from(
-                "Press enter to type a prompt; the answer streams in token by token.".dark_gray(),
-            ));
+            let hint = match app.infer.mode {
+                InferMode::Chat => {
+                    "Press enter to type a prompt; the answer streams in token by token."
+                }
+                InferMode::Search => {
+                    "Press enter to type a query; the nearest chunks of the documents are listed with their cosine scores."
+                }
+                InferMode::Rag => {
+                    "Press enter to type a question; the retrieved chunks are shown, then the answer streams in."
+                }
+            };
+            lines.push(Line::from("nothing asked yet".dark_gray()));
+            lines.push(Line::from(hint.dark_gray()));
+            if app.infer.mode != InferMode::Chat {
+                lines.push(Line::from(
+                    format!(
+                        "documents: {} · {} chunks · m switches mode, s edits settings",
+                        app.infer.docs, app.infer.top_k
+                    )
+                    .dark_gray(),
+                ));
+            }
         }
     }
     let room = chat.height.saturating_sub(2) as usize;
     let skip = lines.len().saturating_sub(room);
-    let title = match target {
-        Some(t) => format!(" Chat · {} ", t.label),
-        None => " Chat ".into(),
+    let title = match (app.infer.mode, target) {
+        (InferMode::Chat, Some(t)) => format!(" Chat · {} ", t.label),
+        (InferMode::Search, Some(t)) => format!(" Search {} · {} ", app.infer.docs, t.label),
+        (InferMode::Rag, Some(t)) => format!(
+            " RAG over {} · {} · retrieval {} ",
+            app.infer.docs,
+            t.label,
+            app.rag_encoder().map_or("?".into(), |e| e.label)
+        ),
+        (_, None) => " Chat ".into(),
     };
     f.render_widget(
         Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>())

@@ -1,8 +1,9 @@
 //! The Inference tab's model runs on its own thread: loading a model and generating are
 //! heavy and blocking, and the UI thread only draws. Jobs go in over a channel; tokens come
 //! back as [`InferEvent`]s as they are generated. The loaded model is kept between questions
-//! and reloaded only when the target (base model or run) changes.
-use std::path::PathBuf;
+//! and reloaded only when the target (base model or run) changes; so are the encoder and the
+//! embedded chunks of the documents folder that search and RAG jobs retrieve from.
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -11,7 +12,10 @@ use anyhow::{anyhow, Result};
 
 use crate::infer::chat_template::{ChatMessage, ChatTemplate};
 use crate::infer::generate::{generate, GenerateRequest, TextStream};
+use crate::infer::rag::{self, RagOptions, Retriever};
 use crate::infer::sampling::SamplingParams;
+use crate::infer::search::{load_encoder, Hit};
+use crate::infer::split::SplitConfig;
 use crate::infer::LanguageModel;
 use crate::model::LoadOptions;
 
@@ -26,11 +30,34 @@ pub struct InferTarget {
     pub adapter: Option<PathBuf>,
 }
 
+/// What a job asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InferRequest {
+    /// Continue a conversation with the target LM.
+    Chat { messages: Vec<ChatMessage> },
+    /// The `k` chunks of the documents in `docs` nearest to `query`, by the target encoder
+    /// (the target's `model` is the encoder spec: `minilm` or an STS run directory).
+    Search {
+        query: String,
+        docs: PathBuf,
+        k: usize,
+    },
+    /// Retrieve `k` chunks of `docs` with `encoder`, then answer `question` from them with
+    /// the target LM.
+    Rag {
+        question: String,
+        encoder: String,
+        docs: PathBuf,
+        k: usize,
+        system: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct InferJob {
     pub id: u64,
     pub target: InferTarget,
-    pub messages: Vec<ChatMessage>,
+    pub request: InferRequest,
     pub sampling: SamplingParams,
     pub max_new_tokens: usize,
 }
@@ -40,6 +67,13 @@ pub enum InferEvent {
     Status {
         job: u64,
         text: String,
+    },
+    /// Retrieved chunks (search results, or a RAG answer's context), best first.
+    Hits {
+        job: u64,
+        hits: Vec<Hit>,
+        /// Chunks searched.
+        searched: usize,
     },
     Token {
         job: u64,
@@ -58,51 +92,205 @@ pub enum InferEvent {
     },
 }
 
+/// What the thread keeps loaded between jobs.
+#[derive(Default)]
+struct Loaded {
+    /// (model spec, adapter, model)
+    lm: Option<(String, Option<PathBuf>, LanguageModel)>,
+    /// (encoder spec, documents folder, chunks embedded by that encoder)
+    retriever: Option<(String, PathBuf, Retriever)>,
+}
+
+impl Loaded {
+    fn lm(
+        &mut self,
+        job: u64,
+        t: &InferTarget,
+        out: &impl Fn(InferEvent),
+    ) -> Result<&LanguageModel> {
+        let fresh = !matches!(&self.lm, Some((m, a, _)) if *m == t.model && *a == t.adapter);
+        if fresh {
+            self.lm = None;
+            out(InferEvent::Status {
+                job,
+                text: format!("loading {}…", t.model),
+            });
+            let mut lm = LanguageModel::load_spec(&t.model, &LoadOptions::default())?;
+            if let Some(a) = &t.adapter {
+                let what = lm.apply_run(a)?;
+                out(InferEvent::Status {
+                    job,
+                    text: format!("applied {what}"),
+                });
+            }
+            self.lm = Some((t.model.clone(), t.adapter.clone(), lm));
+        }
+        Ok(&self.lm.as_ref().ok_or_else(|| anyhow!("no model"))?.2)
+    }
+
+    fn retriever(
+        &mut self,
+        job: u64,
+        encoder: &str,
+        docs: &Path,
+        out: &impl Fn(InferEvent),
+    ) -> Result<&Retriever> {
+        let fresh = !matches!(&self.retriever, Some((e, d, _)) if e == encoder && d == docs);
+        if fresh {
+            self.retriever = None;
+            out(InferEvent::Status {
+                job,
+                text: format!("loading encoder {encoder}…"),
+            });
+            let (enc, desc) = load_encoder(encoder)?;
+            out(InferEvent::Status {
+                job,
+                text: format!("embedding the documents of {} with {desc}…", docs.display()),
+            });
+            let r = Retriever::from_dir(enc, docs, &SplitConfig::default())?;
+            self.retriever = Some((encoder.to_string(), docs.to_path_buf(), r));
+        }
+        Ok(&self
+            .retriever
+            .as_ref()
+            .ok_or_else(|| anyhow!("no encoder"))?
+            .2)
+    }
+}
+
 /// Runs jobs until the job channel closes. `cancel` aborts the answer being generated.
 pub fn serve(jobs: Receiver<InferJob>, cancel: Arc<AtomicBool>, out: impl Fn(InferEvent)) {
-    let mut loaded: Option<(String, Option<PathBuf>, LanguageModel)> = None;
+    let mut loaded = Loaded::default();
     while let Ok(job) = jobs.recv() {
         cancel.store(false, Ordering::SeqCst);
         let id = job.id;
-        match answer(&job, &mut loaded, &cancel, &out) {
-            Ok(()) => {}
-            Err(e) => out(InferEvent::Failed {
+        if let Err(e) = run_job(&job, &mut loaded, &cancel, &out) {
+            out(InferEvent::Failed {
                 job: id,
                 error: format!("{e:#}"),
-            }),
+            })
         }
     }
 }
 
-fn answer(
+fn run_job(
     job: &InferJob,
-    loaded: &mut Option<(String, Option<PathBuf>, LanguageModel)>,
+    loaded: &mut Loaded,
     cancel: &AtomicBool,
     out: &impl Fn(InferEvent),
 ) -> Result<()> {
-    let t = &job.target;
-    let fresh = !matches!(loaded, Some((m, a, _)) if *m == t.model && *a == t.adapter);
-    if fresh {
-        *loaded = None;
-        out(InferEvent::Status {
-            job: job.id,
-            text: format!("loading {}…", t.model),
-        });
-        let mut lm = LanguageModel::load_spec(&t.model, &LoadOptions::default())?;
-        if let Some(a) = &t.adapter {
-            let what = lm.apply_run(a)?;
+    match &job.request {
+        InferRequest::Chat { messages } => chat(job, messages, loaded, cancel, out),
+        InferRequest::Search { query, docs, k } => {
+            let r = loaded.retriever(job.id, &job.target.model, docs, out)?;
+            let hits = r.retrieve(query, *k)?;
+            out(InferEvent::Hits {
+                job: job.id,
+                hits,
+                searched: r.chunks.len(),
+            });
+            out(InferEvent::Done {
+                job: job.id,
+                generated: 0,
+                tokens_per_sec: 0.0,
+                stopped: true,
+                cancelled: false,
+            });
+            Ok(())
+        }
+        InferRequest::Rag {
+            question,
+            encoder,
+            docs,
+            k,
+            system,
+        } => {
+            let opts = RagOptions {
+                top_k: *k,
+                system: system.clone(),
+                max_new_tokens: job.max_new_tokens,
+                sampling: job.sampling.clone(),
+                ..RagOptions::default()
+            };
+            opts.validate()?;
+            let r = loaded.retriever(job.id, encoder, docs, out)?;
+            let hits = r.retrieve(question, *k)?;
+            let searched = r.chunks.len();
+            out(InferEvent::Hits {
+                job: job.id,
+                hits: hits.clone(),
+                searched,
+            });
+            let lm = loaded.lm(job.id, &job.target, out)?;
+            let prompt_tokens = lm.encode(&rag::prompt(lm, &opts, question, &hits)?)?.len();
             out(InferEvent::Status {
                 job: job.id,
-                text: format!("applied {what}"),
+                text: format!("{prompt_tokens} prompt tokens, generating…"),
             });
+            let mut pieces = 0usize;
+            let result = rag::generate_answer(lm, &opts, question, hits, &mut |piece| {
+                if cancel.load(Ordering::SeqCst) {
+                    anyhow::bail!("cancelled");
+                }
+                pieces += 1;
+                out(InferEvent::Token {
+                    job: job.id,
+                    text: piece.to_string(),
+                });
+                Ok(())
+            });
+            finish(
+                job.id,
+                result.map(|a| (a.generated_tokens, a.tokens_per_sec, a.stopped)),
+                pieces,
+                cancel,
+                out,
+            )
         }
-        *loaded = Some((t.model.clone(), t.adapter.clone(), lm));
     }
-    let lm = &loaded.as_ref().ok_or_else(|| anyhow!("no model"))?.2;
-    let prompt = match lm.render_chat(&job.messages, true) {
+}
+
+/// Reports the end of a generation: done, cancelled (the error came from the cancel flag),
+/// or failed.
+fn finish(
+    job: u64,
+    result: Result<(usize, f64, bool)>,
+    generated_so_far: usize,
+    cancel: &AtomicBool,
+    out: &impl Fn(InferEvent),
+) -> Result<()> {
+    match result {
+        Ok((generated, tokens_per_sec, stopped)) => out(InferEvent::Done {
+            job,
+            generated,
+            tokens_per_sec,
+            stopped,
+            cancelled: false,
+        }),
+        Err(_) if cancel.load(Ordering::SeqCst) => out(InferEvent::Done {
+            job,
+            generated: generated_so_far,
+            tokens_per_sec: 0.0,
+            stopped: false,
+            cancelled: true,
+        }),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn chat(
+    job: &InferJob,
+    messages: &[ChatMessage],
+    loaded: &mut Loaded,
+    cancel: &AtomicBool,
+    out: &impl Fn(InferEvent),
+) -> Result<()> {
+    let lm = loaded.lm(job.id, &job.target, out)?;
+    let prompt = match lm.render_chat(messages, true) {
         Ok(p) => p,
         // A base model without a chat template: ftlab's plain `Role: text` fallback.
-        Err(_) => ChatTemplate::fallback("", "")?.render(&job.messages, true)?,
+        Err(_) => ChatTemplate::fallback("", "")?.render(messages, true)?,
     };
     let req = GenerateRequest {
         prompt_ids: lm.encode(&prompt)?,
@@ -115,10 +303,8 @@ fn answer(
         text: format!("{} prompt tokens, generating…", req.prompt_ids.len()),
     });
     let mut stream = TextStream::new(&lm.tokenizer);
-    let mut cancelled = false;
     let result = generate(&lm.model, &req, |tok| {
         if cancel.load(Ordering::SeqCst) {
-            cancelled = true;
             anyhow::bail!("cancelled");
         }
         if let Some(piece) = stream.push(tok)? {
@@ -129,24 +315,14 @@ fn answer(
         }
         Ok(())
     });
-    match result {
-        Ok((ids, stats)) => out(InferEvent::Done {
-            job: job.id,
-            generated: ids.len(),
-            tokens_per_sec: stats.tokens_per_sec(),
-            stopped: stats.stopped,
-            cancelled: false,
-        }),
-        Err(_) if cancelled => out(InferEvent::Done {
-            job: job.id,
-            generated: stream.ids().len(),
-            tokens_per_sec: 0.0,
-            stopped: false,
-            cancelled: true,
-        }),
-        Err(e) => return Err(e),
-    }
-    Ok(())
+    let so_far = stream.ids().len();
+    finish(
+        job.id,
+        result.map(|(ids, stats)| (ids.len(), stats.tokens_per_sec(), stats.stopped)),
+        so_far,
+        cancel,
+        out,
+    )
 }
 
 /// Starts the inference thread; returns the job sender.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod compare;
 pub mod help;
 pub mod infer;
+pub mod infer_state;
 pub mod infer_worker;
 pub mod predict;
 pub mod presets;

@@ -168,8 +168,9 @@ fn key_hints(app: &App) -> Vec<(&'static str, &'static str)> {
             InferFocus::Targets => vec![
                 ("↑↓", "model"),
                 ("enter", "type"),
-                ("s", "sampling"),
-                ("x", "clear chat"),
+                ("m", "chat/search/RAG"),
+                ("s", "settings"),
+                ("x", "clear"),
             ],
             InferFocus::Prompt => vec![
                 ("enter", "send"),

@@ -71,3 +71,15 @@ save_total_limit = 10
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Largest absolute element-wise difference of two tensors of the same shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

@@ -14,6 +14,7 @@
 pub mod example;
 pub mod neftune;
 pub mod sft;
+pub mod sts;
 pub mod template;
 
 pub use example::{
