@@ -544,6 +544,16 @@ fn sts_run(dir: &Path) -> RunRecord {
     let cfg = RunConfig::load(&repo("presets").join("sts-baseline.toml"), &[]).unwrap();
     assert_eq!(cfg.task, TaskKind::Sts);
     r.config = Some(cfg);
+    r.apply(&line(
+        6000.0,
+        TrainEvent::Eval {
+            step: 4,
+            loss: 0.045,
+            tokens: 900,
+            metrics: [("pearson".into(), 0.72), ("spearman".into(), 0.7449)].into(),
+            best: true,
+        },
+    ));
     std::fs::create_dir_all(dir.join("best")).unwrap();
     r
 }
@@ -572,6 +582,20 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     // `i` on the STS run opens the Inference tab in search mode with it selected.
     app.tab = Tab::Runs;
     app.selected_run = Some("20260101-100000-sts-baseline".into());
+    let s = render(&mut app, 140, 40);
+    assert!(
+        s.contains("spearman 0.745"),
+        "the STS run's headline metric:\n{s}"
+    );
+    app.compare_chosen
+        .insert("20260101-100000-sts-baseline".into());
+    app.tab = Tab::Compare;
+    let s = render(&mut app, 160, 40);
+    assert!(
+        s.contains("eval metric") && s.contains("spearman 0.745"),
+        "{s}"
+    );
+    app.tab = Tab::Runs;
     app.on_key(key('i'));
     assert_eq!(app.tab, Tab::Infer);
     assert_eq!(app.infer.mode, InferMode::Search);

@@ -6,6 +6,7 @@
 //! place that turns events into state. Two small files written by the supervisor complete
 //! the picture: `supervisor.json` (how the run was launched and how it ended, for runs that
 //! died without a `done` event) and `memory.jsonl` (the supervisor's memory samples).
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +168,9 @@ pub struct RunRecord {
     pub steps: Vec<StepPoint>,
     /// (step, eval loss)
     pub evals: Vec<(usize, f64)>,
+    /// The metrics of the latest eval besides its loss (perplexity; Pearson and Spearman of
+    /// an STS run).
+    pub eval_metrics: BTreeMap<String, f64>,
     pub done: Option<DoneInfo>,
     pub memory: Vec<MemoryPoint>,
     /// Seconds since the epoch of the first event (for memory timing of live runs).
@@ -191,6 +195,7 @@ impl RunRecord {
             start: None,
             steps: Vec::new(),
             evals: Vec::new(),
+            eval_metrics: BTreeMap::new(),
             done: None,
             memory: Vec::new(),
             started_at: None,
@@ -256,9 +261,15 @@ impl RunRecord {
                     self.status = RunStatus::Running;
                 }
             }
-            TrainEvent::Eval { step, loss, .. } => {
+            TrainEvent::Eval {
+                step,
+                loss,
+                metrics,
+                ..
+            } => {
                 self.evals.retain(|(s, _)| s < step);
                 self.evals.push((*step, *loss));
+                self.eval_metrics = metrics.clone();
             }
             TrainEvent::Checkpoint { .. } => {}
             TrainEvent::Done {
@@ -384,6 +395,14 @@ impl RunRecord {
 
     pub fn final_eval_loss(&self) -> Option<f64> {
         self.evals.last().map(|e| e.1)
+    }
+
+    /// The latest eval's headline metric besides the loss: Spearman for an STS run,
+    /// perplexity for a language model.
+    pub fn headline_metric(&self) -> Option<(&'static str, f64)> {
+        ["spearman", "perplexity"]
+            .into_iter()
+            .find_map(|k| self.eval_metrics.get(k).map(|v| (k, *v)))
     }
 
     /// Mean tokens/s over the steps seen (the first step, which warms up, left out when

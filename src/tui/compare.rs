@@ -11,7 +11,7 @@ use super::widgets::chart::{LineChart, Series, PALETTE};
 use super::widgets::{format, status, table};
 use crate::runs::registry::RunRecord;
 
-pub const HEADERS: [&str; 8] = [
+pub const HEADERS: [&str; 9] = [
     "run",
     "technique",
     "trainable",
@@ -19,6 +19,7 @@ pub const HEADERS: [&str; 8] = [
     "tok/s",
     "train loss",
     "eval loss",
+    "eval metric",
     "wall time",
 ];
 
@@ -86,7 +87,7 @@ fn draw_picker(f: &mut Frame, app: &App, area: Rect) {
 }
 
 /// The table's cells for one run, as text (also used by tests).
-pub fn row_values(r: &RunRecord) -> [String; 8] {
+pub fn row_values(r: &RunRecord) -> [String; 9] {
     [
         r.id.clone(),
         r.technique(),
@@ -100,6 +101,9 @@ pub fn row_values(r: &RunRecord) -> [String; 8] {
             .unwrap_or_else(|| "—".into()),
         format::loss(r.final_train_loss()),
         format::loss(r.final_eval_loss()),
+        r.headline_metric()
+            .map(|(k, v)| format!("{} {v:.3}", if k == "perplexity" { "ppl" } else { k }))
+            .unwrap_or_else(|| "—".into()),
         format::opt_duration(r.wall_secs()),
     ]
 }
@@ -131,6 +135,7 @@ fn draw_table(f: &mut Frame, chosen: &[&RunRecord], area: Rect) {
         Constraint::Length(7),
         Constraint::Length(10),
         Constraint::Length(9),
+        Constraint::Length(15),
         Constraint::Length(9),
     ];
     f.render_widget(

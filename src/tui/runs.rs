@@ -134,6 +134,9 @@ fn header_lines(app: &App, r: &RunRecord) -> Vec<Line<'static>> {
         format!("loss {}", format::loss(last.map(|p| p.loss))),
         format!("eval {}", format::loss(r.final_eval_loss())),
     ];
+    if let Some((name, v)) = r.headline_metric() {
+        now.push(format!("{name} {v:.3}"));
+    }
     if let Some(p) = last {
         now.push(format!("{} tok/s", format::rate(p.tokens_per_sec)));
         now.push(format!("{} it/s", format::rate(p.its)));
