@@ -61,8 +61,10 @@ impl LoraAdapter {
         } else {
             x.clone()
         };
-        let h = x.matmul(&self.a.as_tensor().t()?)?;
-        h.matmul(&self.b.as_tensor().t()?)? * self.scale
+        // The scale goes on the rank-r intermediate, not on the output: one fewer
+        // output-sized tensor kept for the backward pass per adapted layer.
+        let h = (x.matmul(&self.a.as_tensor().t()?)? * self.scale)?;
+        h.matmul(&self.b.as_tensor().t()?)
     }
 
     /// ΔW = scale · B A, shaped (out, in) like the base weight.

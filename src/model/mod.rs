@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod causal;
 pub mod export;
+pub mod fused;
 pub mod gpt_neox;
 pub mod kv_cache;
 pub mod linear;

@@ -21,10 +21,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Log-softmax over the last dimension (max-shifted for stability).
 pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
+    super::fused::log_softmax(x)
 }
 
 /// Root-mean-square norm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
@@ -142,12 +139,14 @@ pub fn causal_mask(t: usize, start: usize, dtype: DType, dev: &Device) -> Result
 /// q: (b, h, t, d), k/v: (b, h, s, d) with the same number of heads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let d = q.dim(D::Minus1)?;
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    let probs = softmax_last(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+    let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
+    let probs = super::fused::scaled_masked_softmax(
+        &scores.to_dtype(DType::F32)?,
+        mask.as_ref(),
+        1.0 / (d as f64).sqrt(),
+    )?
+    .to_dtype(v.dtype())?;
     probs.matmul(&v.contiguous()?)
 }
 

@@ -67,7 +67,7 @@ pub(crate) struct LoraOverlay {
 /// - two residual adds 2h
 ///
 /// LoRA on a targeted linear (`Linear::forward` + `LoraAdapter::forward`), per token:
-/// `x·Aᵀ` r, `·Bᵀ` out, `·scale` out, `y + lora` out → r + 3·out; with dropout in
+/// `x·Aᵀ` r, `·scale` r, `·Bᵀ` out, `y + lora` out → 2r + 2·out; with dropout in
 /// training, `candle_nn::ops::dropout` keeps its f32 mask and the product (2·in), and the
 /// freed uniform draw and its f32 cast (2·in more) stay resident between the kept tensors
 /// (glibc cannot return them): + 4·in. Each adapter draws its own mask, so q/k/v (and
@@ -125,7 +125,7 @@ pub(crate) fn block_retained_per_token(
                 } else {
                     0.0
                 };
-                l.r as f64 + 3.0 * lin.out_f as f64 + drop
+                2.0 * l.r as f64 + 2.0 * lin.out_f as f64 + drop
             })
             .sum(),
         None => 0.0,
@@ -133,12 +133,13 @@ pub(crate) fn block_retained_per_token(
     base + lora_extra
 }
 
-/// Elements of the attention-score tensors one block keeps, all (b, heads, t, t):
-/// `q·kᵀ`, `/ √d`, `+ mask`, and `candle_nn::ops::softmax`'s `x − max`, `exp`,
-/// `/ sum` → 6 (the `max`/`sum` reductions add 2·b·heads·t).
+/// Elements of the attention-score tensors one block keeps, all (b, heads, t, t): `q·kᵀ`
+/// and the probabilities of the fused `model::fused::scaled_masked_softmax` → 2. (The
+/// composed fallback on other devices and dtypes keeps 6: scaled, masked, `x − max`,
+/// `exp`, probabilities and the scores; not modelled.)
 pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
     let (b, t, nh) = (b as f64, t as f64, s.heads as f64);
-    6.0 * b * nh * t * t + 2.0 * b * nh * t
+    2.0 * b * nh * t * t
 }
 
 /// Stray gradients of one block that stay in the `GradStore` (see the module docs), in
@@ -146,7 +147,7 @@ pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
 ///
 /// RoPE: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked tables
 /// give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and k.
-/// Mask: `scores.broadcast_add(mask)` gives the mask a (b, heads, t, t) gradient.
+/// The mask gets no gradient (the fused softmax returns none for it).
 /// Frozen norms (LoRA/QLoRA): `broadcast_mul(weight)` (and `+bias`) → h per token each;
 /// frozen biases of linears → out per token. Dropout masks (LoRA dropout) are untracked
 /// inputs of a `Mul` → in per token. Frozen linear weights: none (custom op).
@@ -162,7 +163,6 @@ pub(crate) fn block_stray(
     let n = (b * t) as f64;
     let rot = s.rotary_dim.min(s.head_dim) as f64;
     let rope = 2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot);
-    let mask = (b * s.heads * t * t) as f64;
     let mut per_token = rope;
     if frozen_base {
         let norms = match s.arch {
@@ -185,7 +185,7 @@ pub(crate) fn block_stray(
                 .sum::<f64>();
         }
     }
-    per_token * n + mask
+    per_token * n
 }
 
 /// Gradients alive at once inside one block's backward, besides the kept activations:
@@ -203,7 +203,7 @@ pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize) -> f6
 /// `ops::masked_cross_entropy`), t tokens per row, t−1 scored:
 /// final norm (3h + 3 | 5h + 3) per token; logits `x·Eᵀ` V per token; for b > 1 the
 /// `narrow(1, 0, t−1).reshape(..)` of the logits is strided and copies (V per scored
-/// token); `log_softmax_last`: `x − max` V, `exp` V, `− lse` V per scored token.
+/// token); the fused `log_softmax` keeps its output, V per scored token.
 pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
     let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
     let v = s.vocab as f64;
@@ -212,16 +212,15 @@ pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
         Arch::GptNeox => 5.0 * s.hidden as f64 + 3.0,
     };
     let copy = if b > 1 { v } else { 0.0 };
-    n * (norm + v) + scored * (copy + 3.0 * v)
+    n * (norm + v) + scored * (copy + v)
 }
 
-/// Stray gradients of the head: the detached `max` of the log-softmax is broadcast into
-/// a `Sub` → V per scored token, always; a frozen final norm → h (| 2h) per token. (A
-/// frozen LM head goes through the input-gradient-only custom op: nothing.)
+/// Stray gradients of the head: a frozen final norm → h (| 2h) per token. (A frozen LM
+/// head goes through the input-gradient-only custom op, and the fused log-softmax has no
+/// untracked input: nothing.)
 pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) -> f64 {
-    let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
-    let v = s.vocab as f64;
-    let mut e = scored * v;
+    let n = (b * t) as f64;
+    let mut e = 0.0;
     if frozen_base {
         e += n * match s.arch {
             Arch::Llama => s.hidden as f64,

@@ -62,6 +62,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
         None => std::mem::take(&mut lm.params),
     };
     let total_params = count_params(&mut lm.model);
+    // The f32 buffers of loading (and of the dense weights quantisation replaced) are free
+    // now; hand them back so they do not count against the run's memory.
+    crate::telemetry::memory::release_free_heap();
     let tm = TrainModel {
         model: lm.model.clone(),
         params,

@@ -1,0 +1,301 @@
+//! Fused CPU kernels with their own backward pass, for the two places where composed ops
+//! keep the most memory alive for the backward pass.
+//!
+//! - [`scaled_masked_softmax`]: `softmax(scale · scores + mask)` of attention. Composed, it
+//!   keeps five score-sized tensors per layer (scaled, masked, shifted, exp, probs); fused it
+//!   keeps the probabilities only (and the scores, which the matmul produced anyway).
+//! - [`log_softmax`]: of the LM head's logits (vocabulary-sized rows). Composed, it keeps
+//!   the shifted logits, their exponentials and the result; fused, the result only.
+//!
+//! Both fall back to the composed ops (same values) where the kernel does not apply (a
+//! device other than the CPU, a dtype other than f32, a mask that is not one `(t, s)` matrix).
+//! Their gradients are checked against the composed ops in the tests below.
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: expected f32 data");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected contiguous data");
+    };
+    Ok(&v[a..b])
+}
+
+/// In place: `row ← softmax(row)`; a row that is −∞ everywhere becomes zeros.
+fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+struct ScaledMaskedSoftmax {
+    scale: f64,
+}
+
+impl CustomOp2 for ScaledMaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "scaled-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "attention scores")?;
+        let m = f32_slice(s2, l2, "attention mask")?;
+        let dims = l1.shape().dims();
+        let s = dims[dims.len() - 1];
+        let t = dims[dims.len() - 2];
+        if m.len() != t * s {
+            candle_core::bail!("attention mask: expected {t}×{s} values, got {}", m.len());
+        }
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; x.len()];
+        for (r, (xr, yr)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
+            let mr = &m[(r % t) * s..(r % t + 1) * s];
+            for ((y, &xv), &mv) in yr.iter_mut().zip(xr).zip(mr) {
+                *y = xv * scale + mv;
+            }
+            softmax_row(yr);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _mask: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // d/dx softmax(a·x + m) = a · p ⊙ (g − Σ g ⊙ p)
+        let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+        let dx = ((grad.broadcast_sub(&dot)? * probs)? * self.scale)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `softmax(scale · scores + mask)` over the last dimension. `scores`: (…, t, s); `mask`:
+/// additive, broadcastable to `scores` (0 or −∞ entries).
+pub fn scaled_masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let fused = scores.device().is_cpu()
+        && scores.dtype() == DType::F32
+        && scores.rank() >= 2
+        && mask.is_none_or(|m| {
+            m.dtype() == DType::F32
+                && m.rank() == 2
+                && m.dims() == &scores.dims()[scores.rank() - 2..]
+        });
+    if fused {
+        let zeros;
+        let mask = match mask {
+            Some(m) => m.contiguous()?,
+            None => {
+                let d = scores.dims();
+                zeros = Tensor::zeros(
+                    (d[d.len() - 2], d[d.len() - 1]),
+                    DType::F32,
+                    scores.device(),
+                )?;
+                zeros
+            }
+        };
+        return scores
+            .contiguous()?
+            .apply_op2(&mask, ScaledMaskedSoftmax { scale });
+    }
+    let x = (scores * scale)?;
+    let x = match mask {
+        Some(m) => x.broadcast_add(m)?,
+        None => x,
+    };
+    candle_nn::ops::softmax(&x, D::Minus1)
+}
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "log-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "logits")?;
+        let n = l.shape().dims()[l.shape().rank() - 1];
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(n) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+            for v in row.iter_mut() {
+                *v -= lse;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, logp: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d/dx log_softmax(x) = g − softmax(x) · Σ g
+        let sum = grad.sum_keepdim(D::Minus1)?;
+        Ok(Some(grad.sub(&logp.exp()?.broadcast_mul(&sum)?)?))
+    }
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 1 {
+        return x.contiguous()?.apply_op1(LogSoftmax);
+    }
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        // A small LCG: the values only need to be varied and reproducible.
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The composed reference: f64 primitives, the same formula.
+    fn reference_softmax(x: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+        let x = (x.to_dtype(DType::F64).unwrap() * scale).unwrap();
+        let x = match mask {
+            Some(m) => x.broadcast_add(&m.to_dtype(DType::F64).unwrap()).unwrap(),
+            None => x,
+        };
+        candle_nn::ops::softmax(&x, D::Minus1).unwrap()
+    }
+
+    fn causal(t: usize, s: usize) -> Tensor {
+        crate::model::ops::causal_mask(t, s - t, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_softmax_values_and_gradients_equal_the_f64_composed_ops() {
+        for (mask, t, s) in [(true, 5, 5), (true, 3, 7), (false, 4, 6)] {
+            let x = Var::from_tensor(&randn(&[2, 3, t, s], 1)).unwrap();
+            let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+            let m = mask.then(|| causal(t, s));
+            let w = randn(&[2, 3, t, s], 2);
+            let y = scaled_masked_softmax(x.as_tensor(), m.as_ref(), 0.37).unwrap();
+            let y_ref = reference_softmax(x64.as_tensor(), m.as_ref(), 0.37);
+            assert!(max_diff(&y, &y_ref.to_dtype(DType::F32).unwrap()) < 1e-6);
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let w64 = w.to_dtype(DType::F64).unwrap();
+            let g_ref = (y_ref * &w64)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let dx = g.get(x.as_tensor()).unwrap();
+            let dx_ref = g_ref
+                .get(x64.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert!(max_diff(dx, &dx_ref) < 1e-5, "{}", max_diff(dx, &dx_ref));
+            if mask {
+                // Masked positions: probability 0 and no gradient.
+                let probs = scaled_masked_softmax(x.as_tensor(), m.as_ref(), 0.37)
+                    .unwrap()
+                    .flatten_to(2)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let off = s - t;
+                for (r, row) in probs.iter().enumerate() {
+                    let i = r % t;
+                    assert!(row[off + i + 1..].iter().all(|&v| v == 0.0));
+                    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_fully_masked_row_is_zero_not_nan() {
+        let x = randn(&[1, 2, 3], 5);
+        let m = Tensor::new(
+            &[
+                [0f32, 0.0, 0.0],
+                [f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let p = scaled_masked_softmax(&x, Some(&m), 1.0)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert_eq!(p[0][1], vec![0.0; 3]);
+        assert!((p[0][0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fused_log_softmax_values_and_gradients_equal_the_f64_composed_ops() {
+        let x = Var::from_tensor(&(randn(&[6, 50], 3) * 8.0).unwrap()).unwrap();
+        let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let w = randn(&[6, 50], 4);
+        let y = log_softmax(x.as_tensor()).unwrap();
+        let y_ref = candle_nn::ops::log_softmax(x64.as_tensor(), D::Minus1).unwrap();
+        assert!(max_diff(&y, &y_ref.to_dtype(DType::F32).unwrap()) < 1e-5);
+        let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (y_ref * w.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = g.get(x.as_tensor()).unwrap();
+        let dx_ref = g_ref
+            .get(x64.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(max_diff(dx, &dx_ref) < 1e-5, "{}", max_diff(dx, &dx_ref));
+    }
+}
