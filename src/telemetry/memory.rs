@@ -72,27 +72,6 @@ pub fn reset_peak_of(pid: Option<u32>) -> Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_status_lines() {
-        let s = "Name:\tftlab\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
-        assert_eq!(parse_status_kb(s, "VmRSS"), Some(1024 * 1024));
-        assert_eq!(parse_status_kb(s, "VmHWM"), Some(2048 * 1024));
-        assert_eq!(parse_status_kb(s, "VmSwap"), None);
-        // A key that is a prefix of another must not match it.
-        assert_eq!(parse_status_kb("VmRSSx: 5 kB\n", "VmRSS"), None);
-    }
-
-    #[test]
-    fn missing_process_is_an_error_naming_the_file() {
-        let err = rss_bytes(Some(u32::MAX)).unwrap_err().to_string();
-        assert!(err.contains(&format!("/proc/{}/status", u32::MAX)), "{err}");
-    }
-}
-
 /// Returns the heap memory that the allocator keeps after frees to the operating system
 /// (glibc's `malloc_trim`). Loading a model frees large f32 buffers (GGUF dequantisation,
 /// the dense copies a 4-bit quantisation replaces); without this they stay resident and
@@ -111,5 +90,26 @@ pub fn release_free_heap() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_lines() {
+        let s = "Name:\tftlab\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(parse_status_kb(s, "VmRSS"), Some(1024 * 1024));
+        assert_eq!(parse_status_kb(s, "VmHWM"), Some(2048 * 1024));
+        assert_eq!(parse_status_kb(s, "VmSwap"), None);
+        // A key that is a prefix of another must not match it.
+        assert_eq!(parse_status_kb("VmRSSx: 5 kB\n", "VmRSS"), None);
+    }
+
+    #[test]
+    fn missing_process_is_an_error_naming_the_file() {
+        let err = rss_bytes(Some(u32::MAX)).unwrap_err().to_string();
+        assert!(err.contains(&format!("/proc/{}/status", u32::MAX)), "{err}");
     }
 }
