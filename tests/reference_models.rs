@@ -2,6 +2,8 @@
 //! float64, tests/fixtures/*/PROVENANCE.md) and the real SmolLM2-135M-Instruct (nll, top-5
 //! logits and greedy answer from transformers in float64, cross-checked with a NumPy
 //! forward pass; tests/fixtures/smollm2_ref/).
+mod common;
+use common::max_abs_diff;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -19,17 +21,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn check_tiny(name: &str) {
     let dir = fixture(name);
     let loaded = CausalLm::from_hf_dir(&dir, &LoadOptions::default()).expect("load tiny model");
@@ -40,7 +31,7 @@ fn check_tiny(name: &str) {
         .unwrap();
     let want = &reference["logits"];
     let got = loaded.model.forward(&ids, 0, None).unwrap();
-    let d = max_diff(&got, want);
+    let d = max_abs_diff(&got, want);
     assert!(d < 1e-4, "{name}: max |logit diff| {d} vs HF transformers");
     // Incremental decoding of row 0 with the KV cache.
     let row = ids.narrow(0, 0, 1).unwrap();
@@ -54,7 +45,7 @@ fn check_tiny(name: &str) {
         })
         .collect();
     let inc = Tensor::cat(&steps, 1).unwrap();
-    let d = max_diff(&inc, &reference["logits_incremental"]);
+    let d = max_abs_diff(&inc, &reference["logits_incremental"]);
     assert!(d < 1e-4, "{name}: incremental max |logit diff| {d}");
 }
 

@@ -3,6 +3,7 @@
 //! and reloads exactly, and resume continues the same loss curve.
 mod common;
 
+use common::max_abs_diff;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
@@ -129,17 +130,6 @@ fn logits(lm: &LanguageModel) -> Tensor {
     lm.model.forward(&ids, 0, None).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn lora_merge_and_peft_save_reload_give_the_same_logits() {
     let root = tempfile::tempdir().unwrap();
@@ -172,7 +162,7 @@ fn lora_merge_and_peft_save_reload_give_the_same_logits() {
         "A and B for 3 module kinds in 2 layers"
     );
     assert_eq!(
-        max_diff(&base, &logits(&lm)),
+        max_abs_diff(&base, &logits(&lm)),
         0.0,
         "B = 0 must leave the model unchanged"
     );
@@ -182,7 +172,7 @@ fn lora_merge_and_peft_save_reload_give_the_same_logits() {
             .unwrap();
     }
     let adapted = logits(&lm);
-    assert!(max_diff(&base, &adapted) > 1e-3);
+    assert!(max_abs_diff(&base, &adapted) > 1e-3);
     let adapter_dir = root.path().join("adapter");
     save_adapter(&adapter_dir, &mut lm.model, &cfg, &spec, &vars).unwrap();
     let peft: serde_json::Value = serde_json::from_str(
@@ -201,10 +191,10 @@ fn lora_merge_and_peft_save_reload_give_the_same_logits() {
     // Reload onto a fresh base: identical logits.
     let mut fresh = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
     load_adapter(&adapter_dir, &mut fresh.model).unwrap();
-    assert_eq!(max_diff(&adapted, &logits(&fresh)), 0.0);
+    assert_eq!(max_abs_diff(&adapted, &logits(&fresh)), 0.0);
     // Merge: same logits (up to float rounding), no adapters left.
     assert_eq!(merge_adapters(&mut lm.model).unwrap(), 6);
-    let d = max_diff(&adapted, &logits(&lm));
+    let d = max_abs_diff(&adapted, &logits(&lm));
     assert!(d < 1e-4, "merged vs unmerged max diff {d}");
 }
 
