@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 
 use super::input::read_utf8_file;
 use crate::infer::chat_template::ChatMessage;
-use crate::infer::generate::{generate, GenerateRequest, TextStream};
 use crate::infer::sampling::SamplingParams;
 use crate::infer::LanguageModel;
 use crate::model::LoadOptions;
@@ -92,21 +91,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         prompt
     };
-    let req = GenerateRequest {
-        prompt_ids: lm.encode(&text)?,
-        max_new_tokens: args.max_new_tokens,
-        sampling: args.sampling.params(),
-        stop_ids: lm.special.eos_tokens.clone(),
-    };
-    let mut stream = TextStream::new(&lm.tokenizer);
     let mut out = std::io::stdout().lock();
-    let (_, stats) = generate(&lm.model, &req, |id| {
-        if let Some(piece) = stream.push(id)? {
+    let (_, stats) = lm.stream(
+        lm.encode(&text)?,
+        args.max_new_tokens,
+        &args.sampling.params(),
+        &mut |piece| {
             out.write_all(piece.as_bytes())?;
             out.flush()?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     writeln!(out)?;
     eprintln!(
         "[ftlab] {} prompt tokens, {} new tokens in {:.2} s: {:.1} tokens/s (prompt processed in {:.2} s){}",

@@ -4,6 +4,8 @@ use candle_core::Var;
 use tokenizers::Tokenizer;
 
 use super::chat_template::{ChatMessage, ChatTemplate};
+use super::generate::{generate, GenerateRequest, GenerateStats, TextStream};
+use super::sampling::SamplingParams;
 use crate::hub::{ModelSource, ResolvedModel};
 use crate::model::load::gguf::GgufFile;
 use crate::model::load::tokenizer::{
@@ -74,6 +76,31 @@ impl LanguageModel {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| anyhow!("decoding failed: {e}"))
+    }
+
+    /// Generates from `prompt_ids` until one of the model's end-of-turn tokens or
+    /// `max_new_tokens`, calling `on_piece` with each new piece of text (whole UTF-8
+    /// characters) as it is produced; an error from `on_piece` stops generation.
+    pub fn stream(
+        &self,
+        prompt_ids: Vec<u32>,
+        max_new_tokens: usize,
+        sampling: &SamplingParams,
+        on_piece: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
+        let req = GenerateRequest {
+            prompt_ids,
+            max_new_tokens,
+            sampling: sampling.clone(),
+            stop_ids: self.special.eos_tokens.clone(),
+        };
+        let mut stream = TextStream::new(&self.tokenizer);
+        generate(&self.model, &req, |id| {
+            if let Some(piece) = stream.push(id)? {
+                on_piece(&piece)?;
+            }
+            Ok(())
+        })
     }
 
     fn token_text(&self, id: Option<u32>) -> String {

@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use super::chat_template::ChatMessage;
 use super::embed::Embedder;
-use super::generate::{generate, GenerateRequest, GenerateStats, TextStream};
 use super::sampling::SamplingParams;
 use super::search::{embed_query, embed_texts, Hit};
 use super::split::{split_text, SplitConfig};
@@ -289,7 +288,8 @@ impl Rag {
         hits: Vec<Hit>,
         on_piece: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<RagAnswer> {
-        generate_answer(&self.lm, &self.opts, question, hits, on_piece)
+        let prompt = RagPrompt::build(&self.lm, &self.opts, question, &hits)?;
+        generate_answer(&self.lm, &self.opts, question, hits, prompt, on_piece)
     }
 
     /// Retrieves, then generates (streaming through `on_piece`).
@@ -326,35 +326,44 @@ pub fn prompt(
     lm.render_chat(&messages, true)
 }
 
-/// Generates `lm`'s answer to `question` from `hits`, calling `on_piece` with each new
-/// piece of text as it is produced (an error from `on_piece` stops generation).
+/// The LM's input for a question: its text and token ids.
+pub struct RagPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+}
+
+impl RagPrompt {
+    /// [`prompt`], tokenised.
+    pub fn build(
+        lm: &LanguageModel,
+        opts: &RagOptions,
+        question: &str,
+        hits: &[Hit],
+    ) -> Result<Self> {
+        let text = prompt(lm, opts, question, hits)?;
+        let ids = lm.encode(&text)?;
+        Ok(Self { text, ids })
+    }
+}
+
+/// Generates `lm`'s answer to `question` from `prompt` (built from `hits` by
+/// [`RagPrompt::build`]), calling `on_piece` with each new piece of text as it is produced
+/// (an error from `on_piece` stops generation).
 pub fn generate_answer(
     lm: &LanguageModel,
     opts: &RagOptions,
     question: &str,
     hits: Vec<Hit>,
+    prompt: RagPrompt,
     on_piece: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<RagAnswer> {
-    let prompt = prompt(lm, opts, question, &hits)?;
-    let req = GenerateRequest {
-        prompt_ids: lm.encode(&prompt)?,
-        max_new_tokens: opts.max_new_tokens,
-        sampling: opts.sampling.clone(),
-        stop_ids: lm.special.eos_tokens.clone(),
-    };
-    let mut stream = TextStream::new(&lm.tokenizer);
-    let (ids, stats): (Vec<u32>, GenerateStats) = generate(&lm.model, &req, |id| {
-        if let Some(piece) = stream.push(id)? {
-            on_piece(&piece)?;
-        }
-        Ok(())
-    })?;
+    let (ids, stats) = lm.stream(prompt.ids, opts.max_new_tokens, &opts.sampling, on_piece)?;
     let answer = lm.decode(&ids)?;
     Ok(RagAnswer {
         question: question.to_string(),
         answer: answer.trim().to_string(),
         chunks: hits,
-        prompt,
+        prompt: prompt.text,
         prompt_tokens: stats.prompt_tokens,
         generated_tokens: stats.generated_tokens,
         tokens_per_sec: stats.tokens_per_sec(),

@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::data::{PromptTemplate, Record, SftTokenizer};
-use crate::infer::generate::{generate, GenerateRequest};
 use crate::infer::sampling::SamplingParams;
 use crate::infer::LanguageModel;
 
@@ -72,18 +71,18 @@ pub fn answer_accuracy(
         by_category: BTreeMap::new(),
         samples: Vec::new(),
     };
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        repeat_penalty: 1.0,
+        ..SamplingParams::default()
+    };
     for (i, r) in chosen.iter().enumerate() {
-        let req = GenerateRequest {
-            prompt_ids: tok.prompt_ids(&r.example)?,
+        let (ids, _) = lm.stream(
+            tok.prompt_ids(&r.example)?,
             max_new_tokens,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                repeat_penalty: 1.0,
-                ..SamplingParams::default()
-            },
-            stop_ids: lm.special.eos_tokens.clone(),
-        };
-        let (ids, _) = generate(&lm.model, &req, |_| Ok(()))?;
+            &greedy,
+            &mut |_| Ok(()),
+        )?;
         let output = lm.decode(&ids)?;
         let expected = r.example.short_answer().unwrap_or_default().to_string();
         let correct = contains_answer(&output, &expected);

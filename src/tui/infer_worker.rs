@@ -11,8 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 
 use crate::infer::chat_template::{ChatMessage, ChatTemplate};
-use crate::infer::generate::{generate, GenerateRequest, TextStream};
-use crate::infer::rag::{self, RagOptions, Retriever};
+use crate::infer::rag::{self, RagOptions, RagPrompt, Retriever};
 use crate::infer::sampling::SamplingParams;
 use crate::infer::search::{load_encoder, Hit};
 use crate::infer::split::SplitConfig;
@@ -222,23 +221,20 @@ fn run_job(
                 searched,
             });
             let lm = loaded.lm(job.id, &job.target, out)?;
-            let prompt_tokens = lm.encode(&rag::prompt(lm, &opts, question, &hits)?)?.len();
+            let prompt = RagPrompt::build(lm, &opts, question, &hits)?;
             out(InferEvent::Status {
                 job: job.id,
-                text: format!("{prompt_tokens} prompt tokens, generating…"),
+                text: format!("{} prompt tokens, generating…", prompt.ids.len()),
             });
             let mut pieces = 0usize;
-            let result = rag::generate_answer(lm, &opts, question, hits, &mut |piece| {
-                if cancel.load(Ordering::SeqCst) {
-                    anyhow::bail!("cancelled");
-                }
-                pieces += 1;
-                out(InferEvent::Token {
-                    job: job.id,
-                    text: piece.to_string(),
-                });
-                Ok(())
-            });
+            let result = rag::generate_answer(
+                lm,
+                &opts,
+                question,
+                hits,
+                prompt,
+                &mut emit_pieces(job.id, cancel, out, &mut pieces),
+            );
             finish(
                 job.id,
                 result.map(|a| (a.generated_tokens, a.tokens_per_sec, a.stopped)),
@@ -292,37 +288,46 @@ fn chat(
         // A base model without a chat template: ftlab's plain `Role: text` fallback.
         Err(_) => ChatTemplate::fallback("", "")?.render(messages, true)?,
     };
-    let req = GenerateRequest {
-        prompt_ids: lm.encode(&prompt)?,
-        max_new_tokens: job.max_new_tokens,
-        sampling: job.sampling.clone(),
-        stop_ids: lm.special.eos_tokens.clone(),
-    };
+    let prompt_ids = lm.encode(&prompt)?;
     out(InferEvent::Status {
         job: job.id,
-        text: format!("{} prompt tokens, generating…", req.prompt_ids.len()),
+        text: format!("{} prompt tokens, generating…", prompt_ids.len()),
     });
-    let mut stream = TextStream::new(&lm.tokenizer);
-    let result = generate(&lm.model, &req, |tok| {
-        if cancel.load(Ordering::SeqCst) {
-            anyhow::bail!("cancelled");
-        }
-        if let Some(piece) = stream.push(tok)? {
-            out(InferEvent::Token {
-                job: job.id,
-                text: piece,
-            });
-        }
-        Ok(())
-    });
-    let so_far = stream.ids().len();
+    let mut pieces = 0usize;
+    let result = lm.stream(
+        prompt_ids,
+        job.max_new_tokens,
+        &job.sampling,
+        &mut emit_pieces(job.id, cancel, out, &mut pieces),
+    );
     finish(
         job.id,
         result.map(|(ids, stats)| (ids.len(), stats.tokens_per_sec(), stats.stopped)),
-        so_far,
+        pieces,
         cancel,
         out,
     )
+}
+
+/// The callback of a streamed answer: stops when `cancel` is set, else sends each piece of
+/// text as a [`InferEvent::Token`] and counts it.
+fn emit_pieces<'a>(
+    job: u64,
+    cancel: &'a AtomicBool,
+    out: &'a impl Fn(InferEvent),
+    count: &'a mut usize,
+) -> impl FnMut(&str) -> Result<()> + 'a {
+    move |piece| {
+        if cancel.load(Ordering::SeqCst) {
+            anyhow::bail!("cancelled");
+        }
+        *count += 1;
+        out(InferEvent::Token {
+            job,
+            text: piece.to_string(),
+        });
+        Ok(())
+    }
 }
 
 /// Starts the inference thread; returns the job sender.
