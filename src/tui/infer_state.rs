@@ -497,14 +497,15 @@ impl App {
             return Vec::new();
         };
         let mode = self.infer.mode;
+        let key = self.history_key(&target);
+        let system = Some(self.infer.system.trim().to_string()).filter(|s| !s.is_empty());
+        let docs = PathBuf::from(&self.infer.docs);
+        let k = self.infer.top_k;
         let request = match mode {
-            InferMode::Chat => InferRequest::Chat {
-                messages: Vec::new(),
-            },
             InferMode::Search => InferRequest::Search {
                 query: text.clone(),
-                docs: PathBuf::from(&self.infer.docs),
-                k: self.infer.top_k,
+                docs,
+                k,
             },
             InferMode::Rag => {
                 let Some(encoder) = self.rag_encoder() else {
@@ -514,39 +515,36 @@ impl App {
                 InferRequest::Rag {
                     question: text.clone(),
                     encoder: encoder.model,
-                    docs: PathBuf::from(&self.infer.docs),
-                    k: self.infer.top_k,
-                    system: Some(self.infer.system.trim().to_string()).filter(|s| !s.is_empty()),
+                    docs,
+                    k,
+                    system,
                 }
+            }
+            InferMode::Chat => {
+                let earlier = self.infer.histories.get(&key).map_or(&[][..], |h| h);
+                let mut messages: Vec<ChatMessage> =
+                    system.iter().map(ChatMessage::system).collect();
+                messages.extend(earlier.iter().filter_map(|t| match t.role {
+                    Role::User => Some(ChatMessage::user(&t.text)),
+                    Role::Assistant => Some(ChatMessage::assistant(&t.text)),
+                    Role::Context => None,
+                }));
+                messages.push(ChatMessage::user(&text));
+                InferRequest::Chat { messages }
             }
         };
         self.infer.input.clear();
-        let key = self.history_key(&target);
-        let system = self.infer.system.trim().to_string();
         let history = self.infer.histories.entry(key.clone()).or_default();
         history.push(Turn {
             role: Role::User,
             text,
         });
-        let request = match request {
-            InferRequest::Chat { .. } => {
-                let mut messages = Vec::new();
-                if !system.is_empty() {
-                    messages.push(ChatMessage::system(&system));
-                }
-                messages.extend(history.iter().filter_map(|t| match t.role {
-                    Role::User => Some(ChatMessage::user(&t.text)),
-                    Role::Assistant => Some(ChatMessage::assistant(&t.text)),
-                    Role::Context => None,
-                }));
-                history.push(Turn {
-                    role: Role::Assistant,
-                    text: String::new(),
-                });
-                InferRequest::Chat { messages }
-            }
-            other => other,
-        };
+        if mode == InferMode::Chat {
+            history.push(Turn {
+                role: Role::Assistant,
+                text: String::new(),
+            });
+        }
         let job = self.infer.next_job;
         self.infer.next_job += 1;
         self.infer.streaming = Some(Streaming {
