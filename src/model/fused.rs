@@ -213,39 +213,57 @@ mod tests {
         crate::model::ops::causal_mask(t, s - t, DType::F32, &Device::Cpu).unwrap()
     }
 
-    #[test]
-    fn fused_softmax_values_and_gradients_equal_the_f64_composed_ops() {
-        for (mask, t, s) in [(true, 5, 5), (true, 3, 7), (false, 4, 6)] {
-            let x = Var::from_tensor(&randn(&[2, 3, t, s], 1)).unwrap();
-            let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
-            let m = mask.then(|| causal(t, s));
-            let w = randn(&[2, 3, t, s], 2);
-            let y = scaled_masked_softmax(x.as_tensor(), m.as_ref(), 0.37).unwrap();
-            let y_ref = reference_softmax(x64.as_tensor(), m.as_ref(), 0.37);
-            assert!(max_diff(&y, &y_ref.to_dtype(DType::F32).unwrap()) < 1e-6);
-            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let w64 = w.to_dtype(DType::F64).unwrap();
-            let g_ref = (y_ref * &w64)
+    /// Applies `fused` to `x` and `reference` to its f64 copy; asserts that the values agree
+    /// within `value_tol` and the gradients of Σ w ⊙ y within `grad_tol`. Returns the fused
+    /// output.
+    fn check_against_f64(
+        x: &Tensor,
+        w: &Tensor,
+        fused: impl Fn(&Tensor) -> Tensor,
+        reference: impl Fn(&Tensor) -> Tensor,
+        value_tol: f32,
+        grad_tol: f32,
+    ) -> Tensor {
+        let x32 = Var::from_tensor(x).unwrap();
+        let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+        let y = fused(x32.as_tensor());
+        let y_ref = reference(x64.as_tensor());
+        let diff = max_diff(&y, &y_ref.to_dtype(DType::F32).unwrap());
+        assert!(diff < value_tol, "values differ by {diff}");
+        let grads = |y: &Tensor, w: &Tensor, x: &Var| {
+            (y * w)
                 .unwrap()
                 .sum_all()
                 .unwrap()
                 .backward()
-                .unwrap();
-            let dx = g.get(x.as_tensor()).unwrap();
-            let dx_ref = g_ref
-                .get(x64.as_tensor())
+                .unwrap()
+                .get(x.as_tensor())
                 .unwrap()
                 .to_dtype(DType::F32)
-                .unwrap();
-            assert!(max_diff(dx, &dx_ref) < 1e-5, "{}", max_diff(dx, &dx_ref));
+                .unwrap()
+        };
+        let dx = grads(&y, w, &x32);
+        let dx_ref = grads(&y_ref, &w.to_dtype(DType::F64).unwrap(), &x64);
+        let diff = max_diff(&dx, &dx_ref);
+        assert!(diff < grad_tol, "gradients differ by {diff}");
+        y
+    }
+
+    #[test]
+    fn fused_softmax_values_and_gradients_equal_the_f64_composed_ops() {
+        for (mask, t, s) in [(true, 5, 5), (true, 3, 7), (false, 4, 6)] {
+            let m = mask.then(|| causal(t, s));
+            let y = check_against_f64(
+                &randn(&[2, 3, t, s], 1),
+                &randn(&[2, 3, t, s], 2),
+                |x| scaled_masked_softmax(x, m.as_ref(), 0.37).unwrap(),
+                |x| reference_softmax(x, m.as_ref(), 0.37),
+                1e-6,
+                1e-5,
+            );
             if mask {
-                // Masked positions: probability 0 and no gradient.
-                let probs = scaled_masked_softmax(x.as_tensor(), m.as_ref(), 0.37)
-                    .unwrap()
-                    .flatten_to(2)
-                    .unwrap()
-                    .to_vec2::<f32>()
-                    .unwrap();
+                // Masked positions: probability 0 (and so no gradient); rows sum to 1.
+                let probs = y.flatten_to(2).unwrap().to_vec2::<f32>().unwrap();
                 let off = s - t;
                 for (r, row) in probs.iter().enumerate() {
                     let i = r % t;
@@ -277,25 +295,13 @@ mod tests {
 
     #[test]
     fn fused_log_softmax_values_and_gradients_equal_the_f64_composed_ops() {
-        let x = Var::from_tensor(&(randn(&[6, 50], 3) * 8.0).unwrap()).unwrap();
-        let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
-        let w = randn(&[6, 50], 4);
-        let y = log_softmax(x.as_tensor()).unwrap();
-        let y_ref = candle_nn::ops::log_softmax(x64.as_tensor(), D::Minus1).unwrap();
-        assert!(max_diff(&y, &y_ref.to_dtype(DType::F32).unwrap()) < 1e-5);
-        let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (y_ref * w.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let dx = g.get(x.as_tensor()).unwrap();
-        let dx_ref = g_ref
-            .get(x64.as_tensor())
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        assert!(max_diff(dx, &dx_ref) < 1e-5, "{}", max_diff(dx, &dx_ref));
+        check_against_f64(
+            &(randn(&[6, 50], 3) * 8.0).unwrap(),
+            &randn(&[6, 50], 4),
+            |x| log_softmax(x).unwrap(),
+            |x| candle_nn::ops::log_softmax(x, D::Minus1).unwrap(),
+            1e-5,
+            1e-5,
+        );
     }
 }

@@ -14,11 +14,6 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         .reshape((b, t, h))
 }
 
-/// Softmax over the last dimension, composed of differentiable primitives.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(x, D::Minus1)
-}
-
 /// Log-softmax over the last dimension (max-shifted for stability).
 pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     super::fused::log_softmax(x)
