@@ -9,7 +9,7 @@ use super::sampling::SamplingParams;
 use crate::hub::{ModelSource, ResolvedModel};
 use crate::model::load::gguf::GgufFile;
 use crate::model::load::tokenizer::{
-    chat_template_from_gguf, chat_template_from_hf_dir, special_tokens_from_gguf,
+    chat_template_from_gguf, chat_template_from_hf_dir, encode_plain, special_tokens_from_gguf,
     special_tokens_from_hf_dir, tokenizer_from_file, tokenizer_from_gguf, SpecialTokens,
 };
 use crate::model::{CausalLm, LoadOptions};
@@ -64,12 +64,7 @@ impl LanguageModel {
 
     /// Token ids of `text` without added special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenizing failed: {e}"))?
-            .get_ids()
-            .to_vec())
+        encode_plain(&self.tokenizer, text)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

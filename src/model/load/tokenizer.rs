@@ -89,6 +89,15 @@ const PRE_STYLES: &[(&str, PreStyle)] = &[
 ];
 
 /// The `tokenizer.ggml.pre` values [`tokenizer_from_gguf`] understands.
+/// Token ids of `text` without the special tokens a post-processor would add (BOS, …).
+pub fn encode_plain(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow!("tokenizing failed: {e}"))?
+        .get_ids()
+        .to_vec())
+}
+
 pub fn supported_gguf_pre_tokenizers() -> Vec<&'static str> {
     PRE_STYLES.iter().map(|(name, _)| *name).collect()
 }

@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 use super::example::{DataError, Example, Problem, Record};
 use super::template::{Formatted, Formatter, PromptTemplate};
 use crate::infer::LanguageModel;
-use crate::model::load::tokenizer::SpecialTokens;
+use crate::model::load::tokenizer::{encode_plain, SpecialTokens};
 
 /// How many dropped samples [`SftStats::warnings`] names one by one.
 const MAX_WARNINGS: usize = 20;
@@ -167,12 +167,7 @@ impl SftTokenizer {
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenizing failed: {e}"))?
-            .get_ids()
-            .to_vec())
+        encode_plain(&self.tokenizer, text)
     }
 
     /// Tokenises an example, untruncated: ids and the response mask (1 = a response token,

@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    adamw_f32_kernel, check_known_keys, check_step_args, step_key, tensor_to_f32_vec, tensor_u64,
-    u64_tensor, update_host, AdamScalars, Optimizer,
+    adamw_f32_kernel, check_float_vars, check_known_keys, check_step_args, step_key,
+    tensor_to_f32_vec, tensor_u64, u64_tensor, update_host, AdamScalars, Optimizer,
 };
 
 /// AdamW hyper-parameters (the learning rate is passed to every `step`).
@@ -93,13 +93,7 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: Vec<Var>, cfg: AdamWConfig) -> Result<Self> {
         cfg.validate()?;
-        for (i, v) in vars.iter().enumerate() {
-            ensure!(
-                v.dtype().is_float(),
-                "AdamW: variable {i} has non-float dtype {:?}",
-                v.dtype()
-            );
-        }
+        check_float_vars("AdamW", &vars)?;
         Ok(Self {
             slots: vars
                 .into_iter()

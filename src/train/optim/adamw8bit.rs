@@ -29,8 +29,8 @@ use rayon::prelude::*;
 
 use super::qmap::{signed_map, unsigned_map};
 use super::{
-    adamw_f32_kernel, check_known_keys, check_step_args, step_key, tensor_to_f32_vec, tensor_u64,
-    u64_tensor, update_host, AdamScalars, AdamWConfig, Optimizer,
+    adamw_f32_kernel, check_float_vars, check_known_keys, check_step_args, step_key,
+    tensor_to_f32_vec, tensor_u64, u64_tensor, update_host, AdamScalars, AdamWConfig, Optimizer,
 };
 
 enum State8 {
@@ -71,13 +71,7 @@ impl AdamW8bit {
     ) -> Result<Self> {
         cfg.validate()?;
         ensure!(block_size > 0, "AdamW8bit: block_size must be > 0");
-        for (i, v) in vars.iter().enumerate() {
-            ensure!(
-                v.dtype().is_float(),
-                "AdamW8bit: variable {i} has non-float dtype {:?}",
-                v.dtype()
-            );
-        }
+        check_float_vars("AdamW8bit", &vars)?;
         Ok(Self {
             slots: vars
                 .into_iter()

@@ -86,6 +86,18 @@ impl AdamScalars {
 /// Elements per rayon task for elementwise kernels.
 pub(crate) const PAR_CHUNK: usize = 1 << 15;
 
+/// Every variable an optimizer is given must be of a float dtype.
+pub(crate) fn check_float_vars(optimizer: &str, vars: &[Var]) -> Result<()> {
+    for (i, v) in vars.iter().enumerate() {
+        ensure!(
+            v.dtype().is_float(),
+            "{optimizer}: variable {i} has non-float dtype {:?}",
+            v.dtype()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn check_step_args(
     n_vars: usize,
     grads: &[Option<Tensor>],
