@@ -1,6 +1,8 @@
 //! Tiny models built in the test: every trainable variable receives a gradient, and the
 //! KV-cache path equals the full forward.
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
 use ftlab::model::gpt_neox::GptNeoxConfig;
 use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::RandomSource;
@@ -121,14 +123,7 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
             );
         }
         let inc = Tensor::cat(&parts, 1).unwrap();
-        let diff = (full - inc)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&full, &inc);
         assert!(diff < 1e-4, "{name}: max diff {diff}");
         assert_eq!(cache.seq_len(), 8);
     }

@@ -106,14 +106,7 @@ fn checkpointed_gradients_equal_plain_gradients() {
     assert_eq!(l1, l2);
     for ((name, _), (a, b)) in tm.params.iter().zip(plain.iter().zip(&ckpt)) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(a, b);
         let scale = a
             .abs()
             .unwrap()
