@@ -456,9 +456,6 @@ fn sts_loss_falls_on_a_tiny_model_and_results_load_back() {
         if name == "ckpt" {
             cfg.model.gradient_checkpointing = true;
         }
-        if name == "lora" {
-            cfg.train.lr = 1e-2;
-        }
         let dir = root.path().join(format!("run-{name}"));
         let (before, evals, summary) = train(&cfg, &dir);
         let last = evals.last().unwrap().1;

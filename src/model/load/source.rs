@@ -37,26 +37,57 @@ pub(crate) fn check_shape(t: &Tensor, name: &str, shape: &Shape, origin: &Path) 
     Ok(())
 }
 
-/// Random weights for tiny models built inside tests and benchmarks.
+/// Random weights for tiny models built inside tests and benchmarks. Deterministic: each
+/// tensor is drawn from a generator seeded by the source's seed and the tensor's name, so
+/// the same model comes out on every machine and in any build order.
 pub struct RandomSource {
     origin: PathBuf,
     std_scale: f64,
+    seed: u64,
 }
 
 impl RandomSource {
-    /// `std_scale` multiplies the standard deviation of `Init::Normal` parameters.
+    /// `std_scale` multiplies the standard deviation of `Init::Normal` parameters; seed 0.
     pub fn new(std_scale: f64) -> Self {
+        Self::seeded(std_scale, 0)
+    }
+
+    /// Like [`RandomSource::new`] with another seed (another model).
+    pub fn seeded(std_scale: f64, seed: u64) -> Self {
         Self {
             origin: PathBuf::from("<random init>"),
             std_scale,
+            seed,
         }
+    }
+
+    fn normal(&self, name: &str, shape: &Shape, std: f64, device: &Device) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        // FNV-1a of the name, mixed with the seed.
+        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(name_hash ^ self.seed.rotate_left(32));
+        let n = shape.elem_count();
+        let mut values = Vec::with_capacity(n + 1);
+        // Box–Muller: two standard normals from two uniforms in (0, 1].
+        while values.len() < n {
+            let u1: f64 = 1.0 - rng.gen::<f64>();
+            let u2: f64 = rng.gen::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let theta = std::f64::consts::TAU * u2;
+            values.push((std * r * theta.cos()) as f32);
+            values.push((std * r * theta.sin()) as f32);
+        }
+        values.truncate(n);
+        Ok(Tensor::from_vec(values, shape.clone(), device)?)
     }
 }
 
 impl TensorSource for RandomSource {
-    fn get(&self, _name: &str, shape: &Shape, init: Init, device: &Device) -> Result<Tensor> {
+    fn get(&self, name: &str, shape: &Shape, init: Init, device: &Device) -> Result<Tensor> {
         Ok(match init {
-            Init::Normal(std) => Tensor::randn(0f32, (std * self.std_scale) as f32, shape, device)?,
+            Init::Normal(std) => self.normal(name, shape, std * self.std_scale, device)?,
             Init::Ones => Tensor::ones(shape, DType::F32, device)?,
             Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
         })
