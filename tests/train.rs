@@ -81,6 +81,10 @@ fn every_technique_lowers_the_eval_loss_of_a_tiny_model() {
         }
         let (summary, steps, initial) = run_training(&cfg, &root.path().join("run"), false, None);
         let last = summary.eval_losses.last().unwrap().1;
+        eprintln!(
+            "{name}: eval loss {initial:.4} → {last:.4}; train loss {:?}",
+            steps.iter().map(|s| s.1).collect::<Vec<_>>()
+        );
         assert!(
             last < initial * 0.9,
             "{name}: eval loss {initial:.4} → {last:.4}"
