@@ -134,6 +134,22 @@ keys Enter
 wait_for "end of turn\|token limit" 300
 shot infer 1
 
+# Search mode: the base MiniLM embeds data/docs (chunked) and lists the nearest chunks.
+keys Escape; keys m
+keys Enter
+tmux send-keys -t $SESSION -l "How many bikes does the bike share have?"
+keys Enter
+wait_for "nearest chunks" 300
+shot search 1
+
+# RAG mode: the same retrieval, then SmolLM2 answers from the retrieved chunks.
+keys Escape; keys m
+keys Enter
+tmux send-keys -t $SESSION -l "How much does Harrowby's optional garden waste collection cost per year?"
+keys Enter
+wait_for "end of turn\|token limit" 600
+shot rag 1
+
 # Help overlay.
 keys Escape; keys '?'; shot help
 keys Escape; keys q

@@ -6,7 +6,6 @@ mod common;
 use common::max_abs_diff;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use ftlab::adapt::peft::{apply_lora_to_linears, LoraConfig, TargetModules};
@@ -19,11 +18,11 @@ use ftlab::model::LoadOptions;
 use ftlab::runs::layout::RunDir;
 use ftlab::train::data::sts::{parse_pairs, rescale_label, LabelScale, StsFormat};
 use ftlab::train::data::DataError;
-use ftlab::train::events::{EventLine, TrainEvent};
+use ftlab::train::events::TrainEvent;
 use ftlab::train::sts_task::{
     self, average_ranks, evaluate_model, pearson, spearman, StsBatch, StsData, StsTask,
 };
-use ftlab::train::trainer::{TrainTask, Trainer};
+use ftlab::train::trainer::TrainTask;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -380,15 +379,8 @@ fn small_pairs(root: &Path, n: usize) -> PathBuf {
 }
 
 fn tiny_preset(root: &Path, model: &Path, data: &Path, extra: &str) -> RunConfig {
-    let text = format!(
-        r#"name = "tiny-sts"
-task = "sts"
-[model]
-spec = "{}"
-[data]
-train = "{}"
-eval = "{}"
-max_seq_len = 64
+    let rest = format!(
+        r#"max_seq_len = 64
 [train]
 seed = 3
 batch_size = 8
@@ -397,14 +389,15 @@ schedule = "constant"
 epochs = 6
 eval_every = 0
 save_total_limit = 1
-{extra}
-"#,
-        model.display(),
-        data.display(),
-        data.display()
+{extra}"#
     );
-    let path = root.join("preset.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = common::write_preset(
+        root,
+        "name = \"tiny-sts\"\ntask = \"sts\"",
+        model,
+        data,
+        &rest,
+    );
     RunConfig::load(&path, &[]).unwrap()
 }
 
@@ -414,15 +407,8 @@ fn train(
 ) -> (f64, Vec<(usize, f64, f64)>, ftlab::train::trainer::Summary) {
     let task = StsTask::from_config(cfg, Path::new(".")).unwrap();
     let before = task.evaluate(32, 0).unwrap().unwrap();
-    let mut trainer = Trainer {
-        cfg: cfg.clone(),
-        run: RunDir::new(dir),
-        task,
-        predicted_peak_bytes: None,
-    };
-    let stop = AtomicBool::new(false);
     let mut evals = Vec::new();
-    let mut sink = |l: &EventLine| {
+    let summary = common::run_trainer(cfg, task, dir, false, |l, _| {
         if let TrainEvent::Eval {
             step,
             loss,
@@ -432,8 +418,7 @@ fn train(
         {
             evals.push((*step, *loss, metrics["spearman"]));
         }
-    };
-    let summary = trainer.run(false, &stop, &mut sink).unwrap();
+    });
     (before.loss, evals, summary)
 }
 

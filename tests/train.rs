@@ -4,7 +4,7 @@
 mod common;
 
 use common::max_abs_diff;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use candle_core::{Device, Tensor};
 use ftlab::adapt::peft::{
@@ -13,12 +13,11 @@ use ftlab::adapt::peft::{
 use ftlab::config::RunConfig;
 use ftlab::infer::LanguageModel;
 use ftlab::model::LoadOptions;
-use ftlab::runs::layout::RunDir;
-use ftlab::train::events::{EventLine, TrainEvent};
+use ftlab::train::events::TrainEvent;
 use ftlab::train::setup;
 use ftlab::train::sft_task::{self, SftTask};
 use ftlab::train::step::forward_backward;
-use ftlab::train::trainer::{Summary, TrainTask, Trainer};
+use ftlab::train::trainer::{Summary, TrainTask};
 
 fn run_training(
     cfg: &RunConfig,
@@ -28,23 +27,15 @@ fn run_training(
 ) -> (Summary, Vec<(usize, f64)>, f64) {
     let task = SftTask::from_config(cfg, std::path::Path::new(".")).unwrap();
     let initial = task.evaluate(4, 0).unwrap().unwrap().loss;
-    let mut trainer = Trainer {
-        cfg: cfg.clone(),
-        run: RunDir::new(dir),
-        task,
-        predicted_peak_bytes: None,
-    };
-    let stop = AtomicBool::new(false);
     let mut steps = Vec::new();
-    let mut sink = |l: &EventLine| {
+    let summary = common::run_trainer(cfg, task, dir, resume, |l, stop| {
         if let TrainEvent::Step { step, loss, .. } = l.event {
             steps.push((step, loss));
             if Some(step) == stop_at {
                 stop.store(true, Ordering::SeqCst);
             }
         }
-    };
-    let summary = trainer.run(resume, &stop, &mut sink).unwrap();
+    });
     (summary, steps, initial)
 }
 

@@ -1,7 +1,13 @@
 //! Shared test helpers: a tiny LLaMA written as a real HF directory with SmolLM2's tokenizer.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
+
+use ftlab::config::RunConfig;
+use ftlab::runs::layout::RunDir;
+use ftlab::train::events::EventLine;
+use ftlab::train::trainer::{Summary, TrainTask, Trainer};
 
 use ftlab::infer::LanguageModel;
 use ftlab::model::tiny::{tiny_llama_config, write_tiny_llama};
@@ -44,14 +50,13 @@ pub fn small_sft(root: &Path, n: usize) -> PathBuf {
 
 /// A preset for the tiny model; `extra` is appended TOML.
 pub fn preset(root: &Path, model: &Path, data: &Path, extra: &str) -> PathBuf {
-    let text = format!(
-        r#"name = "tiny"
-[model]
-spec = "{}"
-[data]
-train = "{}"
-eval = "{}"
-max_seq_len = 96
+    write_preset(
+        root,
+        "name = \"tiny\"",
+        model,
+        data,
+        &format!(
+            r#"max_seq_len = 96
 [train]
 seed = 7
 batch_size = 4
@@ -61,8 +66,17 @@ schedule = "constant"
 max_steps = 12
 save_every = 4
 save_total_limit = 10
-{extra}
-"#,
+{extra}"#
+        ),
+    )
+}
+
+/// Writes `root/preset.toml`: `top` (name, task), `[model] spec = model`, `[data]` with
+/// `data` as both train and eval set, then `rest` (more `[data]` keys, then the other
+/// tables).
+pub fn write_preset(root: &Path, top: &str, model: &Path, data: &Path, rest: &str) -> PathBuf {
+    let text = format!(
+        "{top}\n[model]\nspec = \"{}\"\n[data]\ntrain = \"{}\"\neval = \"{}\"\n{rest}\n",
         model.display(),
         data.display(),
         data.display()
@@ -70,6 +84,26 @@ save_total_limit = 10
     let path = root.join("preset.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Trains `task` as `cfg` says into `dir` (resuming from its checkpoint when `resume`),
+/// handing every event to `on_event` together with the stop flag it may raise.
+pub fn run_trainer<T: TrainTask>(
+    cfg: &RunConfig,
+    task: T,
+    dir: &Path,
+    resume: bool,
+    mut on_event: impl FnMut(&EventLine, &AtomicBool),
+) -> Summary {
+    let mut trainer = Trainer {
+        cfg: cfg.clone(),
+        run: RunDir::new(dir),
+        task,
+        predicted_peak_bytes: None,
+    };
+    let stop = AtomicBool::new(false);
+    let mut sink = |l: &EventLine| on_event(l, &stop);
+    trainer.run(resume, &stop, &mut sink).unwrap()
 }
 
 /// Largest absolute element-wise difference of two tensors of the same shape.
