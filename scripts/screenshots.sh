@@ -99,8 +99,10 @@ mkdir -p "$OUT"
 sleep 1.5
 
 # Presets: edit the LoRA rank of tiny-lora, mark the three tiny presets.
-wait_for "Presets (7)" 20
-for _ in 1 2 3 4 5; do keys Down; done      # tiny-lora (presets/ first, then the user's)
+NPRESETS=$(ls "$WORK"/presets/*.toml | wc -l)
+wait_for "Presets ($((NPRESETS + 3)))" 20
+# tiny-lora: the project's presets come first, then the user's (tiny-full, tiny-lora, ...).
+for _ in $(seq $((NPRESETS + 1))); do keys Down; done
 keys e; keys Down; keys Down; keys Enter      # LoRA rank
 keys BSpace; keys 16; keys Enter; keys Escape
 keys Up; keys Space; keys Down; keys Space; keys Down; keys Space; keys Up

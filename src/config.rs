@@ -266,6 +266,15 @@ impl RunConfig {
         }
     }
 
+    /// The technique, with "sentence similarity" in front for STS runs (for lists that mix
+    /// both tracks).
+    pub fn technique_label(&self) -> String {
+        match self.task {
+            TaskKind::Sft => self.technique().to_string(),
+            TaskKind::Sts => format!("sentence similarity · {}", self.technique()),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.model.quant != QuantKind::None && self.lora.is_none() {
             bail!(

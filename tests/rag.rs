@@ -373,3 +373,60 @@ fn rag_cli_separates_answer_and_chunks() {
         assert!(chunks[0].get(key).is_some(), "{key} missing: {v}");
     }
 }
+
+/// `ftlab rag --questions FILE`: one answerable and one unanswerable question; the JSON
+/// report counts both, finds the source document, and scores each answer the way
+/// `rag_answer_correct` does. A malformed question file names its file and line.
+#[test]
+fn rag_cli_evaluates_a_question_file() {
+    use ftlab::infer::rag_eval::rag_answer_correct;
+    let dir = tempfile::tempdir().unwrap();
+    let questions = dir.path().join("q.jsonl");
+    std::fs::write(
+        &questions,
+        "{\"question\": \"On which day are bins in Harrowby's Zone North collected?\", \
+          \"answer\": \"Tuesdays\", \"source\": \"en_harrowby_recycling.txt\", \"lang\": \"en\"}\n\
+         {\"question\": \"Who founded the Kestrel Bikes scheme?\", \"answer\": null, \
+          \"source\": null, \"lang\": \"en\"}\n",
+    )
+    .unwrap();
+    let run = |file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ftlab"))
+            .args(["rag", "--docs", &repo("data/docs").to_string_lossy()])
+            .arg("--questions")
+            .arg(file)
+            .args(["--max-new-tokens", "24", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&questions);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total"]["questions"], 2, "{v}");
+    assert_eq!(v["total"]["with_source"], 1, "{v}");
+    assert_eq!(v["total"]["source_found"], 1, "{v}");
+    assert_eq!(v["by_kind"]["answerable"]["questions"], 1, "{v}");
+    assert_eq!(v["by_kind"]["unanswerable"]["questions"], 1, "{v}");
+    let samples = v["samples"].as_array().unwrap();
+    let mut correct = 0;
+    for s in samples {
+        let answer = s["answer"].as_str().unwrap();
+        assert!(!answer.is_empty(), "{v}");
+        let scored = rag_answer_correct(answer, s["expected"].as_str());
+        assert_eq!(s["correct"].as_bool(), Some(scored), "{s}");
+        correct += scored as u64;
+    }
+    assert_eq!(v["total"]["correct"], correct, "{v}");
+    assert_eq!(samples[0]["retrieved"][0], "en_harrowby_recycling.txt");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": \"Q?\", \"answer\": 3}\n").unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:1:", bad.display())), "{err}");
+}

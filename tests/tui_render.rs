@@ -174,6 +174,13 @@ fn presets_tab_lists_presets_with_technique_model_and_fields() {
         "technique of the selected preset:\n{s}"
     );
     assert!(s.contains("smollm2"), "model:\n{s}");
+    // The sentence-similarity presets say which track they are.
+    for label in [
+        "sentence similarity · full fine-tuning",
+        "sentence similarity · LoRA",
+    ] {
+        assert!(s.contains(label), "{label}:\n{s}");
+    }
     for field in [
         "batch size",
         "sequence length",

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod lm;
 pub mod perplexity;
 pub mod rag;
+pub mod rag_eval;
 pub mod sampling;
 pub mod search;
 pub mod split;

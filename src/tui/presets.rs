@@ -45,7 +45,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 "[ ] "
             };
             let tech = match &e.effective {
-                Ok(c) => c.technique().to_string(),
+                Ok(c) => c.technique_label(),
                 Err(_) => "config error".into(),
             };
             let mut spans = vec![
@@ -132,7 +132,7 @@ fn draw_detail(f: &mut Frame, app: &App, e: &super::app::PresetEntry, area: Rect
             lines.push(Line::from(vec![
                 Span::styled(c.name.clone(), Style::default().bold().fg(Color::Cyan)),
                 Span::raw(" — "),
-                Span::styled(c.technique().to_string(), Style::default().bold()),
+                Span::styled(c.technique_label(), Style::default().bold()),
             ]));
             if !c.description.is_empty() {
                 lines.push(Line::from(c.description.clone().dark_gray()));
