@@ -177,15 +177,22 @@ fn run_eval(args: &RagArgs, file: &Path) -> Result<()> {
         return Ok(());
     }
     let line = |name: &str, c: &RagCounts| {
+        let retrieval = if c.with_source == 0 {
+            "no source documents named".to_string()
+        } else {
+            format!(
+                "source in the top {}: {}/{} = {:.3}",
+                args.k,
+                c.source_found,
+                c.with_source,
+                c.hit_rate()
+            )
+        };
         println!(
-            "{name:<12} answer contains the expected one: {}/{} = {:.3}; source in the top {}: {}/{} = {:.3}",
+            "{name:<12} answer contains the expected one: {}/{} = {:.3}; {retrieval}",
             c.correct,
             c.questions,
-            c.accuracy(),
-            args.k,
-            c.source_found,
-            c.with_source,
-            c.hit_rate()
+            c.accuracy()
         )
     };
     line("all", &res.total);
