@@ -176,10 +176,20 @@ fn lora_merge_and_peft_save_reload_give_the_same_logits() {
         names.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
         "PEFT tensor names"
     );
+    // The training model's output is tracked for the backward pass.
+    assert!(adapted.track_op());
     // Reload onto a fresh base: identical logits.
     let mut fresh = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
     load_adapter(&adapter_dir, &mut fresh.model).unwrap();
     assert_eq!(max_abs_diff(&adapted, &logits(&fresh)), 0.0);
+    // Loaded for inference (`apply_run`, as generate/eval/RAG/the dashboard do): the same
+    // logits, and no autograd graph behind them (a tracked adapter keeps every activation
+    // of a forward pass alive).
+    let mut inference = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
+    inference.apply_run(&adapter_dir).unwrap();
+    let out = logits(&inference);
+    assert_eq!(max_abs_diff(&adapted, &out), 0.0);
+    assert!(!out.track_op(), "inference logits are tracked for autograd");
     // Merge: same logits (up to float rounding), no adapters left.
     assert_eq!(merge_adapters(&mut lm.model).unwrap(), 6);
     let d = max_abs_diff(&adapted, &logits(&lm));

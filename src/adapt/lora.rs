@@ -11,6 +11,11 @@ pub struct LoraAdapter {
     pub dropout: f32,
     /// Dropout is applied only while training.
     pub training: bool,
+    /// Inference only: the forward pass uses detached factors, so nothing is tracked for
+    /// a backward pass. (With tracked factors every activation of a forward pass stays
+    /// alive until its output is dropped: a 1,441-token RAG prompt through SmolLM2
+    /// grew past 24 GB and was OOM-killed; frozen, the process peaks at 1.1 GB.) Set by [`crate::model::linear::Linear::freeze`].
+    pub frozen: bool,
 }
 
 impl LoraAdapter {
@@ -47,6 +52,7 @@ impl LoraAdapter {
             scale: alpha / r as f64,
             dropout,
             training: false,
+            frozen: false,
         })
     }
 
@@ -63,8 +69,13 @@ impl LoraAdapter {
         };
         // The scale goes on the rank-r intermediate, not on the output: one fewer
         // output-sized tensor kept for the backward pass per adapted layer.
-        let h = (x.matmul(&self.a.as_tensor().t()?)? * self.scale)?;
-        h.matmul(&self.b.as_tensor().t()?)
+        let (a, b) = if self.frozen {
+            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
+        } else {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        };
+        let h = (x.matmul(&a.t()?)? * self.scale)?;
+        h.matmul(&b.t()?)
     }
 
     /// ΔW = scale · B A, shaped (out, in) like the base weight.

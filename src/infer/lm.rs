@@ -143,6 +143,7 @@ impl LanguageModel {
         for dir in &candidates {
             if dir.join(ADAPTER_CONFIG).exists() {
                 let vars = load_adapter(dir, &mut self.model)?;
+                self.model.freeze();
                 return Ok(format!(
                     "LoRA adapter {} ({} tensors)",
                     dir.display(),

@@ -515,6 +515,10 @@ pub fn load_encoder(spec: &str) -> Result<(Embedder, String)> {
             let device = e.device().clone();
             let dtype = e.model().dtype();
             let vars = load_adapter_linears(path, e.model_mut().linears_mut(), &device, dtype)?;
+            // Inference only: no autograd graph behind the embeddings.
+            for (_, l) in e.model_mut().linears_mut() {
+                l.freeze();
+            }
             return Ok((
                 e,
                 format!(

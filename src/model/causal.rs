@@ -234,6 +234,19 @@ impl CausalLm {
         }
     }
 
+    /// For inference: no weight (adapters, a trained embedding or head included) is
+    /// tracked for autograd any more, so forward passes keep no graph.
+    pub fn freeze(&mut self) {
+        for (_, l) in self.linears_mut() {
+            l.freeze();
+        }
+        if let Some(h) = self.lm_head_mut() {
+            h.freeze();
+        }
+        let embed = self.embed_weight().detach();
+        self.set_embed(embed);
+    }
+
     /// Sets train/eval mode (LoRA dropout is active only in training).
     pub fn set_training(&mut self, training: bool) {
         for (_, l) in self.linears_mut() {

@@ -106,6 +106,18 @@ impl Linear {
         self.lora = lora;
     }
 
+    /// For inference: nothing of this layer (dense weight, bias, LoRA factors) is tracked
+    /// for autograd any more, so a forward pass keeps no graph.
+    pub fn freeze(&mut self) {
+        if let BaseWeight::Dense(w) = &self.base {
+            self.base = BaseWeight::Dense(w.detach());
+        }
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+        if let Some(l) = &mut self.lora {
+            l.frozen = true;
+        }
+    }
+
     pub fn in_features(&self) -> usize {
         self.base.dims().1
     }
