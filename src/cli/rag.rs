@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::generate::SamplingArgs;
 use super::input::read_utf8_file;
 use crate::infer::rag::{Rag, RagOptions, Retriever, DEFAULT_TEMPLATE};
-use crate::infer::rag_eval::{evaluate, greedy, load_questions, RagCounts};
+use crate::infer::rag_eval::{evaluate, load_questions, RagCounts};
 use crate::infer::sampling::SamplingParams;
 use crate::infer::search::{load_encoder, Hit};
 use crate::infer::split::SplitConfig;
@@ -156,7 +156,11 @@ fn run_eval(args: &RagArgs, file: &Path) -> Result<()> {
     if args.limit > 0 {
         questions.truncate(args.limit);
     }
-    let rag = load(args, greedy(), args.max_new_tokens.unwrap_or(48))?;
+    let rag = load(
+        args,
+        SamplingParams::greedy(),
+        args.max_new_tokens.unwrap_or(48),
+    )?;
     let res = evaluate(&rag, &questions, |i, n, s| {
         let source = match s.source_found {
             Some(true) => "source retrieved",

@@ -214,14 +214,7 @@ impl Default for RagOptions {
             chat: true,
             system: None,
             max_new_tokens: 256,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_p: 1.0,
-                top_k: 0,
-                repeat_penalty: 1.0,
-                repeat_last_n: 64,
-                seed: 42,
-            },
+            sampling: SamplingParams::greedy(),
         }
     }
 }

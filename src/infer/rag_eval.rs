@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::rag::Rag;
-use super::sampling::SamplingParams;
 use crate::train::evaluate::contains_answer;
 
 /// Phrases that say the context does not answer the question (ftlab's SFT data uses the
@@ -152,18 +151,10 @@ pub struct RagEval {
     pub samples: Vec<RagSample>,
 }
 
-/// Greedy decoding, no repetition penalty: the evaluation's sampling.
-pub fn greedy() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        repeat_penalty: 1.0,
-        ..SamplingParams::default()
-    }
-}
-
-/// Answers every question with `rag` (its own sampling settings; use [`greedy`] for a
-/// reproducible score) and scores retrieval and answers. `progress(i, n, sample)` after
-/// each question.
+/// Answers every question with `rag`, using its own sampling settings
+/// ([`SamplingParams::greedy`](super::sampling::SamplingParams::greedy) gives a
+/// reproducible score), and scores retrieval and answers. `progress(i, n, sample)` runs
+/// after each question.
 pub fn evaluate(
     rag: &Rag,
     questions: &[RagQuestion],

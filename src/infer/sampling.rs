@@ -33,6 +33,18 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy decoding without repetition penalty: what evaluations and RAG use by default
+    /// (top-p, top-k and the seed do not matter at temperature 0).
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            repeat_penalty: 1.0,
+            ..Self::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             bail!("temperature must be ≥ 0, got {}", self.temperature);

@@ -71,11 +71,7 @@ pub fn answer_accuracy(
         by_category: BTreeMap::new(),
         samples: Vec::new(),
     };
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        repeat_penalty: 1.0,
-        ..SamplingParams::default()
-    };
+    let greedy = SamplingParams::greedy();
     for (i, r) in chosen.iter().enumerate() {
         let (ids, _) = lm.stream(
             tok.prompt_ids(&r.example)?,
