@@ -148,8 +148,9 @@ impl Default for InferState {
     }
 }
 
-fn is_sts(r: &RunRecord) -> bool {
-    r.config.as_ref().is_some_and(|c| c.task == TaskKind::Sts)
+/// The run's task (SFT when its config is unreadable, as for any config without `task`).
+fn run_task(r: &RunRecord) -> TaskKind {
+    r.config.as_ref().map(|c| c.task).unwrap_or_default()
 }
 
 fn run_target(r: &RunRecord, model: String, adapter: Option<PathBuf>) -> InferTarget {
@@ -255,38 +256,39 @@ impl App {
     /// The language models the Inference tab offers: each base LM of the presets, then each
     /// finished SFT run with a result (adapter or weights), newest first.
     pub fn infer_targets(&self) -> Vec<InferTarget> {
-        let mut specs: Vec<String> = vec!["smollm2".into()];
-        for e in &self.presets.entries {
-            if let Ok(c) = &e.base {
-                if c.task == TaskKind::Sft && !specs.contains(&c.model.spec) {
-                    specs.push(c.model.spec.clone());
-                }
-            }
-        }
-        let mut out: Vec<InferTarget> = specs.into_iter().map(base_target).collect();
-        for r in self.runs.iter().rev() {
-            if r.status.is_finished_ok() && r.has_result() && !is_sts(r) {
-                out.push(run_target(r, r.model(), Some(r.dir.clone())));
-            }
-        }
-        out
+        self.targets_of(TaskKind::Sft, "smollm2", |r| {
+            run_target(r, r.model(), Some(r.dir.clone()))
+        })
     }
 
     /// The sentence encoders: each base encoder of the STS presets (MiniLM at least), then
     /// each finished STS run with a result (its best checkpoint), newest first.
     pub fn encoder_targets(&self) -> Vec<InferTarget> {
-        let mut specs: Vec<String> = vec!["minilm".into()];
+        self.targets_of(TaskKind::Sts, "minilm", |r| {
+            run_target(r, r.dir.display().to_string(), None)
+        })
+    }
+
+    /// `default_spec` and the other base models of `task`'s presets, then each finished run
+    /// of `task` with a result (as `run` makes its target), newest first.
+    fn targets_of(
+        &self,
+        task: TaskKind,
+        default_spec: &str,
+        run: impl Fn(&RunRecord) -> InferTarget,
+    ) -> Vec<InferTarget> {
+        let mut specs: Vec<String> = vec![default_spec.into()];
         for e in &self.presets.entries {
             if let Ok(c) = &e.base {
-                if c.task == TaskKind::Sts && !specs.contains(&c.model.spec) {
+                if c.task == task && !specs.contains(&c.model.spec) {
                     specs.push(c.model.spec.clone());
                 }
             }
         }
         let mut out: Vec<InferTarget> = specs.into_iter().map(base_target).collect();
         for r in self.runs.iter().rev() {
-            if r.status.is_finished_ok() && r.has_result() && is_sts(r) {
-                out.push(run_target(r, r.dir.display().to_string(), None));
+            if r.status.is_finished_ok() && r.has_result() && run_task(r) == task {
+                out.push(run(r));
             }
         }
         out
@@ -335,7 +337,7 @@ impl App {
     /// False when the run has no result to load.
     pub fn open_in_inference(&mut self, r: &RunRecord) -> bool {
         let key = format!("run:{}", r.id);
-        self.infer.mode = if is_sts(r) {
+        self.infer.mode = if run_task(r) == TaskKind::Sts {
             InferMode::Search
         } else {
             InferMode::Chat
