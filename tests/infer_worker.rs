@@ -1,17 +1,15 @@
 //! The Inference tab's worker thread, driven through its channel as the dashboard drives it:
 //! search jobs embed the documents folder with the real MiniLM and return the nearest
 //! chunks; bad folders come back as a failure, and the thread keeps serving.
-use std::path::{Path, PathBuf};
+mod common;
+use common::repo;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use ftlab::infer::sampling::SamplingParams;
 use ftlab::tui::infer_worker::{spawn, InferEvent, InferJob, InferRequest, InferTarget};
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
 
 fn minilm() -> InferTarget {
     InferTarget {

@@ -1,7 +1,9 @@
 //! Retrieval-augmented generation: the recursive splitter (sizes, overlaps, nothing lost or
 //! duplicated, English and Japanese), prompt templates, document folders, retrieval with
 //! the real all-MiniLM-L6-v2 on ftlab's documents, and an answer streamed from SmolLM2.
-use std::path::{Path, PathBuf};
+mod common;
+use common::repo;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use ftlab::infer::embed::Embedder;
@@ -14,10 +16,6 @@ use ftlab::infer::LanguageModel;
 use ftlab::model::LoadOptions;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn cfg(chunk_size: usize, chunk_overlap: usize) -> SplitConfig {
     SplitConfig {
@@ -344,11 +342,7 @@ fn rag_cli_separates_answer_and_chunks() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out);
         (
             String::from_utf8(out.stdout).unwrap(),
             String::from_utf8(out.stderr).unwrap(),
@@ -400,11 +394,7 @@ fn rag_cli_evaluates_a_question_file() {
             .unwrap()
     };
     let out = run(&questions);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total"]["questions"], 2, "{v}");
     assert_eq!(v["total"]["with_source"], 1, "{v}");

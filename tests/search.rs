@@ -1,6 +1,7 @@
 //! The HNSW index (hnsw_rs): recall@10 against exact search on 10,000 vectors, save/load
 //! round trips, clear errors for a wrong dimension, an empty index and a broken directory,
 //! corpus files, and text search with the real all-MiniLM-L6-v2.
+mod common;
 use std::path::Path;
 
 use ftlab::infer::search::{
@@ -223,11 +224,7 @@ fn index_and_search_cli() {
         .arg(&index)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("indexed 3 documents"));
     let out = std::process::Command::new(ftlab)
         .args(["search", "--index"])
@@ -235,11 +232,7 @@ fn index_and_search_cli() {
         .args(["a kitten napping", "-k", "2"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");

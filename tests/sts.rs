@@ -4,6 +4,7 @@
 //! (the loss falls; full and LoRA results load back as encoders).
 mod common;
 use common::max_abs_diff;
+use common::repo;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -23,10 +24,6 @@ use ftlab::train::sts_task::{
     self, average_ranks, evaluate_model, pearson, spearman, StsBatch, StsData, StsTask,
 };
 use ftlab::train::trainer::TrainTask;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 // ------------------------------------------------------------------ metrics
 
@@ -82,6 +79,15 @@ fn labels_rescale_to_the_cosine_range() {
 
 // ------------------------------------------------------------------ pair files
 
+/// Exactly one problem per `(prefix, needle)`, in order: it starts with the prefix (file
+/// and line) and mentions the needle.
+fn assert_problems(p: &[String], expected: &[(&str, &str)]) {
+    assert_eq!(p.len(), expected.len(), "{p:#?}");
+    for (got, (prefix, needle)) in p.iter().zip(expected) {
+        assert!(got.starts_with(prefix) && got.contains(needle), "{got}");
+    }
+}
+
 fn problems(err: anyhow::Error) -> Vec<String> {
     err.downcast_ref::<DataError>()
         .unwrap_or_else(|| panic!("not a DataError: {err:#}"))
@@ -113,31 +119,15 @@ not json
 {"sentence1": "a", "sentence2": "b"}
 "#;
     let p = problems(parse_pairs(bad.as_bytes(), "bad.jsonl", StsFormat::Jsonl).unwrap_err());
-    assert_eq!(p.len(), 5, "{p:#?}");
-    assert!(
-        p[0].starts_with("bad.jsonl:2:") && p[0].contains("outside [0, 5]"),
-        "{}",
-        p[0]
-    );
-    assert!(
-        p[1].starts_with("bad.jsonl:3:") && p[1].contains("sentence2"),
-        "{}",
-        p[1]
-    );
-    assert!(
-        p[2].starts_with("bad.jsonl:4:") && p[2].contains("invalid JSON"),
-        "{}",
-        p[2]
-    );
-    assert!(
-        p[3].starts_with("bad.jsonl:5:") && p[3].contains("empty"),
-        "{}",
-        p[3]
-    );
-    assert!(
-        p[4].starts_with("bad.jsonl:6:") && p[4].contains("label"),
-        "{}",
-        p[4]
+    assert_problems(
+        &p,
+        &[
+            ("bad.jsonl:2:", "outside [0, 5]"),
+            ("bad.jsonl:3:", "sentence2"),
+            ("bad.jsonl:4:", "invalid JSON"),
+            ("bad.jsonl:5:", "empty"),
+            ("bad.jsonl:6:", "label"),
+        ],
     );
 }
 
@@ -155,16 +145,12 @@ fn stsb_tsv_loads_with_stray_quotes() {
 
     let bad = "sentence1\tsentence2\tscore\na\tb\t1\nonly two\tfields\nc\td\tx\n";
     let p = problems(parse_pairs(bad.as_bytes(), "bad.tsv", StsFormat::Tsv).unwrap_err());
-    assert_eq!(p.len(), 2, "{p:#?}");
-    assert!(
-        p[0].starts_with("bad.tsv:3:") && p[0].contains("expected 3 fields"),
-        "{}",
-        p[0]
-    );
-    assert!(
-        p[1].starts_with("bad.tsv:4:") && p[1].contains("not a number"),
-        "{}",
-        p[1]
+    assert_problems(
+        &p,
+        &[
+            ("bad.tsv:3:", "expected 3 fields"),
+            ("bad.tsv:4:", "not a number"),
+        ],
     );
 }
 

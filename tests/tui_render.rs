@@ -1,6 +1,8 @@
 //! The dashboard drawn into ratatui's TestBackend, tab by tab and state by state (empty,
 //! running, finished, failed). Assertions are on what matters — labels, values, the presence
 //! of a chart — not on whole-screen snapshots.
+mod common;
+use common::repo;
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -15,10 +17,6 @@ use ftlab::tui::infer_worker::{InferEvent, InferJob, InferRequest};
 use ftlab::tui::{draw, Action, App, GpuState, Tab};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
 
 fn no_gpu() -> GpuState {
     GpuState::Unavailable("NVIDIA driver library not found".into())

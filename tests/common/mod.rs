@@ -106,6 +106,15 @@ pub fn run_trainer<T: TrainTask>(
     trainer.run(resume, &stop, &mut sink).unwrap()
 }
 
+/// Fails the test with the command's stderr unless it exited successfully.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Largest absolute element-wise difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (a - b)
