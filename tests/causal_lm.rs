@@ -1,16 +1,21 @@
 //! Tiny models built in the test: every trainable variable receives a gradient, and the
 //! KV-cache path equals the full forward.
 mod common;
+use std::collections::BTreeSet;
+
 use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
+use ftlab::model::arch::{Weight, WeightKind, REGISTRY};
+use ftlab::model::export::model_tensors;
 use ftlab::model::gpt_neox::GptNeoxConfig;
 use ftlab::model::llama::LlamaConfig;
+use ftlab::model::load::safetensors::SafetensorsSource;
 use ftlab::model::load::RandomSource;
 use ftlab::model::ops::masked_cross_entropy;
 use ftlab::model::{ArchConfig, CausalLm, LoadOptions};
 
 fn llama_cfg(attention_bias: bool, tie: bool) -> ArchConfig {
-    ArchConfig::Llama(LlamaConfig {
+    ArchConfig::from(LlamaConfig {
         vocab_size: 61,
         hidden_size: 32,
         intermediate_size: 48,
@@ -27,7 +32,11 @@ fn llama_cfg(attention_bias: bool, tie: bool) -> ArchConfig {
 }
 
 fn neox_cfg(parallel: bool, rotary_pct: f64) -> ArchConfig {
-    ArchConfig::GptNeox(GptNeoxConfig {
+    neox_cfg_tied(parallel, rotary_pct, false)
+}
+
+fn neox_cfg_tied(parallel: bool, rotary_pct: f64, tie: bool) -> ArchConfig {
+    ArchConfig::from(GptNeoxConfig {
         vocab_size: 61,
         hidden_size: 32,
         intermediate_size: 64,
@@ -38,7 +47,7 @@ fn neox_cfg(parallel: bool, rotary_pct: f64) -> ArchConfig {
         layer_norm_eps: 1e-5,
         max_position_embeddings: 64,
         use_parallel_residual: parallel,
-        tie_word_embeddings: false,
+        tie_word_embeddings: tie,
         hidden_act: "gelu".into(),
     })
 }
@@ -50,6 +59,7 @@ fn all_configs() -> Vec<(&'static str, ArchConfig)> {
         ("qwen2 (q/k/v biases)", llama_cfg(true, false)),
         ("gpt-neox parallel residual", neox_cfg(true, 0.25)),
         ("gpt-neox sequential residual", neox_cfg(false, 1.0)),
+        ("gpt-neox tied", neox_cfg_tied(true, 0.25, true)),
     ]
 }
 
@@ -143,4 +153,98 @@ fn positions_beyond_the_context_are_an_error_not_a_panic() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("maximum of 64 positions"), "{err}");
+}
+
+/// The full HF tensor names the weight table reaches (what merge, export, full-weight
+/// loading and parameter counts see).
+fn table_tensor_names(m: &CausalLm) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for w in m.weights() {
+        match (w.weight, w.kind) {
+            (Weight::Linear(l), _) | (Weight::OptLinear(Some(l)), _) => {
+                out.insert(format!("{}.weight", w.name));
+                if l.bias().is_some() {
+                    out.insert(format!("{}.bias", w.name));
+                }
+            }
+            (Weight::OptLinear(None), _) => {}
+            (Weight::Tensor(_), WeightKind::Embedding { .. }) => {
+                out.insert(format!("{}.weight", w.name));
+            }
+            (Weight::Tensor(_), _) => {
+                out.insert(w.name.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_loaded_tensor_is_reachable_through_the_weight_table() {
+    let mut covered = BTreeSet::new();
+    for (name, cfg) in all_configs() {
+        covered.insert(cfg.arch().as_str());
+        let loaded = trainable(&cfg);
+        let loaded_names: BTreeSet<String> = loaded.params.iter().map(|(n, _)| n.clone()).collect();
+        let table = table_tensor_names(&loaded.model);
+        assert_eq!(
+            table, loaded_names,
+            "{name}: table and loaded tensors differ"
+        );
+        // Export writes every one of them, and the memory plan names the same tensors.
+        let exported: BTreeSet<String> =
+            model_tensors(&loaded.model).unwrap().into_keys().collect();
+        assert_eq!(
+            exported, loaded_names,
+            "{name}: export drops or adds a tensor"
+        );
+        let planned: BTreeSet<String> = cfg.shape().params().into_iter().map(|p| p.name).collect();
+        assert_eq!(planned, loaded_names, "{name}: the plan's tensors differ");
+    }
+    // Independently of ftlab's loader: the tiny models HF transformers saved
+    // (tests/fixtures/*/PROVENANCE.md) hold exactly the tensors the table names.
+    for fixture in ["llama", "qwen2", "gpt_neox", "gpt_neox_seq"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        let in_file: BTreeSet<String> = SafetensorsSource::open_dir(&dir)
+            .unwrap()
+            .names()
+            .into_iter()
+            .collect();
+        let model = CausalLm::from_hf_dir(&dir, &LoadOptions::default()).unwrap();
+        assert_eq!(table_tensor_names(&model.model), in_file, "{fixture}");
+        covered.insert(model.model.config().arch().as_str());
+    }
+    // Every registered architecture is among the cases above.
+    let registered: BTreeSet<&str> = REGISTRY.iter().map(|a| a.as_str()).collect();
+    assert_eq!(
+        covered, registered,
+        "add a test config for each registered architecture"
+    );
+}
+
+#[test]
+fn an_exported_model_reloads_to_the_same_logits() {
+    for (name, cfg) in all_configs() {
+        let loaded = trainable(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = model_tensors(&loaded.model).unwrap();
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&cfg.hf_config()).unwrap(),
+        )
+        .unwrap();
+        let back = CausalLm::from_hf_dir(dir.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(back.model.config().shape(), cfg.shape(), "{name}");
+        let x = ids(2, 7);
+        let a = loaded.model.forward(&x, 0, None).unwrap();
+        let b = back.model.forward(&x, 0, None).unwrap();
+        let diff = max_abs_diff(&a, &b);
+        assert!(
+            diff == 0.0,
+            "{name}: logits differ by {diff} after export and reload"
+        );
+    }
 }

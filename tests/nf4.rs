@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use ftlab::adapt::lora::LoraAdapter;
-use ftlab::adapt::nf4::{
+use ftlab::adapt::quantize::quantize_base;
+use ftlab::model::linear::frozen::quant_matmul_t;
+use ftlab::model::linear::quant4::{
     Absmax, Quant4Kind, Quant4Tensor, BLOCK_SIZE, DQ_BLOCK_SIZE, FP4_CODE, NF4_CODE,
 };
-use ftlab::adapt::quant_linear::{quant_matmul_t, quantize_base};
-use ftlab::model::linear::{BaseWeight, Linear};
+use ftlab::model::linear::{BaseWeight, Linear, LoraAdapter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -10,7 +10,7 @@ use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::RandomSource;
 use ftlab::model::{ArchConfig, CausalLm, LoadOptions};
 use ftlab::plan::{
-    plan, plan_forward, Arch, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique,
+    plan, plan_forward, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique,
     NF4_DQ_BITS,
 };
 
@@ -32,7 +32,7 @@ fn smollm2_config() -> LlamaConfig {
 }
 
 fn tiny_llama(tie: bool, bias: bool) -> ArchConfig {
-    ArchConfig::Llama(LlamaConfig {
+    ArchConfig::from(LlamaConfig {
         vocab_size: 61,
         hidden_size: 32,
         intermediate_size: 48,
@@ -49,7 +49,7 @@ fn tiny_llama(tie: bool, bias: bool) -> ArchConfig {
 }
 
 fn tiny_neox(tie: bool) -> ArchConfig {
-    ArchConfig::GptNeox(GptNeoxConfig {
+    ArchConfig::from(GptNeoxConfig {
         vocab_size: 61,
         hidden_size: 32,
         intermediate_size: 64,
@@ -86,10 +86,10 @@ fn ladder() -> [(&'static str, Technique); 4] {
 
 #[test]
 fn smollm2_param_count_is_134_515_008() {
-    let s = ModelShape::from_llama(&smollm2_config());
+    let s = smollm2_config().shape();
     assert_eq!(s, smol());
     assert_eq!(s.param_count(), 134_515_008);
-    assert_eq!(s.arch, Arch::Llama);
+    assert_eq!(s.arch, ftlab::model::llama::ARCH);
     // Untied, the LM head adds vocab × hidden.
     let untied = ModelShape {
         tied_embeddings: false,
@@ -114,7 +114,7 @@ fn param_count_matches_the_variables_of_built_models() {
         };
         let loaded = CausalLm::build(&RandomSource::new(1.0), &cfg, &opts).unwrap();
         let real: usize = loaded.params.iter().map(|(_, v)| v.elem_count()).sum();
-        let shape = ModelShape::from_arch(&cfg);
+        let shape = cfg.shape();
         assert_eq!(shape.param_count(), real as u64, "{name}");
         // Names match the model's own, so LoRA targeting by name is the same.
         let names: Vec<String> = shape.params().into_iter().map(|p| p.name).collect();
@@ -286,9 +286,10 @@ fn plan_renders_a_mib_table() {
 
 #[test]
 fn gpt_neox_plans_are_consistent() {
-    let ArchConfig::GptNeox(cfg) = tiny_neox(false) else {
-        unreachable!()
-    };
+    let cfg = tiny_neox(false)
+        .downcast::<GptNeoxConfig>()
+        .cloned()
+        .expect("a GPT-NeoX config");
     let shape = ModelShape {
         hidden: 512,
         intermediate: 2048,
@@ -298,7 +299,7 @@ fn gpt_neox_plans_are_consistent() {
         kv_heads: 8,
         rotary_dim: 16,
         vocab: 50_304,
-        ..ModelShape::from_gpt_neox(&cfg)
+        ..cfg.shape()
     };
     let p = |t| plan(&PlanInput::new(shape.clone(), 2, 128, t)).total;
     assert!(p(Technique::qlora(8)) < p(Technique::lora(8)));
@@ -311,8 +312,8 @@ fn gpt_neox_plans_are_consistent() {
 
 mod measure {
     use super::*;
-    use ftlab::adapt::nf4::Quant4Kind;
     use ftlab::adapt::peft::{apply_lora, LoraConfig, TargetModules};
+    use ftlab::model::linear::Quant4Kind;
     use ftlab::telemetry::{peak_rss_bytes, reset_peak, rss_bytes};
     use ftlab::train::data::sft::Batch;
     use ftlab::train::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
@@ -357,7 +358,7 @@ mod measure {
     pub fn run(sc: Scenario) -> (f64, f64) {
         let rss0 = rss_bytes(None).unwrap();
         let cfg = smollm2_config();
-        let shape = ModelShape::from_llama(&cfg);
+        let shape = cfg.shape();
         let tech = sc.technique.clone();
         let opts = LoadOptions {
             trainable: tech.full,
@@ -365,7 +366,7 @@ mod measure {
         };
         let mut loaded = CausalLm::build(
             &RandomSource::new(1.0),
-            &ArchConfig::Llama(cfg.clone()),
+            &ArchConfig::from(cfg.clone()),
             &opts,
         )
         .unwrap();
@@ -448,11 +449,11 @@ mod measure {
         let cfg = smollm2_config();
         let loaded = CausalLm::build(
             &RandomSource::new(1.0),
-            &ArchConfig::Llama(cfg.clone()),
+            &ArchConfig::from(cfg.clone()),
             &LoadOptions::default(),
         )
         .unwrap();
-        let input = PlanInput::new(ModelShape::from_llama(&cfg), b, t, Technique::baseline());
+        let input = PlanInput::new(cfg.shape(), b, t, Technique::baseline());
         let p = plan_forward(&input);
         println!("--- frozen forward ({b}x{t}) ---\n{p}");
         println!(
@@ -677,7 +678,7 @@ fn diagnose_ckpt_phases() {
     };
     let loaded = CausalLm::build(
         &RandomSource::new(1.0),
-        &ArchConfig::Llama(cfg.clone()),
+        &ArchConfig::from(cfg.clone()),
         &opts,
     )
     .unwrap();
@@ -767,8 +768,8 @@ fn diagnose_ckpt_phases() {
 #[test]
 #[ignore]
 fn diagnose_plain_phases() {
-    use ftlab::adapt::nf4::Quant4Kind;
     use ftlab::adapt::peft::{apply_lora, LoraConfig, TargetModules};
+    use ftlab::model::linear::Quant4Kind;
     use ftlab::model::ops::masked_cross_entropy;
     use ftlab::telemetry::{peak_rss_bytes, reset_peak, rss_bytes};
     let b: usize = std::env::var("FTLAB_DIAG_B")
@@ -787,7 +788,7 @@ fn diagnose_plain_phases() {
     };
     let mut loaded = CausalLm::build(
         &RandomSource::new(1.0),
-        &ArchConfig::Llama(cfg.clone()),
+        &ArchConfig::from(cfg.clone()),
         &opts,
     )
     .unwrap();

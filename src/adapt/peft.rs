@@ -8,8 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::lora::LoraAdapter;
-use crate::model::linear::{BaseWeight, Linear};
+use crate::model::linear::{BaseWeight, Linear, LoraAdapter};
 use crate::model::CausalLm;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -151,11 +150,11 @@ fn make_modules_trainable(model: &mut CausalLm, modules: &[String]) -> Result<Ve
     for m in modules {
         let embed = model.embed_module_name();
         let head = model.head_module_name();
-        if matches(embed, m) {
+        if matches(&embed, m) {
             let v = Var::from_tensor(&model.embed_weight().detach())?;
             model.set_embed(v.as_tensor().clone());
             vars.push((format!("{PEFT_PREFIX}{embed}.weight"), v));
-        } else if matches(head, m) {
+        } else if matches(&head, m) {
             let l = model
                 .lm_head_mut()
                 .ok_or_else(|| anyhow!("modules_to_save `{m}`: the LM head is tied to the embeddings; train `{embed}` instead"))?;

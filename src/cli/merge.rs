@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use crate::adapt::peft::merge_adapters;
 use crate::config::RunConfig;
 use crate::infer::LanguageModel;
-use crate::model::export::{model_tensors, write_llama_dir};
-use crate::model::{CausalLm, LoadOptions};
+use crate::model::export::{model_tensors, write_hf_dir};
+use crate::model::LoadOptions;
 use crate::runs::layout::RunDir;
 
 #[derive(clap::Args, Debug)]
@@ -40,12 +40,8 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let mut lm = LanguageModel::load_spec(&spec, &LoadOptions::default())?;
     eprintln!("applied {}", lm.apply_run(&args.run)?);
     let merged = merge_adapters(&mut lm.model)?;
-    let cfg = match &lm.model {
-        CausalLm::Llama(m) => m.cfg.clone(),
-        CausalLm::GptNeox(_) => bail!("merge writes LLaMA-family models (LLaMA, Qwen2) only"),
-    };
-    let tensors = model_tensors(&mut lm.model)?;
-    write_llama_dir(&args.out, &cfg, &tensors, &lm)?;
+    let tensors = model_tensors(&lm.model)?;
+    write_hf_dir(&args.out, lm.model.config(), &tensors, lm.text_side())?;
     println!("merged {merged} adapted layers into {}", args.out.display());
     Ok(())
 }

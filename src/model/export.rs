@@ -1,57 +1,54 @@
-//! Writing a LLaMA-family model as a Hugging Face directory: config.json,
-//! model.safetensors, tokenizer.json and tokenizer_config.json (with the chat template).
+//! Writing a decoder as a Hugging Face directory: config.json (from the architecture's
+//! config), model.safetensors (every weight of its table), tokenizer.json and
+//! tokenizer_config.json (with the chat template).
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor};
+use tokenizers::Tokenizer;
 
-use super::llama::LlamaConfig;
+use super::arch::{ArchConfig, Weight};
+use super::load::tokenizer::SpecialTokens;
 use super::CausalLm;
-use crate::infer::LanguageModel;
 
-/// Writes `tensors` (HF names) with `cfg`, plus the tokenizer side of `text_from`.
-pub fn write_llama_dir(
+/// The text side of a language model, as an HF directory stores it.
+#[derive(Clone, Copy)]
+pub struct TextSide<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub special: &'a SpecialTokens,
+    pub chat_template: Option<&'a str>,
+}
+
+/// Writes `tensors` (HF names) with the config of `cfg`, plus the tokenizer side `text`.
+pub fn write_hf_dir(
     dir: &Path,
-    cfg: &LlamaConfig,
+    cfg: &ArchConfig,
     tensors: &HashMap<String, Tensor>,
-    text_from: &LanguageModel,
+    text: TextSide<'_>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     candle_core::safetensors::save(tensors, dir.join("model.safetensors"))?;
-    let config = serde_json::json!({
-        "architectures": [if cfg.attention_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-        "model_type": if cfg.attention_bias { "qwen2" } else { "llama" },
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "attention_bias": cfg.attention_bias,
-        "bos_token_id": text_from.special.bos,
-        "eos_token_id": text_from.special.eos,
-        "torch_dtype": "float32",
-    });
+    let mut config = cfg.hf_config();
+    let fields = config
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("the architecture's HF config is not a JSON object"))?;
+    fields.insert("bos_token_id".into(), serde_json::json!(text.special.bos));
+    fields.insert("eos_token_id".into(), serde_json::json!(text.special.eos));
+    fields.insert("torch_dtype".into(), serde_json::json!("float32"));
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    text_from
-        .tokenizer
+    text.tokenizer
         .save(dir.join("tokenizer.json"), false)
         .map_err(|e| anyhow!("{}: cannot write tokenizer.json: {e}", dir.display()))?;
-    let tok_text = |id: Option<u32>| id.and_then(|i| text_from.tokenizer.id_to_token(i));
+    let tok_text = |id: Option<u32>| id.and_then(|i| text.tokenizer.id_to_token(i));
     let tcfg = serde_json::json!({
-        "chat_template": text_from.chat_template,
-        "bos_token": tok_text(text_from.special.bos),
-        "eos_token": tok_text(text_from.special.eos),
-        "pad_token": tok_text(text_from.special.pad),
+        "chat_template": text.chat_template,
+        "bos_token": tok_text(text.special.bos),
+        "eos_token": tok_text(text.special.eos),
+        "pad_token": tok_text(text.special.pad),
     });
     std::fs::write(
         dir.join("tokenizer_config.json"),
@@ -60,27 +57,28 @@ pub fn write_llama_dir(
     Ok(())
 }
 
-/// Every weight of a (merged, adapter-free) model by HF name, as dense f32.
-pub fn model_tensors(model: &mut CausalLm) -> Result<HashMap<String, Tensor>> {
+/// Every weight of a (merged, adapter-free) model by HF tensor name, as dense f32: the
+/// whole weight table, so nothing the model loaded is left out.
+pub fn model_tensors(model: &CausalLm) -> Result<HashMap<String, Tensor>> {
     let mut out: HashMap<String, Tensor> = HashMap::new();
+    let f32 = |t: &Tensor| t.detach().to_dtype(DType::F32);
     for (name, t) in model.other_tensors() {
-        out.insert(name, t.detach().to_dtype(DType::F32)?);
+        out.insert(name, f32(&t)?);
     }
-    let head = model.head_module_name();
-    let mut linears: Vec<(String, Tensor, Option<Tensor>)> = Vec::new();
-    for (name, l) in model.linears_mut() {
+    for w in model.weights() {
+        let l = match w.weight {
+            Weight::Linear(l) | Weight::OptLinear(Some(l)) => l,
+            _ => continue,
+        };
         if l.lora().is_some() {
-            bail!("layer `{name}` still has a LoRA adapter: merge it first");
+            bail!(
+                "layer `{}` still has a LoRA adapter: merge it first",
+                w.name
+            );
         }
-        linears.push((name, l.base().dense()?, l.bias().cloned()));
-    }
-    if let Some(h) = model.lm_head_mut() {
-        linears.push((head.to_string(), h.base().dense()?, None));
-    }
-    for (name, w, b) in linears {
-        out.insert(format!("{name}.weight"), w.detach().to_dtype(DType::F32)?);
-        if let Some(b) = b {
-            out.insert(format!("{name}.bias"), b.detach().to_dtype(DType::F32)?);
+        out.insert(format!("{}.weight", w.name), f32(&l.base().dense()?)?);
+        if let Some(b) = l.bias() {
+            out.insert(format!("{}.bias", w.name), f32(b)?);
         }
     }
     Ok(out)

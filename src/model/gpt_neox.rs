@@ -7,10 +7,47 @@ use anyhow::Result;
 use candle_core::{Tensor, D};
 use serde::Deserialize;
 
+use super::arch::{
+    self, linear, vector, weight_table, ArchConfig, ArchSpec, DecoderArch, DecoderConfig,
+    MemoryProfile, Param, Slot, Weight, WeightKind, WeightMut,
+};
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::load::{Init, ParamBuilder};
 use super::ops::{self, Rope};
+use super::shape::{Arch, ModelShape};
+
+/// GPT-NeoX in the registry (`model::arch::REGISTRY`).
+pub const ARCH: Arch = Arch::new(&SPEC);
+
+pub const SPEC: ArchSpec = ArchSpec {
+    name: "gpt_neox",
+    hf_model_types: &["gpt_neox"],
+    aliases: &["gpt-neox"],
+    block_prefix: "gpt_neox.layers",
+    from_hf: |v, _| Ok(GptNeoxConfig::from_hf(v)?.into()),
+    gguf_architectures: &[],
+    gguf: None,
+    describe_block: arch::describe::<NeoxBlock>,
+    describe_top: arch::describe::<Ends>,
+    memory: MemoryProfile {
+        block_kept_per_token,
+        final_norm_kept_per_token: |s| 5.0 * s.hidden as f64 + 3.0,
+    },
+};
+
+/// Elements one block keeps per token for backward (see `plan::activations`): two
+/// LayerNorms (5h + 3 each), the fused qkv and its split (9h), partial RoPE on q and k,
+/// the attention output, the dense projection, the GELU MLP (3I + 2h) and the residuals.
+fn block_kept_per_token(s: &ModelShape) -> f64 {
+    let (h, i) = (s.hidden as f64, s.intermediate as f64);
+    let norm = 5.0 * h + 3.0;
+    let qkv = 6.0 * h + 3.0 * h;
+    let attn = 3.0 * h;
+    let dense = 2.0 * h;
+    let mlp = 3.0 * i + 2.0 * h;
+    2.0 * norm + qkv + 2.0 * s.rope_kept_per_token(s.heads) + attn + dense + mlp + 2.0 * h
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GptNeoxConfig {
@@ -95,29 +132,76 @@ impl GptNeoxConfig {
     fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    pub fn shape(&self) -> ModelShape {
+        let head_dim = self.hidden_size / self.num_attention_heads.max(1);
+        ModelShape {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_attention_heads,
+            head_dim,
+            tied_embeddings: self.tie_word_embeddings,
+            attention_bias: true,
+            arch: ARCH,
+            rotary_dim: ((head_dim as f64) * self.rotary_pct) as usize,
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
+impl DecoderConfig for GptNeoxConfig {
+    fn shape(&self) -> ModelShape {
+        GptNeoxConfig::shape(self)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn build(&self, cfg: &ArchConfig, pb: &mut ParamBuilder) -> Result<Box<dyn DecoderArch>> {
+        Ok(Box::new(GptNeox::load(pb, self, cfg.clone())?))
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["GPTNeoXForCausalLM"],
+            "model_type": "gpt_neox",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "rotary_pct": self.rotary_pct,
+            "rotary_emb_base": self.rotary_emb_base,
+            "layer_norm_eps": self.layer_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "use_parallel_residual": self.use_parallel_residual,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": self.hidden_act,
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 struct Norm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Param,
+    bias: Param,
     eps: f64,
 }
 
 impl Norm {
-    fn load(pb: &mut ParamBuilder, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: pb.tensor(&format!("{prefix}.weight"), dim, Init::Ones)?,
-            bias: pb.tensor(&format!("{prefix}.bias"), dim, Init::Zeros)?,
-            eps,
-        })
-    }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NeoxBlock {
     pub query_key_value: Linear,
     pub dense: Linear,
@@ -130,6 +214,18 @@ pub struct NeoxBlock {
     parallel: bool,
     erf_gelu: bool,
 }
+
+// The one list of a block's weights: HF name (after `gpt_neox.layers.N.`) ↔ field ↔ size.
+weight_table!(NeoxBlock, |s| {
+    "attention.query_key_value" => query_key_value: linear(s.hidden, 3 * s.hidden, true, true),
+    "attention.dense" => dense: linear(s.hidden, s.hidden, true, false),
+    "mlp.dense_h_to_4h" => dense_h_to_4h: linear(s.hidden, s.intermediate, true, false),
+    "mlp.dense_4h_to_h" => dense_4h_to_h: linear(s.intermediate, s.hidden, true, false),
+    "input_layernorm.weight" => ln1.weight: vector(s.hidden, Init::Ones),
+    "input_layernorm.bias" => ln1.bias: vector(s.hidden, Init::Zeros),
+    "post_attention_layernorm.weight" => ln2.weight: vector(s.hidden, Init::Ones),
+    "post_attention_layernorm.bias" => ln2.bias: vector(s.hidden, Init::Zeros),
+});
 
 impl NeoxBlock {
     fn attention(
@@ -194,18 +290,34 @@ impl NeoxBlock {
     }
 }
 
+/// The weights around the blocks.
+#[derive(Debug, Clone, Default)]
+pub struct Ends {
+    embed: Param,
+    final_norm: Norm,
+    /// `None` when the output projection is tied to the input embeddings.
+    embed_out: Option<Linear>,
+}
+
+weight_table!(Ends, |s| {
+    "gpt_neox.embed_in" => embed: WeightKind::Embedding { vocab: s.vocab, hidden: s.hidden },
+    "gpt_neox.final_layer_norm.weight" => final_norm.weight: vector(s.hidden, Init::Ones),
+    "gpt_neox.final_layer_norm.bias" => final_norm.bias: vector(s.hidden, Init::Zeros),
+    "embed_out" => embed_out: WeightKind::Head { vocab: s.vocab, hidden: s.hidden },
+});
+
 #[derive(Debug, Clone)]
 pub struct GptNeox {
     pub cfg: GptNeoxConfig,
-    embed: Tensor,
+    arch_cfg: ArchConfig,
+    shape: ModelShape,
+    ends: Ends,
     pub blocks: Vec<NeoxBlock>,
-    final_norm: Norm,
-    embed_out: Option<Linear>,
     rope: Rope,
 }
 
 impl GptNeox {
-    pub fn load(pb: &mut ParamBuilder, cfg: &GptNeoxConfig) -> Result<Self> {
+    pub fn load(pb: &mut ParamBuilder, cfg: &GptNeoxConfig, arch_cfg: ArchConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             anyhow::bail!(
@@ -214,61 +326,24 @@ impl GptNeox {
             );
         }
         let head_dim = cfg.head_dim();
-        let embed = pb.tensor(
-            "gpt_neox.embed_in.weight",
-            (cfg.vocab_size, h),
-            Init::Normal(0.5),
-        )?;
         let erf_gelu = match cfg.hidden_act.as_str() {
             "gelu" => true,
             "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => false,
             other => anyhow::bail!("unsupported GPT-NeoX hidden_act `{other}`"),
         };
-        let mut blocks = Vec::new();
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("gpt_neox.layers.{i}");
-            blocks.push(NeoxBlock {
-                query_key_value: pb.linear(
-                    &format!("{p}.attention.query_key_value"),
-                    h,
-                    3 * h,
-                    true,
-                )?,
-                dense: pb.linear(&format!("{p}.attention.dense"), h, h, true)?,
-                dense_h_to_4h: pb.linear(
-                    &format!("{p}.mlp.dense_h_to_4h"),
-                    h,
-                    cfg.intermediate_size,
-                    true,
-                )?,
-                dense_4h_to_h: pb.linear(
-                    &format!("{p}.mlp.dense_4h_to_h"),
-                    cfg.intermediate_size,
-                    h,
-                    true,
-                )?,
-                ln1: Norm::load(pb, &format!("{p}.input_layernorm"), h, cfg.layer_norm_eps)?,
-                ln2: Norm::load(
-                    pb,
-                    &format!("{p}.post_attention_layernorm"),
-                    h,
-                    cfg.layer_norm_eps,
-                )?,
-                n_head: cfg.num_attention_heads,
-                head_dim,
-                parallel: cfg.use_parallel_residual,
-                erf_gelu,
-            });
+        let shape = cfg.shape();
+        let (mut ends, mut blocks) = arch::load_tables::<Ends, NeoxBlock>(pb, &shape)?;
+        ends.final_norm.eps = cfg.layer_norm_eps;
+        for b in &mut blocks {
+            b.ln1.eps = cfg.layer_norm_eps;
+            b.ln2.eps = cfg.layer_norm_eps;
+            b.n_head = cfg.num_attention_heads;
+            b.head_dim = head_dim;
+            b.parallel = cfg.use_parallel_residual;
+            b.erf_gelu = erf_gelu;
         }
-        let final_norm = Norm::load(pb, "gpt_neox.final_layer_norm", h, cfg.layer_norm_eps)?;
-        let embed_out = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(pb.linear("embed_out", h, cfg.vocab_size, false)?)
-        };
-        let rot_dim = ((head_dim as f64) * cfg.rotary_pct) as usize;
         let rope = Rope::new(
-            rot_dim,
+            shape.rotary_dim,
             cfg.rotary_emb_base,
             cfg.max_position_embeddings,
             pb.dtype(),
@@ -276,23 +351,29 @@ impl GptNeox {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
+            arch_cfg,
+            shape,
+            ends,
             blocks,
-            final_norm,
-            embed_out,
             rope,
         })
     }
+}
 
-    pub fn device(&self) -> &candle_core::Device {
-        self.embed.device()
+impl DecoderArch for GptNeox {
+    fn config(&self) -> &ArchConfig {
+        &self.arch_cfg
     }
 
-    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        ops::embedding(&self.embed, ids)
+    fn shape(&self) -> &ModelShape {
+        &self.shape
     }
 
-    pub fn block(
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        ops::embedding(&self.ends.embed, ids)
+    }
+
+    fn block(
         &self,
         i: usize,
         x: &Tensor,
@@ -303,56 +384,20 @@ impl GptNeox {
         self.blocks[i].forward(x, &self.rope, start, mask, cache)
     }
 
-    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.final_norm.forward(x)?;
-        super::linear::lm_head(&x, self.embed_out.as_ref(), &self.embed)
+    fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.ends.final_norm.forward(x)?;
+        super::linear::lm_head(&x, self.ends.embed_out.as_ref(), &self.ends.embed)
     }
 
-    /// Replaces the input embedding table (made trainable by `modules_to_save`).
-    pub fn set_embed(&mut self, t: Tensor) {
-        self.embed = t;
+    fn weights(&self) -> Vec<Slot<Weight<'_>>> {
+        arch::all_weights(&self.shape, &self.ends, &self.blocks)
     }
 
-    pub fn embed_weight(&self) -> &Tensor {
-        &self.embed
+    fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
+        arch::all_weights_mut(&self.shape, &mut self.ends, &mut self.blocks)
     }
 
-    /// Every non-linear weight with its HF name (embeddings, norms), for export.
-    pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("gpt_neox.embed_in.weight".to_string(), self.embed.clone())];
-        let norm = |out: &mut Vec<(String, Tensor)>, p: String, n: &Norm| {
-            out.push((format!("{p}.weight"), n.weight.clone()));
-            out.push((format!("{p}.bias"), n.bias.clone()));
-        };
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("gpt_neox.layers.{i}");
-            norm(&mut out, format!("{p}.input_layernorm"), &b.ln1);
-            norm(&mut out, format!("{p}.post_attention_layernorm"), &b.ln2);
-        }
-        norm(
-            &mut out,
-            "gpt_neox.final_layer_norm".to_string(),
-            &self.final_norm,
-        );
-        out
-    }
-
-    pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
-        self.embed_out.as_mut()
-    }
-
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("gpt_neox.layers.{i}");
-            out.push((
-                format!("{p}.attention.query_key_value"),
-                &mut b.query_key_value,
-            ));
-            out.push((format!("{p}.attention.dense"), &mut b.dense));
-            out.push((format!("{p}.mlp.dense_h_to_4h"), &mut b.dense_h_to_4h));
-            out.push((format!("{p}.mlp.dense_4h_to_h"), &mut b.dense_4h_to_h));
-        }
-        out
+    fn clone_box(&self) -> Box<dyn DecoderArch> {
+        Box::new(self.clone())
     }
 }

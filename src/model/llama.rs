@@ -3,14 +3,72 @@
 //! Pre-norm blocks: x + attn(rms_norm(x)), then x + mlp(rms_norm(x)); grouped-query
 //! attention; half-split RoPE (GGUF Q/K rows are un-permuted at load); SwiGLU MLP.
 use anyhow::{anyhow, bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
+use super::arch::{
+    self, linear, vector, weight_table, ArchConfig, ArchSpec, DecoderArch, DecoderConfig,
+    GgufSupport, MemoryProfile, Param, Slot, Weight, WeightKind, WeightMut,
+};
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
-use super::load::gguf::GgufFile;
-use super::load::{Init, ParamBuilder};
+use super::load::gguf::{GgufFile, GgufLlamaSource};
+use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
+use super::shape::{Arch, ModelShape};
+
+/// The LLaMA family in the registry (`model::arch::REGISTRY`).
+pub const ARCH: Arch = Arch::new(&SPEC);
+
+pub const SPEC: ArchSpec = ArchSpec {
+    name: "llama",
+    hf_model_types: &["llama", "qwen2"],
+    aliases: &["mistral"],
+    block_prefix: "model.layers",
+    from_hf: |v, model_type| Ok(LlamaConfig::from_hf(v, model_type)?.into()),
+    gguf_architectures: &["llama", "qwen2"],
+    gguf: Some(GgufSupport {
+        config: |f| Ok(LlamaConfig::from_gguf(f)?.into()),
+        source: |f, s| {
+            Ok(Box::new(GgufLlamaSource::new(f, s.heads, s.kv_heads)?) as Box<dyn TensorSource>)
+        },
+    }),
+    describe_block: arch::describe::<Block>,
+    describe_top: arch::describe::<Ends>,
+    memory: MemoryProfile {
+        block_kept_per_token,
+        final_norm_kept_per_token: |s| 3.0 * s.hidden as f64 + 3.0,
+    },
+};
+
+/// Elements one block keeps per token for backward (see `plan::activations`): two
+/// RMSNorms (3h + 3 each), q/k/v/o projections (2·qd + 4·kvd, + q/k/v biases), RoPE on q
+/// and k, the repeated k/v of grouped-query attention, the attention output, the two
+/// residual adds, and SwiGLU (4I + h).
+fn block_kept_per_token(s: &ModelShape) -> f64 {
+    let (h, i) = (s.hidden as f64, s.intermediate as f64);
+    let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
+    let norm = 3.0 * h + 3.0;
+    let bias = if s.attention_bias {
+        qd + 2.0 * kvd
+    } else {
+        0.0
+    };
+    let proj = 2.0 * qd + 4.0 * kvd + bias;
+    let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
+    let attn = 3.0 * qd;
+    let mlp = 4.0 * i + h;
+    2.0 * norm
+        + proj
+        + s.rope_kept_per_token(s.heads)
+        + s.rope_kept_per_token(s.kv_heads)
+        + repeat
+        + attn
+        + h
+        + h
+        + mlp
+        + h
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -138,9 +196,63 @@ impl LlamaConfig {
         }
         Ok(())
     }
+
+    pub fn shape(&self) -> ModelShape {
+        ModelShape {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            tied_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias,
+            arch: ARCH,
+            rotary_dim: self.head_dim,
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
+impl DecoderConfig for LlamaConfig {
+    fn shape(&self) -> ModelShape {
+        LlamaConfig::shape(self)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn build(&self, cfg: &ArchConfig, pb: &mut ParamBuilder) -> Result<Box<dyn DecoderArch>> {
+        Ok(Box::new(Llama::load(pb, self, cfg.clone())?))
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let qwen2 = self.attention_bias;
+        serde_json::json!({
+            "architectures": [if qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": if qwen2 { "qwen2" } else { "llama" },
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct Attention {
     pub q_proj: Linear,
     pub k_proj: Linear,
@@ -186,7 +298,7 @@ impl Attention {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
@@ -200,14 +312,27 @@ impl Mlp {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Block {
     pub attn: Attention,
     pub mlp: Mlp,
-    input_norm: Tensor,
-    post_attn_norm: Tensor,
+    input_norm: Param,
+    post_attn_norm: Param,
     eps: f64,
 }
+
+// The one list of a block's weights: HF name (after `model.layers.N.`) ↔ field ↔ size.
+weight_table!(Block, |s| {
+    "self_attn.q_proj" => attn.q_proj: linear(s.hidden, s.q_dim(), s.attention_bias, true),
+    "self_attn.k_proj" => attn.k_proj: linear(s.hidden, s.kv_dim(), s.attention_bias, true),
+    "self_attn.v_proj" => attn.v_proj: linear(s.hidden, s.kv_dim(), s.attention_bias, true),
+    "self_attn.o_proj" => attn.o_proj: linear(s.q_dim(), s.hidden, false, false),
+    "mlp.gate_proj" => mlp.gate_proj: linear(s.hidden, s.intermediate, false, false),
+    "mlp.up_proj" => mlp.up_proj: linear(s.hidden, s.intermediate, false, false),
+    "mlp.down_proj" => mlp.down_proj: linear(s.intermediate, s.hidden, false, false),
+    "input_layernorm.weight" => input_norm: vector(s.hidden, Init::Ones),
+    "post_attention_layernorm.weight" => post_attn_norm: vector(s.hidden, Init::Ones),
+});
 
 impl Block {
     pub fn forward(
@@ -225,74 +350,43 @@ impl Block {
     }
 }
 
+/// The weights around the blocks.
+#[derive(Debug, Clone, Default)]
+pub struct Ends {
+    embed: Param,
+    norm: Param,
+    /// `None` when the LM head is tied to the input embeddings.
+    lm_head: Option<Linear>,
+}
+
+weight_table!(Ends, |s| {
+    "model.embed_tokens" => embed: WeightKind::Embedding { vocab: s.vocab, hidden: s.hidden },
+    "model.norm.weight" => norm: vector(s.hidden, Init::Ones),
+    "lm_head" => lm_head: WeightKind::Head { vocab: s.vocab, hidden: s.hidden },
+});
+
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub cfg: LlamaConfig,
-    embed: Tensor,
+    arch_cfg: ArchConfig,
+    shape: ModelShape,
+    ends: Ends,
     pub blocks: Vec<Block>,
-    norm: Tensor,
-    /// `None` when the LM head is tied to the input embeddings.
-    lm_head: Option<Linear>,
     rope: Rope,
 }
 
 impl Llama {
-    pub fn load(pb: &mut ParamBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    pub fn load(pb: &mut ParamBuilder, cfg: &LlamaConfig, arch_cfg: ArchConfig) -> Result<Self> {
         cfg.validate()?;
-        let (h, kvd) = (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim);
-        let qd = cfg.num_attention_heads * cfg.head_dim;
-        let embed = pb.tensor(
-            "model.embed_tokens.weight",
-            (cfg.vocab_size, h),
-            Init::Normal(0.5),
-        )?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let bias = cfg.attention_bias;
-            let attn = Attention {
-                q_proj: pb.linear(&format!("{p}.self_attn.q_proj"), h, qd, bias)?,
-                k_proj: pb.linear(&format!("{p}.self_attn.k_proj"), h, kvd, bias)?,
-                v_proj: pb.linear(&format!("{p}.self_attn.v_proj"), h, kvd, bias)?,
-                o_proj: pb.linear(&format!("{p}.self_attn.o_proj"), qd, h, false)?,
-                n_head: cfg.num_attention_heads,
-                n_kv_head: cfg.num_key_value_heads,
-                head_dim: cfg.head_dim,
-            };
-            let mlp = Mlp {
-                gate_proj: pb.linear(
-                    &format!("{p}.mlp.gate_proj"),
-                    h,
-                    cfg.intermediate_size,
-                    false,
-                )?,
-                up_proj: pb.linear(&format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, false)?,
-                down_proj: pb.linear(
-                    &format!("{p}.mlp.down_proj"),
-                    cfg.intermediate_size,
-                    h,
-                    false,
-                )?,
-            };
-            blocks.push(Block {
-                attn,
-                mlp,
-                input_norm: pb.tensor(&format!("{p}.input_layernorm.weight"), h, Init::Ones)?,
-                post_attn_norm: pb.tensor(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    Init::Ones,
-                )?,
-                eps: cfg.rms_norm_eps,
-            });
+        let mut shape = cfg.shape();
+        shape.tied_embeddings = cfg.tie_word_embeddings || !pb.contains("lm_head.weight");
+        let (ends, mut blocks) = arch::load_tables::<Ends, Block>(pb, &shape)?;
+        for b in &mut blocks {
+            b.attn.n_head = cfg.num_attention_heads;
+            b.attn.n_kv_head = cfg.num_key_value_heads;
+            b.attn.head_dim = cfg.head_dim;
+            b.eps = cfg.rms_norm_eps;
         }
-        let norm = pb.tensor("model.norm.weight", h, Init::Ones)?;
-        let tied = cfg.tie_word_embeddings || !pb.contains("lm_head.weight");
-        let lm_head = if tied {
-            None
-        } else {
-            Some(pb.linear("lm_head", h, cfg.vocab_size, false)?)
-        };
         let rope = Rope::new(
             cfg.head_dim,
             cfg.rope_theta,
@@ -302,23 +396,29 @@ impl Llama {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
+            arch_cfg,
+            shape,
+            ends,
             blocks,
-            norm,
-            lm_head,
             rope,
         })
     }
+}
 
-    pub fn device(&self) -> &Device {
-        self.embed.device()
+impl DecoderArch for Llama {
+    fn config(&self) -> &ArchConfig {
+        &self.arch_cfg
     }
 
-    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        ops::embedding(&self.embed, ids)
+    fn shape(&self) -> &ModelShape {
+        &self.shape
     }
 
-    pub fn block(
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        ops::embedding(&self.ends.embed, ids)
+    }
+
+    fn block(
         &self,
         i: usize,
         x: &Tensor,
@@ -329,54 +429,21 @@ impl Llama {
         self.blocks[i].forward(x, &self.rope, start, mask, cache)
     }
 
-    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps)?;
-        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
+    fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = ops::rms_norm(x, &self.ends.norm, self.cfg.rms_norm_eps)?;
+        super::linear::lm_head(&x, self.ends.lm_head.as_ref(), &self.ends.embed)
     }
 
-    /// Replaces the input embedding table (made trainable by `modules_to_save`).
-    pub fn set_embed(&mut self, t: Tensor) {
-        self.embed = t;
+    fn weights(&self) -> Vec<Slot<Weight<'_>>> {
+        arch::all_weights(&self.shape, &self.ends, &self.blocks)
     }
 
-    pub fn embed_weight(&self) -> &Tensor {
-        &self.embed
+    fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
+        arch::all_weights_mut(&self.shape, &mut self.ends, &mut self.blocks)
     }
 
-    /// Every non-linear weight with its HF name (embeddings, norms), for export.
-    pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), b.input_norm.clone()));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                b.post_attn_norm.clone(),
-            ));
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        out
-    }
-
-    /// The untied LM head, if any.
-    pub fn lm_head_mut(&mut self) -> Option<&mut Linear> {
-        self.lm_head.as_mut()
-    }
-
-    /// Every linear layer with its HF module name (for LoRA targeting).
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut b.attn.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut b.attn.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut b.attn.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut b.attn.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut b.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut b.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut b.mlp.down_proj));
-        }
-        out
+    fn clone_box(&self) -> Box<dyn DecoderArch> {
+        Box::new(self.clone())
     }
 }
 

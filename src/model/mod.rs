@@ -1,5 +1,7 @@
 //! Trainable model code: ops with a backward pass, the shared linear layer,
-//! architectures and weight loaders.
+//! architectures (each with one weight table, see `arch`) and weight loaders.
+//! Imports nothing from the layers above it (adapt, train, infer, hub, runs, tui, cli).
+pub mod arch;
 pub mod bert;
 pub mod causal;
 pub mod export;
@@ -10,6 +12,9 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod shape;
 pub mod tiny;
 
-pub use causal::{ArchConfig, CausalLm, LoadOptions, LoadedCausalLm};
+pub use arch::ArchConfig;
+pub use causal::{CausalLm, LoadOptions, LoadedCausalLm};
+pub use shape::{Arch, ModelShape};

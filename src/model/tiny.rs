@@ -6,11 +6,10 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::export::write_llama_dir;
+use super::export::{write_hf_dir, TextSide};
 use super::llama::LlamaConfig;
 use super::load::RandomSource;
 use super::{ArchConfig, CausalLm, LoadOptions};
-use crate::infer::LanguageModel;
 
 /// A LLaMA-shaped config with the given vocabulary, small enough to train in seconds.
 pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
@@ -31,21 +30,18 @@ pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
 }
 
 /// Writes a random LLaMA with `cfg` and the tokenizer, special tokens and chat template of
-/// `text_from` (e.g. SmolLM2) to `dir`.
-pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text_from: &LanguageModel) -> Result<()> {
+/// `text` (e.g. SmolLM2's) to `dir`.
+pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text: TextSide<'_>) -> Result<()> {
     let opts = LoadOptions {
         trainable: true,
         ..LoadOptions::default()
     };
-    let loaded = CausalLm::build(
-        &RandomSource::new(1.0),
-        &ArchConfig::Llama(cfg.clone()),
-        &opts,
-    )?;
+    let arch = ArchConfig::from(cfg.clone());
+    let loaded = CausalLm::build(&RandomSource::new(1.0), &arch, &opts)?;
     let tensors: HashMap<String, Tensor> = loaded
         .params
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    write_llama_dir(dir, cfg, &tensors, text_from)
+    write_hf_dir(dir, &arch, &tensors, text)
 }

@@ -1,6 +1,5 @@
 //! What candle's autograd keeps alive, derived from ftlab's own forward code
-//! (`model/llama.rs`, `model/gpt_neox.rs`, `model/ops.rs`, `model/linear.rs`,
-//! `adapt/lora.rs`) and from candle-core 0.11's `backprop.rs`.
+//! (`model/llama.rs`, `model/gpt_neox.rs`, `model/ops.rs`, `model/linear/`) and from candle-core 0.11's `backprop.rs`.
 //!
 //! Two facts about candle's CPU autograd decide everything here:
 //!
@@ -24,7 +23,7 @@
 //!    yields the input gradient only, dense or 4-bit alike.)
 //!
 //! Counts below are in elements ("floats"); `plan` multiplies by bytes per element.
-use super::shape::{Arch, LinearSpec, ModelShape};
+use super::shape::{LinearSpec, ModelShape};
 
 /// LoRA as the activation model needs it.
 #[derive(Debug, Clone)]
@@ -79,42 +78,7 @@ pub(crate) fn block_retained_per_token(
     lora: Option<&LoraOverlay>,
     lora_targets: &dyn Fn(&LinearSpec) -> bool,
 ) -> f64 {
-    let (h, i) = (s.hidden as f64, s.intermediate as f64);
-    let rope = |heads: usize| -> f64 {
-        let full = (heads * s.head_dim) as f64;
-        let rot = (heads * s.rotary_dim.min(s.head_dim)) as f64;
-        if s.rotary_dim >= s.head_dim {
-            4.5 * full
-        } else if s.rotary_dim == 0 {
-            0.0
-        } else {
-            4.5 * rot + full
-        }
-    };
-    let base = match s.arch {
-        Arch::Llama => {
-            let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
-            let norm = 3.0 * h + 3.0;
-            let bias = if s.attention_bias {
-                qd + 2.0 * kvd
-            } else {
-                0.0
-            };
-            let proj = 2.0 * qd + 4.0 * kvd + bias;
-            let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
-            let attn = 3.0 * qd;
-            let mlp = 4.0 * i + h;
-            2.0 * norm + proj + rope(s.heads) + rope(s.kv_heads) + repeat + attn + h + h + mlp + h
-        }
-        Arch::GptNeox => {
-            let norm = 5.0 * h + 3.0;
-            let qkv = 6.0 * h + 3.0 * h;
-            let attn = 3.0 * h;
-            let dense = 2.0 * h;
-            let mlp = 3.0 * i + 2.0 * h;
-            2.0 * norm + qkv + 2.0 * rope(s.heads) + attn + dense + mlp + 2.0 * h
-        }
-    };
+    let base = s.block_kept_per_token();
     let lora_extra: f64 = match lora {
         Some(l) => layer_linears
             .iter()
@@ -165,11 +129,7 @@ pub(crate) fn block_stray(
     let rope = 2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot);
     let mut per_token = rope;
     if frozen_base {
-        let norms = match s.arch {
-            Arch::Llama => 2.0,
-            Arch::GptNeox => 4.0,
-        };
-        per_token += norms * s.hidden as f64;
+        per_token += s.block_small_params() as f64;
         per_token += layer_linears
             .iter()
             .filter(|lin| lin.bias)
@@ -207,10 +167,7 @@ pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize) -> f6
 pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
     let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
     let v = s.vocab as f64;
-    let norm = match s.arch {
-        Arch::Llama => 3.0 * s.hidden as f64 + 3.0,
-        Arch::GptNeox => 5.0 * s.hidden as f64 + 3.0,
-    };
+    let norm = s.final_norm_kept_per_token();
     let copy = if b > 1 { v } else { 0.0 };
     n * (norm + v) + scored * (copy + v)
 }
@@ -222,10 +179,7 @@ pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) 
     let n = (b * t) as f64;
     let mut e = 0.0;
     if frozen_base {
-        e += n * match s.arch {
-            Arch::Llama => s.hidden as f64,
-            Arch::GptNeox => 2.0 * s.hidden as f64,
-        };
+        e += n * s.top_small_params() as f64;
     }
     e
 }

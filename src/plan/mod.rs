@@ -366,10 +366,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             }
         }
         if tech.full {
-            e += match s.arch {
-                Arch::Llama => 2.0,
-                Arch::GptNeox => 4.0,
-            } * s.hidden as f64;
+            e += s.block_small_params() as f64;
         }
         e * 4.0
     };

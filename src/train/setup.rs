@@ -4,34 +4,34 @@ use anyhow::Result;
 use candle_core::DType;
 
 use super::trainer::TrainModel;
-use crate::adapt::nf4::Quant4Kind;
 use crate::adapt::peft::apply_lora;
 use crate::adapt::peft::TargetModules;
 use crate::config::{OptimizerKind, QuantKind, RunConfig};
 use crate::infer::LanguageModel;
+use crate::model::linear::Quant4Kind;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
-use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique};
+use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, PlanInput, Technique};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
-pub fn count_params(model: &mut CausalLm) -> usize {
-    let mut n: usize = model
-        .other_tensors()
+pub fn count_params(model: &CausalLm) -> usize {
+    use crate::model::arch::Weight;
+    model
+        .weights()
         .iter()
-        .map(|(_, t)| t.elem_count())
-        .sum();
-    for (_, l) in model.linears_mut() {
-        n += l.in_features() * l.out_features() + l.bias().map_or(0, |b| b.elem_count());
-    }
-    if let Some(h) = model.lm_head_mut() {
-        n += h.in_features() * h.out_features();
-    }
-    n
+        .map(|w| match w.weight {
+            Weight::Linear(l) | Weight::OptLinear(Some(l)) => {
+                l.in_features() * l.out_features() + l.bias().map_or(0, |b| b.elem_count())
+            }
+            Weight::OptLinear(None) => 0,
+            Weight::Tensor(t) => t.elem_count(),
+        })
+        .sum()
 }
 
 /// Replaces every transformer linear weight by a frozen 4-bit copy.
 pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool) -> Result<()> {
     for (_, l) in model.linears_mut() {
-        crate::adapt::quant_linear::quantize_base(l, kind, double_quant)?;
+        crate::adapt::quantize::quantize_base(l, kind, double_quant)?;
     }
     Ok(())
 }
@@ -61,7 +61,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
         Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device, cfg.train.seed)?,
         None => std::mem::take(&mut lm.params),
     };
-    let total_params = count_params(&mut lm.model);
+    let total_params = count_params(&lm.model);
     // The f32 buffers of loading (and of the dense weights quantisation replaced) are free
     // now; hand them back so they do not count against the run's memory.
     crate::telemetry::memory::release_free_heap();
@@ -94,7 +94,7 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
     let mut input = PlanInput::new(
-        ModelShape::from_arch(arch),
+        arch.shape(),
         cfg.train.batch_size,
         cfg.data.max_seq_len,
         technique,
@@ -118,9 +118,5 @@ pub fn plan_for(cfg: &RunConfig) -> Result<MemoryPlan> {
 
 /// The predicted peak memory (bytes) of training `cfg` on `model`.
 pub fn predict_peak(cfg: &RunConfig, model: &CausalLm) -> Result<u64> {
-    let arch = match model {
-        CausalLm::Llama(m) => ArchConfig::Llama(m.cfg.clone()),
-        CausalLm::GptNeox(m) => ArchConfig::GptNeox(m.cfg.clone()),
-    };
-    Ok(plan(&plan_input(cfg, &arch)).expected_peak(false))
+    Ok(plan(&plan_input(cfg, model.config())).expected_peak(false))
 }

@@ -24,7 +24,7 @@ pub fn smollm2() -> &'static LanguageModel {
 pub fn tiny_model(root: &Path) -> PathBuf {
     let dir = root.join("tiny-llama");
     let cfg = tiny_llama_config(smollm2().model.vocab_size());
-    write_tiny_llama(&dir, &cfg, smollm2()).expect("write tiny model");
+    write_tiny_llama(&dir, &cfg, smollm2().text_side()).expect("write tiny model");
     dir
 }
 

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use crate::model::linear::{BaseWeight, Linear};
 
 /// How a parameter is initialised when a source has no stored value (tests, new heads).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     Normal(f64),
     Ones,

@@ -1,10 +1,18 @@
 //! The one linear layer every model uses.
 //!
 //! Its base weight is an enum so that techniques can swap the storage (a frozen 4-bit
-//! base for QLoRA) and wrap it with a LoRA adapter without touching the architectures.
+//! base for QLoRA) and wrap it with a LoRA adapter without touching the architectures:
+//! `frozen` (the matmul whose backward yields only the input gradient, dense or 4-bit),
+//! `quant4` (NF4/FP4 blockwise codes with double quantisation), `lora` (the low-rank
+//! update). Choosing which layers get what is `adapt`'s business.
+pub mod frozen;
+pub mod lora;
+pub mod quant4;
+
 use candle_core::{Result, Tensor};
 
-use crate::adapt::lora::LoraAdapter;
+pub use lora::LoraAdapter;
+pub use quant4::{Quant4Kind, Quant4Tensor};
 
 /// Storage of a linear layer's weight, shaped (out_features, in_features) like PyTorch.
 #[derive(Debug, Clone)]
@@ -12,7 +20,7 @@ pub enum BaseWeight {
     /// A dense tensor; trainable when it was created from a `Var`.
     Dense(Tensor),
     /// A frozen blockwise 4-bit weight (QLoRA); dequantised on the fly, never trained.
-    Quant4(std::sync::Arc<crate::adapt::nf4::Quant4Tensor>),
+    Quant4(std::sync::Arc<Quant4Tensor>),
 }
 
 impl BaseWeight {
@@ -38,7 +46,7 @@ impl BaseWeight {
     fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) => matmul_t(x, w),
-            BaseWeight::Quant4(q) => crate::adapt::quant_linear::quant_matmul_t(x, q),
+            BaseWeight::Quant4(q) => frozen::quant_matmul_t(x, q),
         }
     }
 }
@@ -49,7 +57,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.track_op() {
         x.matmul(&w.t()?)
     } else {
-        crate::adapt::quant_linear::frozen_matmul_t(x, w)
+        frozen::frozen_matmul_t(x, w)
     }
 }
 
@@ -71,6 +79,13 @@ pub struct Linear {
     base: BaseWeight,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
+}
+
+/// An empty layer, to be filled by a loader (see `model::arch::load_tables`).
+impl Default for Linear {
+    fn default() -> Self {
+        Self::new(BaseWeight::Dense(crate::model::arch::placeholder()), None)
+    }
 }
 
 impl Linear {

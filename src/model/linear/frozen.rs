@@ -1,6 +1,7 @@
-//! The frozen 4-bit linear of QLoRA: y = x · dequant(W)ᵀ.
+//! Frozen weights in a linear layer: y = x · Wᵀ where W gets no gradient, for a dense W
+//! (every frozen base weight: LoRA, inference) and for a 4-bit W (QLoRA's base).
 //!
-//! Implemented as a candle `CustomOp1` on x whose forward dequantises W on the fly into a
+//! The 4-bit case is implemented as a candle `CustomOp1` on x whose forward dequantises W on the fly into a
 //! scratch buffer, multiplies with candle's CPU gemm and drops the buffer; its backward
 //! gives dL/dx = g · dequant(W), dequantising again on the fly. Only the 4-bit codes (an
 //! `Arc<Quant4Tensor>`) are held between forward and backward — no dense copy of the
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use crate::adapt::nf4::{Quant4Kind, Quant4Tensor};
-use crate::model::linear::{BaseWeight, Linear};
+use super::quant4::Quant4Tensor;
 
 /// x (rows, in) · dequant(W)ᵀ → (rows, out), differentiable with respect to x only.
 ///
@@ -55,15 +55,6 @@ pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         w: Frozen::Dense(w.contiguous()?),
         mode: Mode::XWt,
     })
-}
-
-/// Replaces a linear layer's base weight by its 4-bit quantisation (the bias and any LoRA
-/// adapter are kept). The dense weight is dropped unless referenced elsewhere.
-pub fn quantize_base(lin: &mut Linear, kind: Quant4Kind, double_quant: bool) -> Result<()> {
-    let w = lin.base().dense()?;
-    let q = Quant4Tensor::quantize(&w.detach(), kind, double_quant)?;
-    lin.set_base(BaseWeight::Quant4(Arc::new(q)));
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
