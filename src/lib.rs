@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod infer;
+pub mod located;
 pub mod model;
 pub mod plan;
 pub mod runs;

@@ -6,10 +6,9 @@ use common::repo;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use ftlab::infer::corpus::{chunk_documents, load_documents};
 use ftlab::infer::embed::Embedder;
-use ftlab::infer::rag::{
-    chunk_documents, fill_template, load_documents, Rag, RagOptions, Retriever, DEFAULT_TEMPLATE,
-};
+use ftlab::infer::rag::{fill_template, Rag, RagOptions, Retriever, DEFAULT_TEMPLATE};
 use ftlab::infer::search::{load_encoder, Hit};
 use ftlab::infer::split::{split_text, Chunk, SplitConfig};
 use ftlab::infer::LanguageModel;

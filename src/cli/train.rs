@@ -92,7 +92,7 @@ fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
     }
     match &args.run_dir {
         Some(d) => {
-            if d.join("metrics.jsonl").exists() {
+            if RunDir::new(d).metrics().exists() {
                 bail!("{}: already holds a run; use --resume to continue it or choose another --run-dir", d.display());
             }
             std::fs::create_dir_all(d)
@@ -106,7 +106,7 @@ fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let (cfg, resume, base) = load_config(&args)?;
     if let Some(d) = &args.run_dir {
-        if !resume && d.join("metrics.jsonl").exists() {
+        if !resume && RunDir::new(d).metrics().exists() {
             bail!(
                 "{}: already holds a run; use --resume to continue it or choose another --run-dir",
                 d.display()

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::hub::{self, ModelSource};
 use crate::model::bert::{Bert, BertConfig};
 use crate::model::load::safetensors::SafetensorsSource;
 use crate::model::LoadOptions;
@@ -85,6 +86,18 @@ pub fn configure_tokenizer(tok: &mut Tokenizer, max_len: usize) -> Result<()> {
         ..Default::default()
     }));
     Ok(())
+}
+
+/// The HF directory of an encoder model spec (GGUF files are rejected).
+pub fn encoder_dir(spec: &str) -> Result<PathBuf> {
+    let resolved = hub::resolve(spec)?;
+    match resolved.source {
+        ModelSource::HfDir { dir } => Ok(dir),
+        ModelSource::Gguf { path } => bail!(
+            "{}: sentence encoders must be HF directories (config.json, model.safetensors, tokenizer.json), not GGUF files",
+            path.display()
+        ),
+    }
 }
 
 impl Embedder {
@@ -182,6 +195,31 @@ impl Embedder {
     pub fn embed(&self, sentences: &[&str]) -> Result<Tensor> {
         let batch = self.encode(sentences)?;
         Ok(self.pooled(&batch.input_ids, &batch.attention_mask)?)
+    }
+
+    /// Embeddings of `texts` (normalised, one f32 row each), in batches of `batch` texts
+    /// of similar length (longest first, so that little padding is computed).
+    pub fn embed_texts(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let batch_texts: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let emb = self.embed(&batch_texts)?.to_dtype(DType::F32)?;
+            for (row, &i) in emb.to_vec2::<f32>()?.into_iter().zip(chunk) {
+                out[i] = row;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The embedding of one query text (an empty query is an error).
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        if text.trim().is_empty() {
+            bail!("the query is empty");
+        }
+        let emb = self.embed(&[text])?;
+        Ok(emb.to_dtype(DType::F32)?.get(0)?.to_vec1::<f32>()?)
     }
 
     /// Encoder + mean pooling + L2 normalisation on token ids (b, t) and a 0/1 mask

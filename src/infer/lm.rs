@@ -139,39 +139,33 @@ impl LanguageModel {
 
 impl LanguageModel {
     /// Applies a training result: a PEFT adapter directory, a run directory (its
-    /// `adapter/`, or `model/` weights of a full fine-tuning run), or a checkpoint.
+    /// `adapter/`, `best/`, or `model/` weights of a full fine-tuning run), or a checkpoint
+    /// (the order is [`crate::runs::layout::lm_result`]'s).
     pub fn apply_run(&mut self, path: &std::path::Path) -> Result<String> {
-        use crate::adapt::peft::{load_adapter, ADAPTER_CONFIG};
-        use crate::train::checkpoint::FULL_WEIGHTS;
-        let candidates = [
-            path.to_path_buf(),
-            path.join("adapter"),
-            path.join("best"),
-            path.join("model"),
-        ];
-        for dir in &candidates {
-            if dir.join(ADAPTER_CONFIG).exists() {
-                let vars = load_adapter(dir, &mut self.model)?;
+        use crate::adapt::peft::load_adapter;
+        use crate::runs::layout::{lm_result, LmResult};
+        match lm_result(path) {
+            Some(LmResult::Adapter(dir)) => {
+                let vars = load_adapter(&dir, &mut self.model)?;
                 self.model.freeze();
-                return Ok(format!(
+                Ok(format!(
                     "LoRA adapter {} ({} tensors)",
                     dir.display(),
                     vars.len()
-                ));
+                ))
             }
-            let full = dir.join(FULL_WEIGHTS);
-            if full.exists() && dir != path || full.exists() && !path.join("config.json").exists() {
+            Some(LmResult::FullWeights(full)) => {
                 let n = self.load_weights(&full)?;
-                return Ok(format!(
+                Ok(format!(
                     "fine-tuned weights {} ({n} tensors)",
                     full.display()
-                ));
+                ))
             }
+            None => anyhow::bail!(
+                "{}: no adapter_config.json (LoRA adapter) or model/model.safetensors (full fine-tuning) found here or in adapter/, best/, model/",
+                path.display()
+            ),
         }
-        anyhow::bail!(
-            "{}: no adapter_config.json (LoRA adapter) or model/model.safetensors (full fine-tuning) found here or in adapter/, best/, model/",
-            path.display()
-        )
     }
 
     /// Overwrites model weights by HF name from a safetensors file of trained parameters:

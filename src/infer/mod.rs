@@ -1,5 +1,7 @@
-//! Inference: chat templates, sampling, generation, perplexity, embeddings.
+//! Inference: chat templates, sampling, generation, perplexity, embeddings, search, RAG.
+pub mod answer;
 pub mod chat_template;
+pub mod corpus;
 pub mod embed;
 pub mod generate;
 pub mod lm;

@@ -1,5 +1,5 @@
-//! Retrieval-augmented generation over a folder of documents: split the documents into
-//! overlapping chunks ([`super::split`]), embed them with a sentence encoder, retrieve the
+//! Retrieval-augmented generation over a folder of documents: load and split the documents
+//! into overlapping chunks ([`super::corpus`], [`super::split`]), embed them with a sentence encoder, retrieve the
 //! chunks most similar to the question (exact cosine search — a folder's chunks are few),
 //! fill a prompt template with them and the question, and generate the answer with a
 //! causal LM (streamed).
@@ -9,15 +9,15 @@
 //! [`Rag::answer`] does both.
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use super::chat_template::ChatMessage;
+use super::corpus::{chunk_documents, load_documents, DocChunk, Hit};
 use super::embed::Embedder;
 use super::sampling::SamplingParams;
-use super::search::{embed_query, embed_texts, Hit};
-use super::split::{split_text, SplitConfig};
+use super::split::SplitConfig;
 use super::LanguageModel;
 
 /// The prompt used unless another is given: `{context}` and `{question}` are replaced.
@@ -28,83 +28,6 @@ Context:
 {context}
 
 Question: {question}";
-
-/// A document of the folder.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Document {
-    /// The file name (relative to the folder).
-    pub source: String,
-    pub text: String,
-}
-
-/// A chunk of a document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DocChunk {
-    pub source: String,
-    /// Byte range in the document.
-    pub start: usize,
-    pub end: usize,
-    /// The chunk's text, without leading and trailing whitespace.
-    pub text: String,
-}
-
-/// The `.txt` and `.md` files of `dir` (not recursive), sorted by name. Files that are not
-/// UTF-8 are an error naming them.
-pub fn load_documents(dir: &Path) -> Result<Vec<Document>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot read the documents folder", dir.display()))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "txt" | "md"))
-        })
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        bail!("{}: no .txt or .md documents in this folder", dir.display());
-    }
-    paths
-        .iter()
-        .map(|p| {
-            let bytes =
-                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let at = e.utf8_error().valid_up_to();
-                let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-                anyhow::anyhow!("{}:{line}: not valid UTF-8", p.display())
-            })?;
-            Ok(Document {
-                source: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                text: text.trim_start_matches('\u{feff}').to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Splits every document; chunks that are only whitespace are dropped.
-pub fn chunk_documents(docs: &[Document], split: &SplitConfig) -> Result<Vec<DocChunk>> {
-    let mut out = Vec::new();
-    for d in docs {
-        for c in split_text(&d.text, split)? {
-            let text = c.text.trim();
-            if !text.is_empty() {
-                out.push(DocChunk {
-                    source: d.source.clone(),
-                    start: c.start,
-                    end: c.end,
-                    text: text.to_string(),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// Chunks with their embeddings, searched exactly by cosine similarity.
 pub struct Retriever {
@@ -121,7 +44,7 @@ impl Retriever {
             bail!("no text to retrieve from (the documents are empty)");
         }
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        let rows = embed_texts(&encoder, &texts, 32)?;
+        let rows = encoder.embed_texts(&texts, 32)?;
         let h = encoder.hidden_size();
         let flat: Vec<f32> = rows.into_iter().flatten().collect();
         let embeddings = Tensor::from_vec(flat, (chunks.len(), h), encoder.device())?;
@@ -140,7 +63,7 @@ impl Retriever {
 
     /// The `k` chunks most similar to `question`, best first.
     pub fn retrieve(&self, question: &str, k: usize) -> Result<Vec<Hit>> {
-        let q = embed_query(&self.encoder, question)?;
+        let q = self.encoder.embed_query(question)?;
         let q = Tensor::from_vec(q, (self.encoder.hidden_size(), 1), self.encoder.device())?;
         let scores: Vec<f32> = self
             .embeddings

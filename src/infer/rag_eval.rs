@@ -12,8 +12,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::answer::contains_answer;
 use super::rag::Rag;
-use crate::train::evaluate::contains_answer;
 
 /// Phrases that say the context does not answer the question (ftlab's SFT data uses the
 /// first and the Japanese ones; the others are common phrasings of the same refusal).

@@ -1,14 +1,9 @@
 //! Run directories: the history of every run, readable after restarts.
 //!
-//! ```text
-//! runs/<id>/config.toml      fully resolved RunConfig
-//!          metrics.jsonl    one EventLine per line
-//!          checkpoints/step-N/{adapter_config.json, adapter_model.safetensors | model.safetensors,
-//!                              optimizer.safetensors, trainer_state.json}
-//!          best/            copy of the best checkpoint (lowest eval loss)
-//!          adapter/         final LoRA adapter (PEFT layout) — or model/ for full fine-tuning
-//!          summary.json
-//! ```
+//! - [`layout`]: the file names of a run directory and what a run produced (read by
+//!   training and inference too, so it depends on nothing above `adapt`);
+//! - [`registry`]: every run directory read back into what the dashboard shows;
+//! - [`supervisor`]: training workers as child processes, watched.
 pub mod layout;
 pub mod registry;
 pub mod supervisor;

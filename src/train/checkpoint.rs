@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::adapt::peft::ADAPTER_WEIGHTS;
 use crate::train::optim::Optimizer;
 
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const FULL_WEIGHTS: &str = "model.safetensors";
+// The file names belong to the run layout (inference reads them too); re-exported because
+// the training tasks write them through this module.
+pub use crate::runs::layout::{FULL_WEIGHTS, OPTIMIZER_FILE, STATE_FILE};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {

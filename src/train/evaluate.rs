@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::data::{PromptTemplate, Record, SftTokenizer};
+use crate::infer::answer::contains_answer;
 use crate::infer::sampling::SamplingParams;
 use crate::infer::LanguageModel;
 
@@ -27,18 +28,6 @@ pub struct AnswerAccuracy {
     /// category → (correct, examples)
     pub by_category: BTreeMap<String, (usize, usize)>,
     pub samples: Vec<AnswerSample>,
-}
-
-fn normalise(s: &str) -> String {
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-/// Whether `output` contains `expected`, ignoring case and runs of whitespace.
-pub fn contains_answer(output: &str, expected: &str) -> bool {
-    normalise(output).contains(&normalise(expected))
 }
 
 /// Evaluates the records that carry a `short_answer` (and, if given, one of `categories`).
@@ -106,20 +95,4 @@ pub fn answer_accuracy(
     }
     out.accuracy = out.correct as f64 / out.examples as f64;
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn containment_ignores_case_and_whitespace() {
-        assert!(super::contains_answer(
-            "It closes at 4  P.M. today",
-            "4 p.m."
-        ));
-        assert!(super::contains_answer(
-            "文脈には記載がありません。",
-            "文脈には記載がありません。"
-        ));
-        assert!(!super::contains_answer("It closes at 5 p.m.", "4 p.m."));
-    }
 }

@@ -22,17 +22,17 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
-use super::checkpoint::{save_vars, FULL_WEIGHTS};
+use super::checkpoint::save_vars;
 use super::data::sts::{load_pairs, LabelScale, StsFormat, StsPair};
 use super::setup::compute_dtype;
 use super::step::{accumulate, checkpointed_backward};
 use super::trainer::{Evaluation, TrainTask};
 use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, LoraConfig};
 use crate::config::{QuantKind, RunConfig};
-use crate::hub::{self, ModelSource};
-use crate::infer::embed::{l2_normalize, mean_pool, Embedder};
+use crate::infer::embed::{encoder_dir, l2_normalize, mean_pool, Embedder};
 use crate::model::bert::Bert;
 use crate::model::LoadOptions;
+use crate::runs::layout::FULL_WEIGHTS;
 
 /// Files of a sentence-encoder directory copied next to fully fine-tuned weights.
 const MODEL_FILES: [&str; 9] = [
@@ -395,18 +395,6 @@ pub struct StsTask {
     /// The base model's directory: its config and tokenizer files are copied next to fully
     /// fine-tuned weights.
     pub base_dir: Option<PathBuf>,
-}
-
-/// The HF directory of an encoder model spec (GGUF files are rejected).
-pub fn encoder_dir(spec: &str) -> Result<PathBuf> {
-    let resolved = hub::resolve(spec)?;
-    match resolved.source {
-        ModelSource::HfDir { dir } => Ok(dir),
-        ModelSource::Gguf { path } => bail!(
-            "{}: sentence encoders must be HF directories (config.json, model.safetensors, tokenizer.json), not GGUF files",
-            path.display()
-        ),
-    }
 }
 
 impl StsTask {

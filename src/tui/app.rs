@@ -405,18 +405,14 @@ impl App {
                     r.pid = Some(pid);
                     r.status = RunStatus::Running;
                     if r.config.is_none() {
-                        r.config = std::fs::read_to_string(r.dir.join("config.toml"))
-                            .ok()
-                            .and_then(|t| RunConfig::from_toml_str(&t).ok());
+                        r.config = RunRecord::read_config(&r.dir);
                     }
                 }
             }
             SupervisorEvent::Event { id, line } => {
                 if let Some(r) = self.run_mut(&id) {
                     if r.config.is_none() {
-                        r.config = std::fs::read_to_string(r.dir.join("config.toml"))
-                            .ok()
-                            .and_then(|t| RunConfig::from_toml_str(&t).ok());
+                        r.config = RunRecord::read_config(&r.dir);
                     }
                     r.apply(&line);
                 }

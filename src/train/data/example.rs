@@ -27,8 +27,8 @@ use serde_json::{Map, Value};
 
 use crate::infer::chat_template::ChatMessage;
 
-/// How many problems a [`DataError`] lists; the rest are counted.
-pub const MAX_LISTED_PROBLEMS: usize = 20;
+// The located-error type is shared with inference (search corpora, documents folders).
+pub use crate::located::{DataError, Problem, MAX_LISTED_PROBLEMS};
 
 /// The JSONL shape of a data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,55 +205,6 @@ impl Record {
         format!("{}:{}", self.file, self.line)
     }
 }
-
-/// One problem found in the data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub file: String,
-    /// 1-based; `None` for a problem with the whole file.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{}: {}", self.file, l, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-/// Every problem found while loading or tokenising training data. Its message lists the first
-/// [`MAX_LISTED_PROBLEMS`] and counts the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataError {
-    /// What was being done (`loading training data`, ...).
-    pub stage: String,
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "{} problem{} {}:",
-            n,
-            if n == 1 { "" } else { "s" },
-            self.stage
-        )?;
-        for p in self.problems.iter().take(MAX_LISTED_PROBLEMS) {
-            write!(f, "\n  {p}")?;
-        }
-        if n > MAX_LISTED_PROBLEMS {
-            write!(f, "\n  ... and {} more", n - MAX_LISTED_PROBLEMS)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for DataError {}
 
 /// Reads one JSONL file. Every problem is collected; if there is any, the error is a
 /// [`DataError`] (reachable with `err.downcast_ref::<DataError>()`) listing them. A file with no

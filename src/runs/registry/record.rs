@@ -1,126 +1,14 @@
-//! The history of runs: every run directory under `runs/`, read back into the state the
-//! dashboard shows (status, curves, memory), so that restarting ftlab shows them again.
-//!
-//! A run's record is built from the same [`EventLine`]s whether they are read from
-//! `metrics.jsonl` or arrive live from a worker's stdout: [`RunRecord::apply`] is the one
-//! place that turns events into state. Two small files written by the supervisor complete
-//! the picture: `supervisor.json` (how the run was launched and how it ended, for runs that
-//! died without a `done` event) and `memory.jsonl` (the supervisor's memory samples).
+//! One run's record: its events folded into state ([`RunRecord::apply`], shared by the live
+//! path and the history path), what the dashboard asks of it, and reading it back from its
+//! directory.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
+use super::memory::{MemoryKind, MemoryPoint};
+use super::status::{RunStatus, SupervisorRecord};
 use crate::config::RunConfig;
 use crate::runs::layout::RunDir;
 use crate::train::events::{EventLine, TrainEvent};
-
-/// The supervisor's own record of a run, next to the worker's files.
-pub const SUPERVISOR_FILE: &str = "supervisor.json";
-/// Memory samples taken by the supervisor, one JSON object per line.
-pub const MEMORY_FILE: &str = "memory.jsonl";
-/// The worker's stderr, kept for the failure reason and for reading later.
-pub const WORKER_LOG: &str = "worker.log";
-
-/// Where a run stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Waiting for its device (runs on one device queue by default).
-    Queued,
-    Running,
-    /// Finished: "completed" or "early_stopping".
-    Done(String),
-    /// Stopped by the user (the worker saved a checkpoint and its result).
-    Stopped,
-    /// Crashed, killed (OOM), bad config, or ftlab exited under it: the reason says which.
-    Failed(String),
-}
-
-impl RunStatus {
-    pub fn is_live(&self) -> bool {
-        matches!(self, RunStatus::Queued | RunStatus::Running)
-    }
-
-    pub fn is_finished_ok(&self) -> bool {
-        matches!(self, RunStatus::Done(_) | RunStatus::Stopped)
-    }
-
-    /// One word for lists: queued, running, done, stopped, failed.
-    pub fn word(&self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Done(_) => "done",
-            RunStatus::Stopped => "stopped",
-            RunStatus::Failed(_) => "failed",
-        }
-    }
-
-    /// The word plus the reason where there is one.
-    pub fn describe(&self) -> String {
-        match self {
-            RunStatus::Done(r) if r != "completed" => format!("done ({})", r.replace('_', " ")),
-            RunStatus::Failed(r) => format!("failed: {r}"),
-            other => other.word().to_string(),
-        }
-    }
-}
-
-/// What the supervisor writes into `supervisor.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct SupervisorRecord {
-    pub preset: Option<PathBuf>,
-    #[serde(default)]
-    pub overrides: Vec<String>,
-    #[serde(default)]
-    pub device: String,
-    /// Final status when the supervisor saw the worker exit; absent while live.
-    #[serde(default)]
-    pub outcome: Option<RunStatus>,
-}
-
-/// What a memory reading measured, so that charts label it honestly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum MemoryKind {
-    /// Resident set of the worker process (`/proc/<pid>/status` VmRSS).
-    #[default]
-    Ram,
-    /// The worker's own GPU memory through NVML.
-    GpuProcess,
-    /// The whole GPU's used memory (NVML did not list the worker's pid).
-    GpuDevice,
-}
-
-impl MemoryKind {
-    pub fn label(&self) -> &'static str {
-        match self {
-            MemoryKind::Ram => "process RAM (RSS)",
-            MemoryKind::GpuProcess => "GPU memory, this run (NVML)",
-            MemoryKind::GpuDevice => "GPU memory, all processes (NVML)",
-        }
-    }
-
-    pub fn is_gpu(&self) -> bool {
-        !matches!(self, MemoryKind::Ram)
-    }
-}
-
-/// One memory reading, `secs` after the run started.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct MemoryPoint {
-    pub secs: f64,
-    pub bytes: u64,
-    #[serde(default)]
-    pub kind: MemoryKind,
-    /// Peak so far where the source keeps one (VmHWM).
-    #[serde(default)]
-    pub peak: Option<u64>,
-    /// Device capacity for GPU readings.
-    #[serde(default)]
-    pub capacity: Option<u64>,
-}
 
 /// One optimiser step as the charts need it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -464,18 +352,23 @@ impl RunRecord {
 
     /// A LoRA adapter or full fine-tuned weights to load for inference.
     pub fn has_result(&self) -> bool {
-        let d = RunDir::new(&self.dir);
-        d.adapter().exists() || d.model().exists() || d.best().exists()
+        RunDir::new(&self.dir).has_result()
+    }
+
+    /// The run's resolved config, once the worker has written it (a config that does not
+    /// parse counts as none: the record shows what it can).
+    pub fn read_config(dir: &Path) -> Option<RunConfig> {
+        std::fs::read_to_string(RunDir::new(dir).config())
+            .ok()
+            .and_then(|t| RunConfig::from_toml_str(&t).ok())
     }
 
     /// Reads a run directory: config, events, supervisor record and memory samples.
     pub fn load(dir: &Path) -> Self {
         let run = RunDir::new(dir);
         let mut rec = RunRecord::new(dir);
-        rec.config = std::fs::read_to_string(run.config())
-            .ok()
-            .and_then(|t| RunConfig::from_toml_str(&t).ok());
-        rec.supervisor = std::fs::read_to_string(dir.join(SUPERVISOR_FILE))
+        rec.config = Self::read_config(dir);
+        rec.supervisor = std::fs::read_to_string(run.supervisor_record())
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         if let Ok(text) = std::fs::read_to_string(run.metrics()) {
@@ -485,7 +378,7 @@ impl RunRecord {
                 }
             }
         }
-        if let Ok(text) = std::fs::read_to_string(dir.join(MEMORY_FILE)) {
+        if let Ok(text) = std::fs::read_to_string(run.memory()) {
             rec.memory = text
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
@@ -506,46 +399,6 @@ impl RunRecord {
             };
         }
         rec
-    }
-}
-
-/// The run directories under one root.
-#[derive(Debug, Clone)]
-pub struct Registry {
-    pub root: PathBuf,
-}
-
-impl Registry {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// Directories that look like runs (a config, events or a supervisor record), by id.
-    pub fn run_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_dir()
-                    && (p.join("config.toml").exists()
-                        || p.join("metrics.jsonl").exists()
-                        || p.join(SUPERVISOR_FILE).exists())
-            })
-            .collect();
-        dirs.sort();
-        dirs
-    }
-
-    /// Every run, oldest first (ids start with a timestamp).
-    pub fn scan(&self) -> Vec<RunRecord> {
-        self.run_dirs().iter().map(|d| RunRecord::load(d)).collect()
-    }
-
-    pub fn get(&self, id: &str) -> Option<RunRecord> {
-        let dir = self.root.join(id);
-        dir.is_dir().then(|| RunRecord::load(&dir))
     }
 }
 
