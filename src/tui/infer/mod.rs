@@ -28,7 +28,7 @@ pub use view::draw;
 use super::action::{Action, Effect};
 use super::infer_worker::{InferJob, InferRequest, InferTarget};
 use super::widgets::step;
-use super::widgets::text_field::{TextField, EDITING_HINTS};
+use super::widgets::text_field::{Finished, TextField, EDITING_HINTS};
 use crate::config::TaskKind;
 use crate::infer::chat_template::ChatMessage;
 use crate::infer::sampling::SamplingParams;
@@ -244,21 +244,17 @@ impl InferState {
         let targets = self.mode_targets(t);
         match &mut self.focus {
             InferFocus::Targets => return self.key_targets(key, &targets),
-            InferFocus::Prompt => match key.code {
-                KeyCode::Esc => {
+            // Only the prompt clears with ctrl-u; in the settings it types a `u`.
+            InferFocus::Prompt if is_ctrl_u(&key) => self.input.clear(),
+            InferFocus::Prompt => match self.input.on_key(&key) {
+                Some(Finished::Cancelled) => {
                     if self.streaming.is_some() {
                         return vec![Effect::Send(Action::CancelGenerate)];
                     }
                     self.focus = InferFocus::Targets;
                 }
-                KeyCode::Enter => return self.send_prompt(&targets, t),
-                // Only the prompt clears with ctrl-u; in the settings it types a `u`.
-                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                    self.input.clear()
-                }
-                _ => {
-                    self.input.edit(&key);
-                }
+                Some(Finished::Entered(text)) => return self.send_prompt(text, &targets, t),
+                None => {}
             },
             InferFocus::Sampling(f) => {
                 let f = *f;
@@ -281,18 +277,14 @@ impl InferState {
             }
             InferFocus::EditingSampling { field, value } => {
                 let field = *field;
-                match key.code {
-                    KeyCode::Esc => self.focus = InferFocus::Sampling(field),
-                    KeyCode::Enter => {
-                        let v = value.text().trim().to_string();
+                if let Some(done) = value.on_key(&key) {
+                    self.focus = InferFocus::Sampling(field);
+                    if let Finished::Entered(v) = done {
+                        let name = SAMPLING_FIELDS[field];
                         self.status = match self.set_sampling(field, &v) {
-                            Ok(()) => format!("{} = {v}", SAMPLING_FIELDS[field]),
-                            Err(e) => format!("{}: {e}", SAMPLING_FIELDS[field]),
+                            Ok(()) => format!("{name} = {v}"),
+                            Err(e) => format!("{name}: {e}"),
                         };
-                        self.focus = InferFocus::Sampling(field);
-                    }
-                    _ => {
-                        value.edit(&key);
                     }
                 }
             }
@@ -332,12 +324,11 @@ impl InferState {
     }
 
     /// Sends the prompt to the selected model as a job of the current mode.
-    fn send_prompt(&mut self, targets: &[InferTarget], t: &Targets) -> Vec<Effect> {
+    fn send_prompt(&mut self, text: String, targets: &[InferTarget], t: &Targets) -> Vec<Effect> {
         if self.streaming.is_some() {
             self.status = "wait for the answer (Esc cancels it)".into();
             return Vec::new();
         }
-        let text = self.input.text().trim().to_string();
         if text.is_empty() {
             return Vec::new();
         }
@@ -415,4 +406,8 @@ impl InferState {
             max_new_tokens: self.max_new_tokens,
         })))]
     }
+}
+
+fn is_ctrl_u(key: &KeyEvent) -> bool {
+    key.code == KeyCode::Char('u') && key.modifiers.contains(KeyModifiers::CONTROL)
 }

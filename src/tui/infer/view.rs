@@ -7,7 +7,7 @@ use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::{InferFocus, InferMode, InferState, Role, Targets, SAMPLING_FIELDS};
-use crate::tui::widgets::{border, format, SELECTED};
+use crate::tui::widgets::{format, panel, SELECTED};
 
 /// Draws the tab, offering the models `models` lists.
 pub fn draw(f: &mut Frame, inf: &InferState, models: &Targets, area: Rect) {
@@ -50,11 +50,7 @@ pub fn draw(f: &mut Frame, inf: &InferState, models: &Targets, area: Rect) {
     );
     f.render_stateful_widget(
         List::new(items)
-            .block(
-                Block::bordered()
-                    .title(list_title)
-                    .border_style(border(inf.focus == InferFocus::Targets)),
-            )
+            .block(panel(list_title, inf.focus == InferFocus::Targets))
             .highlight_style(SELECTED),
         tl,
         &mut state,
@@ -85,11 +81,7 @@ pub fn draw(f: &mut Frame, inf: &InferState, models: &Targets, area: Rect) {
         })
         .collect();
     f.render_widget(
-        Paragraph::new(slines).block(
-            Block::bordered()
-                .title(" Settings (s) ")
-                .border_style(border(sampling_on)),
-        ),
+        Paragraph::new(slines).block(panel(" Settings (s) ", sampling_on)),
         sl,
     );
 
@@ -176,15 +168,14 @@ pub fn draw(f: &mut Frame, inf: &InferState, models: &Targets, area: Rect) {
         .input
         .tail(input.width.saturating_sub(4) as usize, typing);
     f.render_widget(
-        Paragraph::new(shown).block(
-            Block::bordered()
-                .title(if typing {
-                    " Prompt (enter sends, esc leaves) "
-                } else {
-                    " Prompt (enter to type) "
-                })
-                .border_style(border(typing)),
-        ),
+        Paragraph::new(shown).block(panel(
+            if typing {
+                " Prompt (enter sends, esc leaves) "
+            } else {
+                " Prompt (enter to type) "
+            },
+            typing,
+        )),
         input,
     );
     let mut st = Vec::new();

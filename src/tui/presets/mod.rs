@@ -15,7 +15,7 @@ pub use view::draw;
 
 use super::action::{Action, Effect};
 use super::widgets::step;
-use super::widgets::text_field::{TextField, EDITING_HINTS};
+use super::widgets::text_field::{Finished, TextField, EDITING_HINTS};
 use crate::runs::supervisor::LaunchRequest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,20 +88,18 @@ impl PresetsState {
             }
             PresetFocus::Editing { field, value } => {
                 let field = *field;
-                match key.code {
-                    KeyCode::Esc => self.focus = PresetFocus::Fields(field),
-                    KeyCode::Enter => {
-                        let value = value.text().trim().to_string();
-                        let key = EDIT_FIELDS[field].1;
-                        let said = self.entries[self.selected].set_override(key, &value);
-                        self.focus = PresetFocus::Fields(field);
-                        return vec![Effect::Say(said)];
+                let Some(done) = value.on_key(&key) else {
+                    return Vec::new();
+                };
+                self.focus = PresetFocus::Fields(field);
+                match done {
+                    Finished::Entered(v) => {
+                        let said =
+                            self.entries[self.selected].set_override(EDIT_FIELDS[field].1, &v);
+                        vec![Effect::Say(said)]
                     }
-                    _ => {
-                        value.edit(&key);
-                    }
+                    Finished::Cancelled => Vec::new(),
                 }
-                Vec::new()
             }
         }
     }

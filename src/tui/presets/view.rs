@@ -9,7 +9,7 @@ use ratatui::Frame;
 use super::{PresetEntry, PresetFocus, PresetSource, PresetsState, EDIT_FIELDS};
 use crate::config::{QuantKind, RunConfig};
 use crate::tui::widgets::format::{self, short_spec};
-use crate::tui::widgets::{border, SELECTED};
+use crate::tui::widgets::{panel, SELECTED};
 
 pub fn draw(f: &mut Frame, p: &PresetsState, area: Rect) {
     if p.entries.is_empty() {
@@ -75,11 +75,7 @@ pub fn draw(f: &mut Frame, p: &PresetsState, area: Rect) {
     let focused = matches!(p.focus, PresetFocus::List);
     f.render_stateful_widget(
         List::new(items)
-            .block(
-                Block::bordered()
-                    .title(format!(" Presets ({}) ", p.entries.len()))
-                    .border_style(border(focused)),
-            )
+            .block(panel(format!(" Presets ({}) ", p.entries.len()), focused))
             .highlight_style(SELECTED),
         left,
         &mut state,
@@ -211,11 +207,9 @@ fn draw_detail(f: &mut Frame, p: &PresetsState, e: &PresetEntry, area: Rect) {
     ])
     .areas(area);
     f.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::bordered()
-                .title(" Preset ")
-                .border_style(border(false)),
-        ),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(panel(" Preset ", false)),
         info,
     );
     let mut flines = Vec::new();
@@ -263,15 +257,16 @@ fn draw_detail(f: &mut Frame, p: &PresetsState, e: &PresetEntry, area: Rect) {
         )
     }));
     f.render_widget(
-        Paragraph::new(flines).wrap(Wrap { trim: true }).block(
-            Block::bordered()
-                .title(if editing {
+        Paragraph::new(flines)
+            .wrap(Wrap { trim: true })
+            .block(panel(
+                if editing {
                     " Edit before launch (enter: change, esc: back) "
                 } else {
                     " Edit before launch (e) "
-                })
-                .border_style(border(editing)),
-        ),
+                },
+                editing,
+            )),
         fields,
     );
 }

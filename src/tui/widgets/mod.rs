@@ -9,19 +9,24 @@ pub mod table;
 pub mod text_field;
 
 use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::Block;
 
 /// The selected row of a list: a background that keeps the row's own colours readable.
 pub const SELECTED: Style = Style::new()
     .bg(Color::Indexed(238))
     .add_modifier(Modifier::BOLD);
 
-/// The border of a panel: bright while it has the keys, dim otherwise.
-pub fn border(focused: bool) -> Style {
-    Style::default().fg(if focused {
+/// A bordered panel titled `title`, its border bright while it has the keys, dim otherwise.
+pub fn panel<'a>(title: impl Into<Line<'a>>, focused: bool) -> Block<'a> {
+    let color = if focused {
         Color::Cyan
     } else {
         Color::DarkGray
-    })
+    };
+    Block::bordered()
+        .title(title)
+        .border_style(Style::default().fg(color))
 }
 
 /// A list selection moved by `d` rows, kept within a list of `n` (0 when it is empty).

@@ -13,6 +13,15 @@ const CURSOR: char = '▏';
 pub const EDITING_HINTS: [(&str, &str); 3] =
     [("type", "value"), ("enter", "apply"), ("esc", "cancel")];
 
+/// How the editing of a field ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Enter: the text, trimmed.
+    Entered(String),
+    /// Esc.
+    Cancelled,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TextField {
     text: String,
@@ -31,21 +40,19 @@ impl TextField {
         self.text.clear();
     }
 
-    /// Applies an editing key: Backspace deletes the last character, a printable character
-    /// (with or without modifiers) is appended. False for any other key, which the caller
-    /// handles (Enter, Esc, shortcuts).
-    pub fn edit(&mut self, key: &KeyEvent) -> bool {
+    /// Applies a key: Backspace deletes the last character, a printable character (with or
+    /// without modifiers) is appended, Enter and Esc end the editing. Other keys do nothing.
+    pub fn on_key(&mut self, key: &KeyEvent) -> Option<Finished> {
         match key.code {
+            KeyCode::Enter => return Some(Finished::Entered(self.text.trim().to_string())),
+            KeyCode::Esc => return Some(Finished::Cancelled),
             KeyCode::Backspace => {
                 self.text.pop();
-                true
             }
-            KeyCode::Char(c) if !c.is_control() => {
-                self.text.push(c);
-                true
-            }
-            _ => false,
+            KeyCode::Char(c) if !c.is_control() => self.text.push(c),
+            _ => {}
         }
+        None
     }
 
     /// The value being typed into a field of a form: its text and the cursor, highlighted.
@@ -80,25 +87,31 @@ mod tests {
     #[test]
     fn appends_printable_characters_and_backspace_deletes_the_last() {
         let mut f = TextField::new("ab");
-        assert!(f.edit(&key(KeyCode::Char('c'))));
-        assert!(f.edit(&key(KeyCode::Backspace)));
-        assert!(f.edit(&key(KeyCode::Backspace)));
+        for k in [KeyCode::Char('c'), KeyCode::Backspace, KeyCode::Backspace] {
+            assert_eq!(f.on_key(&key(k)), None);
+        }
         assert_eq!(f.text(), "a");
         // Modifiers do not change what a character types.
-        assert!(f.edit(&KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL)));
+        f.on_key(&KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
         assert_eq!(f.text(), "au");
-        for k in [
-            KeyCode::Enter,
-            KeyCode::Esc,
-            KeyCode::Left,
-            KeyCode::Char('\u{7}'),
-        ] {
-            assert!(!f.edit(&key(k)), "{k:?}");
+        for k in [KeyCode::Left, KeyCode::Delete, KeyCode::Char('\u{7}')] {
+            assert_eq!(f.on_key(&key(k)), None, "{k:?}");
         }
         assert_eq!(f.text(), "au");
         f.clear();
-        assert!(f.edit(&key(KeyCode::Backspace)));
+        f.on_key(&key(KeyCode::Backspace));
         assert_eq!(f.text(), "");
+    }
+
+    #[test]
+    fn enter_gives_the_trimmed_text_and_esc_cancels() {
+        let mut f = TextField::new(" 2e-4 ");
+        assert_eq!(
+            f.on_key(&key(KeyCode::Enter)),
+            Some(Finished::Entered("2e-4".into()))
+        );
+        assert_eq!(f.on_key(&key(KeyCode::Esc)), Some(Finished::Cancelled));
+        assert_eq!(f.text(), " 2e-4 ", "ending the editing keeps the text");
     }
 
     #[test]
