@@ -12,8 +12,9 @@ use ftlab::infer::search::Hit;
 use ftlab::runs::registry::{MemoryKind, MemoryPoint, RunRecord, RunStatus};
 use ftlab::runs::supervisor::SupervisorEvent;
 use ftlab::train::events::{EventLine, TrainEvent, SCHEMA_VERSION};
-use ftlab::tui::app::{discover_presets, InferMode, PresetSource, Role, Turn};
+use ftlab::tui::infer::{InferMode, Role, Turn};
 use ftlab::tui::infer_worker::{InferEvent, InferJob, InferRequest};
+use ftlab::tui::presets::{discover_presets, PresetSource};
 use ftlab::tui::{draw, Action, App, GpuState, Tab};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -274,7 +275,8 @@ fn runs_tab_empty_points_to_presets() {
 #[test]
 fn runs_tab_running_shows_progress_eta_and_four_charts() {
     let mut app = empty_app();
-    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
+    app.runs
+        .upsert(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
     app.tab = Tab::Runs;
     let s = render(&mut app, 140, 42);
     assert!(s.contains("20260101-100000-lora"), "{s}");
@@ -321,7 +323,7 @@ fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
             capacity: Some(80 << 30),
         })
         .collect();
-    app.upsert_run(r);
+    app.runs.upsert(r);
     app.tab = Tab::Runs;
     let s = render(&mut app, 140, 42);
     assert!(s.contains("GPU: NVIDIA H100"), "{s}");
@@ -333,10 +335,12 @@ fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
 #[test]
 fn runs_tab_finished_and_failed() {
     let mut app = empty_app();
-    app.upsert_run(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
-    app.upsert_run(failed_run(Path::new("/r/20260101-100000-qlora")));
+    app.runs
+        .upsert(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
+    app.runs
+        .upsert(failed_run(Path::new("/r/20260101-100000-qlora")));
     app.tab = Tab::Runs;
-    app.selected_run = Some("20260101-100000-qlora".into());
+    app.runs.selected = Some("20260101-100000-qlora".into());
     let s = render(&mut app, 140, 42);
     assert!(s.contains("failed: killed by SIGKILL"), "{s}");
     assert!(s.contains("done"), "the finished run in the list:\n{s}");
@@ -404,19 +408,21 @@ fn compare_tab_empty_explains_how_to_choose() {
 #[test]
 fn compare_tab_table_and_overlaid_chart() {
     let mut app = empty_app();
-    app.upsert_run(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
+    app.runs
+        .upsert(finished_run(Path::new("/r/20260101-090000-baseline"), 10));
     let mut lora = finished_run(Path::new("/r/20260101-100000-lora"), 8);
     if let Some(s) = lora.start.as_mut() {
         s.technique = "QLoRA".into();
     }
-    app.upsert_run(lora);
-    app.upsert_run(failed_run(Path::new("/r/20260101-110000-x")));
+    app.runs.upsert(lora);
+    app.runs
+        .upsert(failed_run(Path::new("/r/20260101-110000-x")));
     app.tab = Tab::Compare;
     app.on_key(code(KeyCode::Down)); // skip the failed run (newest first)
     app.on_key(key(' '));
     app.on_key(code(KeyCode::Down));
     app.on_key(key(' '));
-    assert_eq!(app.compared_runs().len(), 2);
+    assert_eq!(app.compare.chosen_runs(&app.runs.records).len(), 2);
     let s = render(&mut app, 150, 40);
     for h in [
         "technique",
@@ -468,7 +474,7 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     let dir = tmp.path().join("20260101-090000-lora");
     std::fs::create_dir_all(dir.join("adapter")).unwrap();
     let mut app = app_with_presets();
-    app.upsert_run(finished_run(&dir, 4));
+    app.runs.upsert(finished_run(&dir, 4));
     app.tab = Tab::Infer;
     let s = render(&mut app, 120, 36);
     assert!(
@@ -476,7 +482,7 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
         "a finished run is a target:\n{s}"
     );
     // Pick the run, type, send.
-    let targets = app.infer_targets();
+    let targets = app.targets().language_models();
     let i = targets.iter().position(|t| t.adapter.is_some()).unwrap();
     app.infer.selected = i;
     app.on_key(code(KeyCode::Enter));
@@ -580,19 +586,24 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     let lm_dir = tmp.path().join("20260101-090000-lora");
     std::fs::create_dir_all(lm_dir.join("adapter")).unwrap();
     let mut app = app_with_presets();
-    app.upsert_run(finished_run(&lm_dir, 4));
-    app.upsert_run(sts_run(&sts_dir));
+    app.runs.upsert(finished_run(&lm_dir, 4));
+    app.runs.upsert(sts_run(&sts_dir));
     // The STS run is an encoder, not a chat model.
-    assert!(app.infer_targets().iter().all(|t| !t.key.contains("sts")));
+    assert!(app
+        .targets()
+        .language_models()
+        .iter()
+        .all(|t| !t.key.contains("sts")));
     // `i` on the STS run opens the Inference tab in search mode with it selected.
     app.tab = Tab::Runs;
-    app.selected_run = Some("20260101-100000-sts-baseline".into());
+    app.runs.selected = Some("20260101-100000-sts-baseline".into());
     let s = render(&mut app, 140, 40);
     assert!(
         s.contains("spearman 0.745"),
         "the STS run's headline metric:\n{s}"
     );
-    app.compare_chosen
+    app.compare
+        .chosen
         .insert("20260101-100000-sts-baseline".into());
     app.tab = Tab::Compare;
     let s = render(&mut app, 160, 40);
@@ -651,7 +662,8 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     app.on_key(key('m'));
     assert_eq!(app.infer.mode, InferMode::Rag);
     let lm = app
-        .infer_targets()
+        .targets()
+        .language_models()
         .iter()
         .position(|t| t.adapter.is_some())
         .unwrap();
@@ -778,7 +790,8 @@ fn help_overlay_tabs_and_quit() {
 #[test]
 fn quitting_with_live_runs_asks_first() {
     let mut app = empty_app();
-    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 2, 10));
+    app.runs
+        .upsert(running_run(Path::new("/r/20260101-100000-lora"), 2, 10));
     assert!(app.on_key(key('q')).is_empty());
     assert!(app.confirm_quit);
     let s = render(&mut app, 120, 36);
@@ -794,7 +807,8 @@ fn quitting_with_live_runs_asks_first() {
 #[test]
 fn a_small_terminal_says_so_and_every_size_draws() {
     let mut app = app_with_presets();
-    app.upsert_run(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
+    app.runs
+        .upsert(running_run(Path::new("/r/20260101-100000-lora"), 4, 10));
     let s = render(&mut app, 50, 12);
     assert!(s.contains("terminal too small"), "{s}");
     assert!(s.contains("50×12"), "{s}");

@@ -16,8 +16,8 @@ use crossterm::event::{self, Event};
 
 use crate::runs::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
 use crate::telemetry::GpuProbe;
-use crate::tui::app::{discover_presets, user_preset_dir, PresetSource};
 use crate::tui::infer_worker::{self, InferEvent};
+use crate::tui::presets::{discover_presets, user_preset_dir, PresetSource};
 use crate::tui::{draw, Action, App, GpuState};
 
 /// Shortest time between two frames.
@@ -67,9 +67,9 @@ pub fn run() -> Result<()> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        app.max_concurrent = n.max(1);
+        app.runs.max_concurrent = n.max(1);
     }
-    app.load_history();
+    app.runs.load_history();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -82,7 +82,7 @@ pub fn run() -> Result<()> {
         std::env::current_exe().context("finding the ftlab executable for the workers")?,
         &paths.runs_root,
     );
-    opts.max_concurrent_per_device = app.max_concurrent;
+    opts.max_concurrent_per_device = app.runs.max_concurrent;
     opts.gpu = probe;
     let sup = {
         let tx = tx.clone();
@@ -120,6 +120,7 @@ pub fn run() -> Result<()> {
     // Runs still live were asked to stop (the quit confirmation did); give them time to save.
     let live: Vec<String> = app
         .runs
+        .records
         .iter()
         .filter(|r| r.status.is_live())
         .map(|r| r.id.clone())
@@ -214,8 +215,7 @@ fn event_loop(
                     Action::SetMaxConcurrent(n) => sup.set_max_concurrent(n),
                     Action::Generate(job) => {
                         if jobs.send(*job).is_err() {
-                            app.infer.streaming = None;
-                            app.infer.status = "the inference thread has stopped".into();
+                            app.infer.on_worker_gone();
                         }
                     }
                     Action::CancelGenerate => cancel.store(true, Ordering::SeqCst),

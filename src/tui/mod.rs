@@ -1,14 +1,18 @@
 //! The dashboard: `ftlab` with no arguments.
 //!
-//! `app` holds the state and turns keys into actions; `ui` and one module per tab draw that
-//! state (and nothing else); `widgets` are the shared drawing pieces; `infer_worker` runs the
-//! Inference tab's model on its own thread. The event loop that ties them to the terminal,
-//! the supervisor and the inference thread is `cli::tui`.
+//! One module per tab (`presets`, `runs`, `compare`, `infer`), each owning its state, its
+//! keys and its drawing: a key handler changes the tab's state and returns [`action::Effect`]s
+//! for anything beyond it. `app` keeps what is global (active tab, help, quitting, the
+//! footer's message), dispatches keys to the active tab and applies the effects; the
+//! [`Action`]s among them go to the event loop. `ui` draws the frame around the tabs;
+//! `widgets` are the shared pieces; `infer_worker` runs the Inference tab's model on its own
+//! thread. The event loop that ties them to the terminal, the supervisor and the inference
+//! thread is `cli::tui`.
+pub mod action;
 pub mod app;
 pub mod compare;
 pub mod help;
 pub mod infer;
-pub mod infer_state;
 pub mod infer_worker;
 pub mod predict;
 pub mod presets;
@@ -16,5 +20,6 @@ pub mod runs;
 pub mod ui;
 pub mod widgets;
 
-pub use app::{Action, App, GpuState, Tab};
+pub use action::Action;
+pub use app::{App, GpuState, Tab};
 pub use ui::draw;

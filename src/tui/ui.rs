@@ -5,7 +5,7 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{App, GpuState, InferFocus, PresetFocus, Tab};
+use super::app::{App, GpuState, Tab};
 use super::widgets::popup::{centered, Popup};
 use super::{compare, help, infer, presets, runs};
 
@@ -36,10 +36,10 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     .areas(area);
     draw_tabs(f, app, top);
     match app.tab {
-        Tab::Presets => presets::draw(f, app, body),
+        Tab::Presets => presets::draw(f, &app.presets, body),
         Tab::Runs => runs::draw(f, app, body),
-        Tab::Compare => compare::draw(f, app, body),
-        Tab::Infer => infer::draw(f, app, body),
+        Tab::Compare => compare::draw(f, &app.compare, &app.runs.records, body),
+        Tab::Infer => infer::draw(f, &app.infer, &app.targets(), body),
     }
     draw_footer(f, app, foot);
     if app.show_help {
@@ -130,68 +130,9 @@ fn draw_tabs(f: &mut Frame, app: &mut App, area: Rect) {
     }
 }
 
-fn key_hints(app: &App) -> Vec<(&'static str, &'static str)> {
-    let mut k: Vec<(&str, &str)> = match app.tab {
-        Tab::Presets => match app.presets.focus {
-            PresetFocus::List => vec![
-                ("↑↓", "select"),
-                ("space", "mark"),
-                ("e", "edit"),
-                ("enter", "launch"),
-                ("r", "reset edits"),
-            ],
-            PresetFocus::Fields(_) => vec![
-                ("↑↓", "field"),
-                ("enter", "change"),
-                ("l", "launch"),
-                ("esc", "back"),
-            ],
-            PresetFocus::Editing { .. } => {
-                vec![("type", "value"), ("enter", "apply"), ("esc", "cancel")]
-            }
-        },
-        Tab::Runs => vec![
-            ("↑↓", "select"),
-            ("s", "stop"),
-            ("c", "compare"),
-            ("i", "ask it"),
-            ("+/-", "parallel runs"),
-            ("R", "rescan"),
-        ],
-        Tab::Compare => vec![
-            ("↑↓", "select"),
-            ("space", "choose"),
-            ("a", "all"),
-            ("←→", "metric"),
-        ],
-        Tab::Infer => match app.infer.focus {
-            InferFocus::Targets => vec![
-                ("↑↓", "model"),
-                ("enter", "type"),
-                ("m", "chat/search/RAG"),
-                ("s", "settings"),
-                ("x", "clear"),
-            ],
-            InferFocus::Prompt => vec![
-                ("enter", "send"),
-                ("esc", "leave/cancel"),
-                ("ctrl-u", "clear"),
-            ],
-            InferFocus::Sampling(_) => vec![("↑↓", "field"), ("enter", "change"), ("esc", "back")],
-            InferFocus::EditingSampling { .. } => {
-                vec![("type", "value"), ("enter", "apply"), ("esc", "cancel")]
-            }
-        },
-    };
-    if !app.typing() {
-        k.extend([("1-4/tab", "tabs"), ("?", "help"), ("q", "quit")]);
-    }
-    k
-}
-
 fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
     let mut spans = Vec::new();
-    for (key, what) in key_hints(app) {
+    for (key, what) in app.key_hints() {
         spans.push(Span::styled(
             format!(" {key}"),
             Style::default().fg(Color::Cyan).bold(),

@@ -1,4 +1,5 @@
-//! Human-readable numbers: bytes, durations, counts, losses.
+//! Human-readable numbers (bytes, durations, counts, losses) and short names.
+use std::path::Path;
 
 /// 1.23 GiB, 456.7 MiB, 12.0 KiB, 512 B.
 pub fn bytes(b: u64) -> String {
@@ -140,6 +141,18 @@ pub fn char_width(c: char) -> usize {
         2
     } else {
         1
+    }
+}
+
+/// A model spec short enough for a list: the file or directory name of a path.
+pub fn short_spec(spec: &str) -> String {
+    if spec.contains('/') && !spec.starts_with("hf:") {
+        Path::new(spec)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string())
+    } else {
+        spec.to_string()
     }
 }
 

@@ -1,24 +1,25 @@
-//! Runs tab: every run, live and past. For the selected one: status (with the reason of a
-//! failure), a progress bar with ETA, and live charts of loss, throughput and memory, with
-//! the predicted peak drawn next to the measured curve.
+//! Draws the Runs tab: every run, live and past. For the selected one: status (with the
+//! reason of a failure), a progress bar with ETA, and live charts of loss, throughput and
+//! memory, with the predicted peak drawn next to the measured curve.
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{short_spec, App, GpuState};
-use super::widgets::chart::{HLine, LineChart, Series};
-use super::widgets::gauge::Progress;
-use super::widgets::{format, status};
 use crate::runs::registry::{RunRecord, RunStatus};
 use crate::telemetry::GpuUnavailable;
+use crate::tui::widgets::chart::{HLine, LineChart, Series};
+use crate::tui::widgets::format::{self, short_spec};
+use crate::tui::widgets::gauge::Progress;
+use crate::tui::widgets::{status, SELECTED};
+use crate::tui::{App, GpuState};
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Length(36), Constraint::Min(30)]).areas(area);
     draw_list(f, app, left);
-    match app.selected_run() {
+    match app.runs.selected_run() {
         Some(r) => draw_run(f, app, r, right),
         None => f.render_widget(
             Paragraph::new(vec![
@@ -27,7 +28,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 Line::from("Launch one from the Presets tab (1): select a preset and press enter."),
                 Line::from(format!(
                     "Runs are kept in {} and shown again when ftlab restarts.",
-                    app.runs_root.display()
+                    app.runs.root.display()
                 )),
             ])
             .wrap(Wrap { trim: true })
@@ -38,12 +39,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_list(f: &mut Frame, app: &App, area: Rect) {
-    let runs = app.runs_newest_first();
+    let runs = app.runs.newest_first();
     let width = area.width.saturating_sub(4) as usize;
     let items: Vec<ListItem> = runs
         .iter()
         .map(|r| {
-            let chosen = if app.compare_chosen.contains(&r.id) {
+            let chosen = if app.compare.chosen.contains(&r.id) {
                 "◆"
             } else {
                 " "
@@ -76,11 +77,12 @@ fn draw_list(f: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let sel = app
-        .selected_run
+        .runs
+        .selected
         .as_ref()
         .and_then(|id| runs.iter().position(|r| &r.id == id));
     let mut state = ListState::default().with_selected(sel);
-    let live = app.live_runs();
+    let live = app.runs.live();
     let title = format!(
         " Runs ({}{}) · {} at once ",
         runs.len(),
@@ -89,7 +91,7 @@ fn draw_list(f: &mut Frame, app: &App, area: Rect) {
         } else {
             String::new()
         },
-        app.max_concurrent
+        app.runs.max_concurrent
     );
     f.render_stateful_widget(
         List::new(items)
@@ -98,7 +100,7 @@ fn draw_list(f: &mut Frame, app: &App, area: Rect) {
                     .title(title)
                     .border_style(Style::default().fg(Color::Cyan)),
             )
-            .highlight_style(super::widgets::SELECTED),
+            .highlight_style(SELECTED),
         area,
         &mut state,
     );
@@ -144,7 +146,7 @@ fn header_lines(app: &App, r: &RunRecord) -> Vec<Line<'static>> {
     now.push(format!("peak {}", format::opt_bytes(r.peak_memory())));
     now.push(format!(
         "predicted {}",
-        format::opt_bytes(app.predicted_peak(r))
+        format::opt_bytes(app.runs.predicted_peak(r))
     ));
     lines.push(Line::from(now.join(" · ")));
     match &r.status {
@@ -265,7 +267,7 @@ fn draw_memory(f: &mut Frame, app: &App, r: &RunRecord, area: Rect) {
         }
         (GpuState::Available(_), false) => format!(" Memory — CPU run: {} ", kind.label()),
     };
-    let predicted = app.predicted_peak(r).map(|b| HLine {
+    let predicted = app.runs.predicted_peak(r).map(|b| HLine {
         name: format!("predicted {}", format::bytes(b)),
         y: b as f64,
         color: Color::Red,

@@ -1,15 +1,15 @@
-//! Compare tab: chosen runs side by side — a table of what each technique cost and
-//! achieved, and one metric of all of them overlaid in one chart.
+//! Draws the Compare tab: the run picker, the table of the chosen runs and the chart that
+//! overlays one metric of them.
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{App, CompareMetric};
-use super::widgets::chart::{LineChart, Series, PALETTE};
-use super::widgets::{format, status, table};
+use super::{CompareMetric, CompareState};
 use crate::runs::registry::RunRecord;
+use crate::tui::widgets::chart::{LineChart, Series, PALETTE};
+use crate::tui::widgets::{format, status, table, SELECTED};
 
 pub const HEADERS: [&str; 9] = [
     "run",
@@ -23,11 +23,12 @@ pub const HEADERS: [&str; 9] = [
     "wall time",
 ];
 
-pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+/// Draws the tab for `runs` (every run, oldest first).
+pub fn draw(f: &mut Frame, c: &CompareState, runs: &[RunRecord], area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Length(34), Constraint::Min(30)]).areas(area);
-    draw_picker(f, app, left);
-    let chosen = app.compared_runs();
+    draw_picker(f, c, runs, left);
+    let chosen = c.chosen_runs(runs);
     let th = (chosen.len() as u16 + 3).clamp(5, right.height / 2);
     let [top, bottom] = Layout::vertical([Constraint::Length(th), Constraint::Min(5)]).areas(right);
     if chosen.is_empty() {
@@ -43,16 +44,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     } else {
         draw_table(f, &chosen, top);
     }
-    draw_chart(f, app, &chosen, bottom);
+    draw_chart(f, c.metric, &chosen, bottom);
 }
 
-fn draw_picker(f: &mut Frame, app: &App, area: Rect) {
-    let runs = app.runs_newest_first();
+fn draw_picker(f: &mut Frame, c: &CompareState, runs: &[RunRecord], area: Rect) {
+    let runs: Vec<&RunRecord> = runs.iter().rev().collect();
     let w = area.width.saturating_sub(8) as usize;
     let items: Vec<ListItem> = runs
         .iter()
         .map(|r| {
-            let on = app.compare_chosen.contains(&r.id);
+            let on = c.chosen.contains(&r.id);
             ListItem::new(Line::from(vec![
                 Span::styled(
                     if on { "[x] " } else { "[ ] " },
@@ -66,21 +67,16 @@ fn draw_picker(f: &mut Frame, app: &App, area: Rect) {
             ]))
         })
         .collect();
-    let mut state = ListState::default().with_selected(
-        (!runs.is_empty()).then_some(app.compare_cursor.min(runs.len().saturating_sub(1))),
-    );
+    let mut state = ListState::default()
+        .with_selected((!runs.is_empty()).then_some(c.cursor.min(runs.len().saturating_sub(1))));
     f.render_stateful_widget(
         List::new(items)
             .block(
                 Block::bordered()
-                    .title(format!(
-                        " Choose runs ({}/{}) ",
-                        app.compare_chosen.len(),
-                        runs.len()
-                    ))
+                    .title(format!(" Choose runs ({}/{}) ", c.chosen.len(), runs.len()))
                     .border_style(Style::default().fg(Color::Cyan)),
             )
-            .highlight_style(super::widgets::SELECTED),
+            .highlight_style(SELECTED),
         area,
         &mut state,
     );
@@ -167,8 +163,7 @@ fn series_of(r: &RunRecord, m: CompareMetric) -> Vec<(f64, f64)> {
     }
 }
 
-fn draw_chart(f: &mut Frame, app: &App, chosen: &[&RunRecord], area: Rect) {
-    let m = app.compare_metric;
+fn draw_chart(f: &mut Frame, m: CompareMetric, chosen: &[&RunRecord], area: Rect) {
     let tabs: Vec<Span> = CompareMetric::ALL
         .iter()
         .flat_map(|x| {

@@ -1,20 +1,19 @@
-//! Presets tab: the presets of `presets/` and of the user's own directory, each with its
-//! technique, model, key hyper-parameters and predicted memory; the common fields are
-//! editable before launch (as `--set` overrides), and one or several can be launched.
+//! Draws the Presets tab: the list, and for the selected preset its technique, model, key
+//! hyper-parameters, predicted memory and the fields editable before launch.
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{short_spec, App, PresetFocus, PresetSource, EDIT_FIELDS};
-use super::widgets::format;
+use super::{PresetEntry, PresetFocus, PresetSource, PresetsState, EDIT_FIELDS};
 use crate::config::{QuantKind, RunConfig};
+use crate::tui::widgets::format::{self, short_spec};
+use crate::tui::widgets::{panel, SELECTED};
 
-pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    let p = &app.presets;
+pub fn draw(f: &mut Frame, p: &PresetsState, area: Rect) {
     if p.entries.is_empty() {
-        let dirs = super::app::user_preset_dir()
+        let dirs = super::user_preset_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "~/.config/ftlab/presets".into());
         f.render_widget(
@@ -76,25 +75,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let focused = matches!(p.focus, PresetFocus::List);
     f.render_stateful_widget(
         List::new(items)
-            .block(
-                Block::bordered()
-                    .title(format!(" Presets ({}) ", p.entries.len()))
-                    .border_style(border(focused)),
-            )
-            .highlight_style(super::widgets::SELECTED),
+            .block(panel(format!(" Presets ({}) ", p.entries.len()), focused))
+            .highlight_style(SELECTED),
         left,
         &mut state,
     );
     if let Some(e) = p.entries.get(p.selected) {
-        draw_detail(f, app, e, right);
-    }
-}
-
-fn border(focused: bool) -> Style {
-    if focused {
-        Style::default().fg(Color::Cyan)
-    } else {
-        Style::default().fg(Color::DarkGray)
+        draw_detail(f, p, e, right);
     }
 }
 
@@ -124,8 +111,8 @@ fn model_line(c: &RunConfig) -> String {
     s
 }
 
-fn draw_detail(f: &mut Frame, app: &App, e: &super::app::PresetEntry, area: Rect) {
-    let editing = !matches!(app.presets.focus, PresetFocus::List);
+fn draw_detail(f: &mut Frame, p: &PresetsState, e: &PresetEntry, area: Rect) {
+    let editing = !matches!(p.focus, PresetFocus::List);
     let mut lines: Vec<Line> = Vec::new();
     match &e.effective {
         Ok(c) => {
@@ -220,22 +207,17 @@ fn draw_detail(f: &mut Frame, app: &App, e: &super::app::PresetEntry, area: Rect
     ])
     .areas(area);
     f.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::bordered()
-                .title(" Preset ")
-                .border_style(border(false)),
-        ),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(panel(" Preset ", false)),
         info,
     );
     let mut flines = Vec::new();
     for (i, (label, key)) in EDIT_FIELDS.iter().enumerate() {
-        let cur = matches!(app.presets.focus, PresetFocus::Fields(j) if j == i)
-            || matches!(&app.presets.focus, PresetFocus::Editing { field, .. } if *field == i);
-        let value = match &app.presets.focus {
-            PresetFocus::Editing { field, buffer } if *field == i => Span::styled(
-                format!("{buffer}▏"),
-                Style::default().fg(Color::Black).bg(Color::Yellow),
-            ),
+        let cur = matches!(p.focus, PresetFocus::Fields(j) if j == i)
+            || matches!(&p.focus, PresetFocus::Editing { field, .. } if *field == i);
+        let value = match &p.focus {
+            PresetFocus::Editing { field, value } if *field == i => value.editing_span(),
             _ => match e.field_value(key) {
                 Some(v) => Span::styled(
                     v,
@@ -275,15 +257,16 @@ fn draw_detail(f: &mut Frame, app: &App, e: &super::app::PresetEntry, area: Rect
         )
     }));
     f.render_widget(
-        Paragraph::new(flines).wrap(Wrap { trim: true }).block(
-            Block::bordered()
-                .title(if editing {
+        Paragraph::new(flines)
+            .wrap(Wrap { trim: true })
+            .block(panel(
+                if editing {
                     " Edit before launch (enter: change, esc: back) "
                 } else {
                     " Edit before launch (e) "
-                })
-                .border_style(border(editing)),
-        ),
+                },
+                editing,
+            )),
         fields,
     );
 }

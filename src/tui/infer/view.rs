@@ -1,20 +1,16 @@
-//! Inference tab: pick the base model or a finished run, type a prompt, and watch the answer
-//! stream in with its tokens/s. Sampling settings are editable; each model keeps its own
-//! conversation for the session.
+//! Draws the Inference tab: the model list, the settings, the conversation (or the retrieved
+//! chunks), the prompt and a status line with the live tokens/s.
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
-use super::app::{App, InferFocus, InferMode, Role, SAMPLING_FIELDS};
-use super::widgets::format;
+use super::{InferFocus, InferMode, InferState, Role, Targets, SAMPLING_FIELDS};
+use crate::tui::widgets::{format, panel, SELECTED};
 
-fn border(on: bool) -> Style {
-    Style::default().fg(if on { Color::Cyan } else { Color::DarkGray })
-}
-
-pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+/// Draws the tab, offering the models `models` lists.
+pub fn draw(f: &mut Frame, inf: &InferState, models: &Targets, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Length(36), Constraint::Min(30)]).areas(area);
     let [tl, sl] = Layout::vertical([
@@ -22,16 +18,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(SAMPLING_FIELDS.len() as u16 + 2),
     ])
     .areas(left);
-    let targets = app.mode_targets();
-    let selected = app.mode_selected().min(targets.len().saturating_sub(1));
+    let targets = inf.mode_targets(models);
+    let selected = inf.mode_selected().min(targets.len().saturating_sub(1));
     let w = tl.width.saturating_sub(4) as usize;
     let items: Vec<ListItem> = targets
         .iter()
         .map(|t| {
-            let n = app
-                .infer
+            let n = inf
                 .histories
-                .get(&app.history_key(t))
+                .get(&inf.history_key(t))
                 .map_or(0, |h| h.iter().filter(|t| t.role == Role::User).count());
             let mut spans = vec![Span::raw(format::truncate(&t.label, w.saturating_sub(2)))];
             if n > 0 {
@@ -46,42 +41,34 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let mut state = ListState::default().with_selected(Some(selected));
     let list_title = format!(
         " {} · {} mode (m) ",
-        if app.infer.mode == InferMode::Search {
+        if inf.mode == InferMode::Search {
             "Encoder"
         } else {
             "Model"
         },
-        app.infer.mode.label()
+        inf.mode.label()
     );
     f.render_stateful_widget(
         List::new(items)
-            .block(
-                Block::bordered()
-                    .title(list_title)
-                    .border_style(border(app.infer.focus == InferFocus::Targets)),
-            )
-            .highlight_style(super::widgets::SELECTED),
+            .block(panel(list_title, inf.focus == InferFocus::Targets))
+            .highlight_style(SELECTED),
         tl,
         &mut state,
     );
     let sampling_on = matches!(
-        app.infer.focus,
+        inf.focus,
         InferFocus::Sampling(_) | InferFocus::EditingSampling { .. }
     );
     let slines: Vec<Line> = SAMPLING_FIELDS
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let (cur, val) = match &app.infer.focus {
-                InferFocus::EditingSampling { field, buffer } if *field == i => (
-                    true,
-                    Span::styled(
-                        format!("{buffer}▏"),
-                        Style::default().fg(Color::Black).bg(Color::Yellow),
-                    ),
-                ),
-                InferFocus::Sampling(j) if *j == i => (true, Span::raw(app.sampling_value(i))),
-                _ => (false, Span::raw(app.sampling_value(i))),
+            let (cur, val) = match &inf.focus {
+                InferFocus::EditingSampling { field, value } if *field == i => {
+                    (true, value.editing_span())
+                }
+                InferFocus::Sampling(j) if *j == i => (true, Span::raw(inf.sampling_value(i))),
+                _ => (false, Span::raw(inf.sampling_value(i))),
             };
             Line::from(vec![
                 Span::styled(
@@ -94,11 +81,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     f.render_widget(
-        Paragraph::new(slines).block(
-            Block::bordered()
-                .title(" Settings (s) ")
-                .border_style(border(sampling_on)),
-        ),
+        Paragraph::new(slines).block(panel(" Settings (s) ", sampling_on)),
         sl,
     );
 
@@ -109,13 +92,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     ])
     .areas(right);
     let target = targets.get(selected);
-    let history = target.and_then(|t| app.infer.histories.get(&app.history_key(t)));
+    let history = target.and_then(|t| inf.histories.get(&inf.history_key(t)));
     let width = chat.width.saturating_sub(2) as usize;
     let mut lines: Vec<Line> = Vec::new();
     match history {
         Some(h) if !h.is_empty() => {
             for (i, turn) in h.iter().enumerate() {
-                let (who, color) = match (turn.role, app.infer.mode) {
+                let (who, color) = match (turn.role, inf.mode) {
                     (Role::User, InferMode::Search) => ("query", Color::Yellow),
                     (Role::User, _) => ("you", Color::Yellow),
                     (Role::Assistant, _) => ("model", Color::Cyan),
@@ -126,7 +109,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                     who,
                     Style::default().fg(color).bold(),
                 )));
-                let streaming_this = i + 1 == h.len() && app.infer.streaming.is_some();
+                let streaming_this = i + 1 == h.len() && inf.streaming.is_some();
                 let mut text = turn.text.clone();
                 if streaming_this {
                     text.push('▌');
@@ -138,7 +121,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             }
         }
         _ => {
-            let hint = match app.infer.mode {
+            let hint = match inf.mode {
                 InferMode::Chat => {
                     "Press enter to type a prompt; the answer streams in token by token."
                 }
@@ -151,11 +134,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             };
             lines.push(Line::from("nothing asked yet".dark_gray()));
             lines.push(Line::from(hint.dark_gray()));
-            if app.infer.mode != InferMode::Chat {
+            if inf.mode != InferMode::Chat {
                 lines.push(Line::from(
                     format!(
                         "documents: {} · {} chunks · m switches mode, s edits settings",
-                        app.infer.docs, app.infer.top_k
+                        inf.docs, inf.top_k
                     )
                     .dark_gray(),
                 ));
@@ -164,14 +147,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     }
     let room = chat.height.saturating_sub(2) as usize;
     let skip = lines.len().saturating_sub(room);
-    let title = match (app.infer.mode, target) {
+    let title = match (inf.mode, target) {
         (InferMode::Chat, Some(t)) => format!(" Chat · {} ", t.label),
-        (InferMode::Search, Some(t)) => format!(" Search {} · {} ", app.infer.docs, t.label),
+        (InferMode::Search, Some(t)) => format!(" Search {} · {} ", inf.docs, t.label),
         (InferMode::Rag, Some(t)) => format!(
             " RAG over {} · {} · retrieval {} ",
-            app.infer.docs,
+            inf.docs,
             t.label,
-            app.rag_encoder().map_or("?".into(), |e| e.label)
+            inf.rag_encoder(models).map_or("?".into(), |e| e.label)
         ),
         (_, None) => " Chat ".into(),
     };
@@ -180,43 +163,35 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(Block::bordered().title(title)),
         chat,
     );
-    let typing = app.infer.focus == InferFocus::Prompt;
-    let shown = {
-        let w = input.width.saturating_sub(4) as usize;
-        let n = app.infer.input.chars().count();
-        let s: String = app.infer.input.chars().skip(n.saturating_sub(w)).collect();
-        if typing {
-            format!("{s}▏")
-        } else {
-            s
-        }
-    };
+    let typing = inf.focus == InferFocus::Prompt;
+    let shown = inf
+        .input
+        .tail(input.width.saturating_sub(4) as usize, typing);
     f.render_widget(
-        Paragraph::new(shown).block(
-            Block::bordered()
-                .title(if typing {
-                    " Prompt (enter sends, esc leaves) "
-                } else {
-                    " Prompt (enter to type) "
-                })
-                .border_style(border(typing)),
-        ),
+        Paragraph::new(shown).block(panel(
+            if typing {
+                " Prompt (enter sends, esc leaves) "
+            } else {
+                " Prompt (enter to type) "
+            },
+            typing,
+        )),
         input,
     );
     let mut st = Vec::new();
-    if let Some(s) = &app.infer.streaming {
+    if let Some(s) = &inf.streaming {
         st.push(Span::styled(
             "streaming ",
             Style::default().fg(Color::Cyan).bold(),
         ));
         st.push(Span::raw(format!("{} tokens", s.tokens)));
-        if let Some(tps) = app.streaming_tps() {
+        if let Some(tps) = inf.streaming_tps() {
             st.push(Span::raw(format!(" · {tps:.1} tokens/s")));
         }
         st.push(Span::raw(" · "));
     }
     st.push(Span::styled(
-        app.infer.status.clone(),
+        inf.status.clone(),
         Style::default().fg(Color::Gray),
     ));
     f.render_widget(Paragraph::new(Line::from(st)), status);
