@@ -5,19 +5,33 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::arch::{self, ArchConfig, DecoderArch, Slot, Weight, WeightKind, WeightMut};
-use super::kv_cache::{KvCache, LayerCache};
+use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::llama::model_type_of;
 use super::load::gguf::GgufFile;
 use super::load::safetensors::SafetensorsSource;
 use super::load::{ModelSource, ParamBuilder, TensorSource};
 use super::ops;
-use super::shape::ModelShape;
 
 /// Any registered decoder architecture (see `model::arch::REGISTRY`), used through its
 /// forward pieces and its weight table.
 #[derive(Debug)]
 pub struct CausalLm(Box<dyn DecoderArch>);
+
+/// The architecture's own methods (config, shape, embed, block, head, weights) are
+/// reached through the box.
+impl std::ops::Deref for CausalLm {
+    type Target = dyn DecoderArch;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+impl std::ops::DerefMut for CausalLm {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut()
+    }
+}
 
 impl Clone for CausalLm {
     fn clone(&self) -> Self {
@@ -81,21 +95,6 @@ impl CausalLm {
         Self::build(&src, &cfg, opts)
     }
 
-    /// The architecture behind this model.
-    pub fn arch(&self) -> &dyn DecoderArch {
-        self.0.as_ref()
-    }
-
-    /// The config it was built from.
-    pub fn config(&self) -> &ArchConfig {
-        self.0.config()
-    }
-
-    /// Its shape as loaded (sizes, tied head, weight names).
-    pub fn shape(&self) -> &ModelShape {
-        self.0.shape()
-    }
-
     pub fn num_blocks(&self) -> usize {
         self.shape().layers
     }
@@ -114,25 +113,6 @@ impl CausalLm {
 
     pub fn device(&self) -> &Device {
         self.embed_weight().device()
-    }
-
-    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.0.embed(ids)
-    }
-
-    pub fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut LayerCache>,
-    ) -> candle_core::Result<Tensor> {
-        self.0.block(i, x, start, mask, cache)
-    }
-
-    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.0.head(x)
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -162,15 +142,6 @@ impl CausalLm {
             x = self.block(i, &x, start, mask.as_ref(), layer)?;
         }
         self.head(&x)
-    }
-
-    /// Every weight by full HF name, from the architecture's table.
-    pub fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        self.0.weights()
-    }
-
-    pub fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        self.0.weights_mut()
     }
 
     fn embed_slot(&self) -> Slot<Weight<'_>> {

@@ -8,8 +8,8 @@ use candle_core::{Tensor, D};
 use serde::Deserialize;
 
 use super::arch::{
-    self, linear, vector, weight_table, ArchConfig, ArchSpec, DecoderArch, DecoderConfig,
-    MemoryProfile, Param, Slot, Weight, WeightKind, WeightMut,
+    self, linear, vector, weight_table, ArchConfig, ArchSpec, Decoder, DecoderArch, DecoderBlock,
+    DecoderConfig, DecoderEnds, MemoryProfile, Param, Positions, WeightKind,
 };
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
@@ -161,7 +161,37 @@ impl DecoderConfig for GptNeoxConfig {
     }
 
     fn build(&self, cfg: &ArchConfig, pb: &mut ParamBuilder) -> Result<Box<dyn DecoderArch>> {
-        Ok(Box::new(GptNeox::load(pb, self, cfg.clone())?))
+        let h = self.hidden_size;
+        if self.num_attention_heads == 0 || !h.is_multiple_of(self.num_attention_heads) {
+            anyhow::bail!(
+                "hidden_size {h} is not divisible by num_attention_heads {}",
+                self.num_attention_heads
+            );
+        }
+        let erf_gelu = match self.hidden_act.as_str() {
+            "gelu" => true,
+            "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => false,
+            other => anyhow::bail!("unsupported GPT-NeoX hidden_act `{other}`"),
+        };
+        let shape = self.shape();
+        let rope = Rope::new(
+            shape.rotary_dim,
+            self.rotary_emb_base,
+            self.max_position_embeddings,
+            pb.dtype(),
+            pb.device(),
+        )?;
+        let mut m = GptNeox::load(pb, cfg, shape, rope)?;
+        m.ends.final_norm.eps = self.layer_norm_eps;
+        for b in &mut m.blocks {
+            b.ln1.eps = self.layer_norm_eps;
+            b.ln2.eps = self.layer_norm_eps;
+            b.n_head = self.num_attention_heads;
+            b.head_dim = self.head_dim();
+            b.parallel = self.use_parallel_residual;
+            b.erf_gelu = erf_gelu;
+        }
+        Ok(Box::new(m))
     }
 
     fn hf_config(&self) -> serde_json::Value {
@@ -231,9 +261,7 @@ impl NeoxBlock {
     fn attention(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        start: usize,
-        mask: Option<&Tensor>,
+        pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -246,14 +274,14 @@ impl NeoxBlock {
             qkv.narrow(D::Minus1, i * self.head_dim, self.head_dim)?
                 .contiguous()
         };
-        let q = rope.apply(&part(0)?, start)?;
-        let k = rope.apply(&part(1)?, start)?;
+        let q = pos.rope.apply(&part(0)?, pos.start)?;
+        let k = pos.rope.apply(&part(1)?, pos.start)?;
         let v = part(2)?;
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let y = ops::attention(&q, &k, &v, mask)?;
+        let y = ops::attention(&q, &k, &v, pos.mask)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -269,16 +297,16 @@ impl NeoxBlock {
         };
         self.dense_4h_to_h.forward(&h)
     }
+}
 
-    pub fn forward(
+impl DecoderBlock for NeoxBlock {
+    fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        start: usize,
-        mask: Option<&Tensor>,
+        pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        let attn = self.attention(&self.ln1.forward(x)?, rope, start, mask, cache)?;
+        let attn = self.attention(&self.ln1.forward(x)?, pos, cache)?;
         if self.parallel {
             let mlp = self.mlp(&self.ln2.forward(x)?)?;
             (x + attn)? + mlp
@@ -306,98 +334,18 @@ weight_table!(Ends, |s| {
     "embed_out" => embed_out: WeightKind::Head { vocab: s.vocab, hidden: s.hidden },
 });
 
-#[derive(Debug, Clone)]
-pub struct GptNeox {
-    pub cfg: GptNeoxConfig,
-    arch_cfg: ArchConfig,
-    shape: ModelShape,
-    ends: Ends,
-    pub blocks: Vec<NeoxBlock>,
-    rope: Rope,
-}
-
-impl GptNeox {
-    pub fn load(pb: &mut ParamBuilder, cfg: &GptNeoxConfig, arch_cfg: ArchConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
-            anyhow::bail!(
-                "hidden_size {h} is not divisible by num_attention_heads {}",
-                cfg.num_attention_heads
-            );
-        }
-        let head_dim = cfg.head_dim();
-        let erf_gelu = match cfg.hidden_act.as_str() {
-            "gelu" => true,
-            "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => false,
-            other => anyhow::bail!("unsupported GPT-NeoX hidden_act `{other}`"),
-        };
-        let shape = cfg.shape();
-        let (mut ends, mut blocks) = arch::load_tables::<Ends, NeoxBlock>(pb, &shape)?;
-        ends.final_norm.eps = cfg.layer_norm_eps;
-        for b in &mut blocks {
-            b.ln1.eps = cfg.layer_norm_eps;
-            b.ln2.eps = cfg.layer_norm_eps;
-            b.n_head = cfg.num_attention_heads;
-            b.head_dim = head_dim;
-            b.parallel = cfg.use_parallel_residual;
-            b.erf_gelu = erf_gelu;
-        }
-        let rope = Rope::new(
-            shape.rotary_dim,
-            cfg.rotary_emb_base,
-            cfg.max_position_embeddings,
-            pb.dtype(),
-            pb.device(),
-        )?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            arch_cfg,
-            shape,
-            ends,
-            blocks,
-            rope,
-        })
-    }
-}
-
-impl DecoderArch for GptNeox {
-    fn config(&self) -> &ArchConfig {
-        &self.arch_cfg
-    }
-
-    fn shape(&self) -> &ModelShape {
-        &self.shape
-    }
+impl DecoderEnds for Ends {
+    type Block = NeoxBlock;
 
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        ops::embedding(&self.ends.embed, ids)
-    }
-
-    fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut LayerCache>,
-    ) -> candle_core::Result<Tensor> {
-        self.blocks[i].forward(x, &self.rope, start, mask, cache)
+        ops::embedding(&self.embed, ids)
     }
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.ends.final_norm.forward(x)?;
-        super::linear::lm_head(&x, self.ends.embed_out.as_ref(), &self.ends.embed)
-    }
-
-    fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        arch::all_weights(&self.shape, &self.ends, &self.blocks)
-    }
-
-    fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        arch::all_weights_mut(&self.shape, &mut self.ends, &mut self.blocks)
-    }
-
-    fn clone_box(&self) -> Box<dyn DecoderArch> {
-        Box::new(self.clone())
+        let x = self.final_norm.forward(x)?;
+        super::linear::lm_head(&x, self.embed_out.as_ref(), &self.embed)
     }
 }
+
+/// A loaded GPT-NeoX model.
+pub type GptNeox = Decoder<Ends>;

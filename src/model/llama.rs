@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use serde::Deserialize;
 
 use super::arch::{
-    self, linear, vector, weight_table, ArchConfig, ArchSpec, DecoderArch, DecoderConfig,
-    GgufSupport, MemoryProfile, Param, Slot, Weight, WeightKind, WeightMut,
+    self, linear, vector, weight_table, ArchConfig, ArchSpec, Decoder, DecoderArch, DecoderBlock,
+    DecoderConfig, DecoderEnds, GgufSupport, MemoryProfile, Param, Positions, WeightKind,
 };
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
@@ -224,7 +224,25 @@ impl DecoderConfig for LlamaConfig {
     }
 
     fn build(&self, cfg: &ArchConfig, pb: &mut ParamBuilder) -> Result<Box<dyn DecoderArch>> {
-        Ok(Box::new(Llama::load(pb, self, cfg.clone())?))
+        self.validate()?;
+        let mut shape = self.shape();
+        shape.tied_embeddings = self.tie_word_embeddings || !pb.contains("lm_head.weight");
+        let rope = Rope::new(
+            self.head_dim,
+            self.rope_theta,
+            self.max_position_embeddings,
+            pb.dtype(),
+            pb.device(),
+        )?;
+        let mut m = Llama::load(pb, cfg, shape, rope)?;
+        m.ends.eps = self.rms_norm_eps;
+        for b in &mut m.blocks {
+            b.attn.n_head = self.num_attention_heads;
+            b.attn.n_kv_head = self.num_key_value_heads;
+            b.attn.head_dim = self.head_dim;
+            b.eps = self.rms_norm_eps;
+        }
+        Ok(Box::new(m))
     }
 
     fn hf_config(&self) -> serde_json::Value {
@@ -267,9 +285,7 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        start: usize,
-        mask: Option<&Tensor>,
+        pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -281,8 +297,8 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.n_head)?;
         let k = split(self.k_proj.forward(x)?, self.n_kv_head)?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_head)?;
-        let q = rope.apply(&q, start)?;
-        let k = rope.apply(&k, start)?;
+        let q = pos.rope.apply(&q, pos.start)?;
+        let k = pos.rope.apply(&k, pos.start)?;
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
@@ -290,7 +306,7 @@ impl Attention {
         let n_rep = self.n_head / self.n_kv_head;
         let k = ops::repeat_kv(&k, n_rep)?;
         let v = ops::repeat_kv(&v, n_rep)?;
-        let y = ops::attention(&q, &k, &v, mask)?;
+        let y = ops::attention(&q, &k, &v, pos.mask)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.n_head * self.head_dim))?;
@@ -334,17 +350,15 @@ weight_table!(Block, |s| {
     "post_attention_layernorm.weight" => post_attn_norm: vector(s.hidden, Init::Ones),
 });
 
-impl Block {
-    pub fn forward(
+impl DecoderBlock for Block {
+    fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        start: usize,
-        mask: Option<&Tensor>,
+        pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let h = ops::rms_norm(x, &self.input_norm, self.eps)?;
-        let x = (x + self.attn.forward(&h, rope, start, mask, cache)?)?;
+        let x = (x + self.attn.forward(&h, pos, cache)?)?;
         let h = ops::rms_norm(&x, &self.post_attn_norm, self.eps)?;
         x + self.mlp.forward(&h)?
     }
@@ -357,6 +371,7 @@ pub struct Ends {
     norm: Param,
     /// `None` when the LM head is tied to the input embeddings.
     lm_head: Option<Linear>,
+    eps: f64,
 }
 
 weight_table!(Ends, |s| {
@@ -365,87 +380,21 @@ weight_table!(Ends, |s| {
     "lm_head" => lm_head: WeightKind::Head { vocab: s.vocab, hidden: s.hidden },
 });
 
-#[derive(Debug, Clone)]
-pub struct Llama {
-    pub cfg: LlamaConfig,
-    arch_cfg: ArchConfig,
-    shape: ModelShape,
-    ends: Ends,
-    pub blocks: Vec<Block>,
-    rope: Rope,
-}
-
-impl Llama {
-    pub fn load(pb: &mut ParamBuilder, cfg: &LlamaConfig, arch_cfg: ArchConfig) -> Result<Self> {
-        cfg.validate()?;
-        let mut shape = cfg.shape();
-        shape.tied_embeddings = cfg.tie_word_embeddings || !pb.contains("lm_head.weight");
-        let (ends, mut blocks) = arch::load_tables::<Ends, Block>(pb, &shape)?;
-        for b in &mut blocks {
-            b.attn.n_head = cfg.num_attention_heads;
-            b.attn.n_kv_head = cfg.num_key_value_heads;
-            b.attn.head_dim = cfg.head_dim;
-            b.eps = cfg.rms_norm_eps;
-        }
-        let rope = Rope::new(
-            cfg.head_dim,
-            cfg.rope_theta,
-            cfg.max_position_embeddings,
-            pb.dtype(),
-            pb.device(),
-        )?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            arch_cfg,
-            shape,
-            ends,
-            blocks,
-            rope,
-        })
-    }
-}
-
-impl DecoderArch for Llama {
-    fn config(&self) -> &ArchConfig {
-        &self.arch_cfg
-    }
-
-    fn shape(&self) -> &ModelShape {
-        &self.shape
-    }
+impl DecoderEnds for Ends {
+    type Block = Block;
 
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        ops::embedding(&self.ends.embed, ids)
-    }
-
-    fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut LayerCache>,
-    ) -> candle_core::Result<Tensor> {
-        self.blocks[i].forward(x, &self.rope, start, mask, cache)
+        ops::embedding(&self.embed, ids)
     }
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = ops::rms_norm(x, &self.ends.norm, self.cfg.rms_norm_eps)?;
-        super::linear::lm_head(&x, self.ends.lm_head.as_ref(), &self.ends.embed)
-    }
-
-    fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        arch::all_weights(&self.shape, &self.ends, &self.blocks)
-    }
-
-    fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        arch::all_weights_mut(&self.shape, &mut self.ends, &mut self.blocks)
-    }
-
-    fn clone_box(&self) -> Box<dyn DecoderArch> {
-        Box::new(self.clone())
+        let x = ops::rms_norm(x, &self.norm, self.eps)?;
+        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
     }
 }
+
+/// A loaded LLaMA-family model.
+pub type Llama = Decoder<Ends>;
 
 pub(crate) fn model_type_of(v: &serde_json::Value) -> Result<String> {
     v.get("model_type")
