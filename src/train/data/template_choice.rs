@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::template::PromptTemplate;
 
 /// A built-in template or a template file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateChoice {
     /// `chat`, `plain-ja`, `plain-en` (and the aliases [`PromptTemplate`] reads), or inline
     /// Jinja text (anything with `{{`).
@@ -72,18 +70,7 @@ impl FromStr for TemplateChoice {
     }
 }
 
-impl TryFrom<String> for TemplateChoice {
-    type Error = anyhow::Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<TemplateChoice> for String {
-    fn from(t: TemplateChoice) -> Self {
-        t.to_string()
-    }
-}
+crate::config::serde_as_string!(TemplateChoice);
 
 #[cfg(test)]
 mod tests {
