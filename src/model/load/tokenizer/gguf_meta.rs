@@ -36,26 +36,21 @@ fn type_name(v: &Value) -> String {
     }
 }
 
+/// The error for a key the tokenizer cannot be built without.
+fn missing(path: &Path, key: &str) -> anyhow::Error {
+    anyhow!(
+        "{}: GGUF metadata has no `{key}`, needed to build the tokenizer",
+        display(path)
+    )
+}
+
 /// A required string key.
 pub(super) fn gguf_str<'a>(
     content: &'a gguf_file::Content,
     path: &Path,
     key: &str,
 ) -> Result<&'a str> {
-    let v = content.metadata.get(key).ok_or_else(|| {
-        anyhow!(
-            "{}: GGUF metadata has no `{key}`, needed to build the tokenizer",
-            display(path)
-        )
-    })?;
-    match v {
-        Value::String(s) => Ok(s),
-        other => bail!(
-            "{}: GGUF metadata `{key}` should be a string, found {}",
-            display(path),
-            type_name(other)
-        ),
-    }
+    gguf_opt_str(content, path, key)?.ok_or_else(|| missing(path, key))
 }
 
 /// An optional string key (absent: `None`; present with another type: error).
@@ -81,12 +76,10 @@ pub(super) fn gguf_str_array<'a>(
     path: &Path,
     key: &str,
 ) -> Result<Vec<&'a str>> {
-    let v = content.metadata.get(key).ok_or_else(|| {
-        anyhow!(
-            "{}: GGUF metadata has no `{key}`, needed to build the tokenizer",
-            display(path)
-        )
-    })?;
+    let v = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| missing(path, key))?;
     let Value::Array(items) = v else {
         bail!(
             "{}: GGUF metadata `{key}` should be an array of strings, found {}",
