@@ -6,7 +6,39 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::peft::LoraConfig;
+use crate::train::data::TemplateChoice;
 use crate::train::schedule::ScheduleKind;
+
+/// Serde through `Display` / `FromStr`, for a typed value that stays a plain string in
+/// TOML and JSON (a `FromStr` error becomes the deserialisation error, which toml locates).
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_string;
+
+mod device;
+mod dtype;
+mod toml_error;
+pub use device::DeviceChoice;
+pub use dtype::ComputeDtype;
+use toml_error::{describe_toml_error, describe_toml_error_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,11 +96,11 @@ pub struct ModelConfig {
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// Compute dtype: f32 (CPU), bf16 or f16 (CUDA).
-    #[serde(default = "f32_name")]
-    pub dtype: String,
-    /// "cpu" or "cuda[:N]".
-    #[serde(default = "cpu_name")]
-    pub device: String,
+    #[serde(default)]
+    pub dtype: ComputeDtype,
+    /// `auto`, `cpu`, `cuda` or `cuda:N` (today it only picks the supervisor's queue).
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,9 +112,10 @@ pub struct DataConfig {
     /// JSONL shape: auto, dolly, alpaca or chat (`messages`).
     #[serde(default = "auto_name")]
     pub format: String,
-    /// "chat" (the model's own template), "plain-ja", "plain-en", or a Jinja template file.
-    #[serde(default = "chat_name")]
-    pub template: String,
+    /// "chat" (the model's own template), "plain-ja", "plain-en", inline Jinja, or a Jinja
+    /// template file (relative to the preset).
+    #[serde(default)]
+    pub template: TemplateChoice,
     #[serde(default = "seq_default")]
     pub max_seq_len: usize,
     /// Loss on response tokens only (prompt tokens masked).
@@ -182,17 +215,8 @@ fn seed_default() -> u64 {
 fn seq_default() -> usize {
     256
 }
-fn f32_name() -> String {
-    "f32".into()
-}
-fn cpu_name() -> String {
-    "cpu".into()
-}
 fn auto_name() -> String {
     "auto".into()
-}
-fn chat_name() -> String {
-    "chat".into()
 }
 fn cosine() -> ScheduleKind {
     ScheduleKind::Cosine
@@ -234,11 +258,14 @@ impl RunConfig {
             toml::from_str(&text)
                 .map_err(|e| anyhow!("{}: {}", path.display(), describe_toml_error(&text, &e)))?
         } else {
-            RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| {
+            // The merged table has no lines of the file; it is written out as TOML only so
+            // that an error still names its key.
+            let merged = toml::to_string(&value)?;
+            toml::from_str(&merged).map_err(|e| {
                 anyhow!(
                     "{} (after --set overrides): {}",
                     path.display(),
-                    e.message()
+                    describe_toml_error_key(&merged, &e)
                 )
             })?
         };
@@ -300,25 +327,11 @@ impl RunConfig {
         if self.data.neftune_alpha < 0.0 {
             bail!("data.neftune_alpha must be ≥ 0");
         }
-        match self.model.dtype.as_str() {
-            "f32" | "bf16" | "f16" => {}
-            other => bail!("model.dtype `{other}`: expected f32, bf16 or f16"),
-        }
         match self.task {
             TaskKind::Sft => {}
             TaskKind::Sts => crate::train::sts_task::validate_config(self)?,
         }
         Ok(())
-    }
-}
-
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {}", e.message())
-        }
-        None => e.message().to_string(),
     }
 }
 
@@ -385,6 +398,104 @@ lr = 1e-4
         let bad = PRESET.replace("lr = 1e-4", "lr = \"fast\"");
         let err = RunConfig::from_toml_str(&bad).unwrap_err().to_string();
         assert!(err.contains("line 8"), "{err}");
+    }
+
+    /// Each typed value, misspelt: the error names the line, the key and what is allowed.
+    #[test]
+    fn unknown_enum_values_name_line_key_and_allowed_values() {
+        let cases = [
+            (
+                "spec = \"smollm2\"",
+                "dtype = \"f64\"",
+                "line 5",
+                "model.dtype",
+                "`f32`, `bf16`, `f16`",
+            ),
+            (
+                "spec = \"smollm2\"",
+                "device = \"tpu\"",
+                "line 5",
+                "model.device",
+                DeviceChoice::ALLOWED,
+            ),
+            (
+                "spec = \"smollm2\"",
+                "quant = \"nf8\"",
+                "line 5",
+                "model.quant",
+                "`none`, `nf4`, `fp4`",
+            ),
+            (
+                "train = \"data/sft/train.jsonl\"",
+                "template = \"chta\"",
+                "line 7",
+                "data.template",
+                TemplateChoice::ALLOWED,
+            ),
+            (
+                "lr = 1e-4",
+                "optimizer = \"sgd\"",
+                "line 9",
+                "train.optimizer",
+                "`adamw` or `adamw8bit`",
+            ),
+            (
+                "lr = 1e-4",
+                "schedule = \"step\"",
+                "line 9",
+                "train.schedule",
+                "`constant`, `linear`, `cosine`",
+            ),
+        ];
+        for (after, bad, line, key, allowed) in cases {
+            let text = PRESET.replace(after, &format!("{after}\n{bad}"));
+            let err = RunConfig::from_toml_str(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(line) && err.contains(key) && err.contains(allowed),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_override_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, PRESET).unwrap();
+        let err = RunConfig::load(&path, &["model.dtype=f64".into()]).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("after --set") && err.contains("model.dtype") && err.contains("`bf16`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typed_values_round_trip_through_to_toml() {
+        let text = PRESET
+            .replace(
+                "spec = \"smollm2\"",
+                "spec = \"smollm2\"\ndtype = \"bf16\"\ndevice = \"cuda\"",
+            )
+            .replace(
+                "lr = 1e-4",
+                "lr = 1e-4\nschedule = \"linear\"\noptimizer = \"adamw8bit\"",
+            )
+            .replace("[data]", "[data]\ntemplate = \"layouts/ja.jinja\"");
+        let cfg = RunConfig::from_toml_str(&text).unwrap();
+        assert_eq!(cfg.model.dtype.dtype(), candle_core::DType::BF16);
+        assert_eq!(cfg.model.device, DeviceChoice::Cuda(None));
+        assert_eq!(
+            cfg.data.template,
+            TemplateChoice::File("layouts/ja.jinja".into())
+        );
+        let written = cfg.to_toml().unwrap();
+        assert!(written.contains("device = \"cuda\""), "{written}");
+        assert_eq!(RunConfig::from_toml_str(&written).unwrap(), cfg);
+        let defaults = RunConfig::from_toml_str(PRESET).unwrap();
+        assert_eq!(defaults.model.dtype, ComputeDtype::F32);
+        assert_eq!(defaults.model.device, DeviceChoice::Cpu);
+        assert_eq!(defaults.data.template, TemplateChoice::default());
     }
 
     #[test]

@@ -154,16 +154,6 @@ impl Supervisor {
     }
 }
 
-/// "cuda" and "cuda:0" are one device; CPU runs share the CPU.
-pub fn device_key(device: &str) -> String {
-    let d = device.trim().to_ascii_lowercase();
-    match d.as_str() {
-        "" | "cpu" => "cpu".into(),
-        "cuda" | "gpu" => "cuda:0".into(),
-        _ => d,
-    }
-}
-
 struct Pending {
     id: String,
     dir: PathBuf,
@@ -262,7 +252,11 @@ fn enqueue(opts: &SupervisorOptions, req: LaunchRequest, sink: &Sink) -> Option<
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into())
     });
-    let device = device_key(cfg.as_ref().map_or("cpu", |c| c.model.device.as_str()));
+    let device = cfg
+        .as_ref()
+        .map(|c| c.model.device)
+        .unwrap_or_default()
+        .queue_key();
     let run = match RunDir::create_unique(&opts.runs_root, &name) {
         Ok(r) => r,
         Err(e) => {
@@ -551,6 +545,7 @@ fn push_tail(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DeviceChoice;
     use std::os::unix::process::ExitStatusExt;
 
     #[test]
@@ -574,6 +569,7 @@ mod tests {
 
     #[test]
     fn devices_are_normalised() {
+        let device_key = |d: &str| d.parse::<DeviceChoice>().unwrap().queue_key();
         assert_eq!(device_key("CPU"), "cpu");
         assert_eq!(device_key("cuda"), "cuda:0");
         assert_eq!(device_key("cuda:1"), "cuda:1");

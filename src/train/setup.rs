@@ -1,7 +1,6 @@
 //! Turning a run config into a trainable model: load, quantise the frozen base (QLoRA),
 //! attach adapters (LoRA) or make everything trainable (full fine-tuning).
 use anyhow::Result;
-use candle_core::DType;
 
 use super::trainer::TrainModel;
 use crate::adapt::peft::apply_lora;
@@ -36,19 +35,11 @@ pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool)
     Ok(())
 }
 
-pub fn compute_dtype(name: &str) -> DType {
-    match name {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
-    }
-}
-
 /// Loads the model of `cfg` ready to train, with the language side (tokenizer, template).
 pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
     let opts = LoadOptions {
         device: candle_core::Device::Cpu,
-        dtype: compute_dtype(&cfg.model.dtype),
+        dtype: cfg.model.dtype.dtype(),
         trainable: cfg.lora.is_none(),
     };
     let mut lm = LanguageModel::load_spec(&cfg.model.spec, &opts)?;

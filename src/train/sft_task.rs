@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use super::data::{
     load_jsonl, Batch, Batching, DataFormat, PromptTemplate, SftConfig, SftDataset, SftTokenizer,
+    TemplateChoice,
 };
 use std::collections::BTreeMap;
 
@@ -31,22 +32,10 @@ pub fn data_format(name: &str) -> Result<DataFormat> {
     })
 }
 
-/// `chat`, `plain-ja`, `plain-en`, or the path of a Jinja template file (relative paths
-/// resolve against `base`, the preset's directory).
+/// `chat`, `plain-ja`, `plain-en`, inline Jinja, or the path of a Jinja template file
+/// (relative paths resolve against `base`, the preset's directory); see [`TemplateChoice`].
 pub fn prompt_template(name: &str, base: &Path) -> Result<PromptTemplate> {
-    match name.parse::<PromptTemplate>() {
-        Ok(t) => Ok(t),
-        Err(e) => {
-            let path = base.join(name);
-            if path.is_file() {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("{}: cannot read template", path.display()))?;
-                Ok(PromptTemplate::Custom(text))
-            } else {
-                Err(e)
-            }
-        }
-    }
+    name.parse::<TemplateChoice>()?.resolve(base)
 }
 
 /// Loads and tokenises the train (and eval) files. Malformed lines are all reported, with
@@ -57,7 +46,7 @@ pub fn build(
     base: &Path,
 ) -> Result<(SftDataset, Option<SftDataset>)> {
     let format = data_format(&data.format)?;
-    let template = prompt_template(&data.template, base)?;
+    let template = data.template.resolve(base)?;
     let tok = SftTokenizer::new(lm, template)?;
     let batching = if data.packing {
         Batching::Packed

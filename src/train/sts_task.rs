@@ -24,7 +24,6 @@ use tokenizers::Tokenizer;
 
 use super::checkpoint::save_vars;
 use super::data::sts::{load_pairs, LabelScale, StsFormat, StsPair};
-use super::setup::compute_dtype;
 use super::step::{accumulate, checkpointed_backward};
 use super::trainer::{Evaluation, TrainTask};
 use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, LoraConfig};
@@ -404,7 +403,7 @@ impl StsTask {
         let dir = encoder_dir(&cfg.model.spec)?;
         let opts = LoadOptions {
             device: Device::Cpu,
-            dtype: compute_dtype(&cfg.model.dtype),
+            dtype: cfg.model.dtype.dtype(),
             trainable: cfg.lora.is_none(),
         };
         let (mut embedder, mut params) = Embedder::from_dir_with_params(&dir, &opts)

@@ -216,7 +216,7 @@ impl RunRecord {
     pub fn device(&self) -> String {
         self.config
             .as_ref()
-            .map(|c| c.model.device.clone())
+            .map(|c| c.model.device.to_string())
             .or_else(|| self.supervisor.as_ref().map(|s| s.device.clone()))
             .unwrap_or_else(|| "cpu".into())
     }

@@ -16,6 +16,7 @@ pub mod neftune;
 pub mod sft;
 pub mod sts;
 pub mod template;
+pub mod template_choice;
 
 pub use example::{
     load_files, load_jsonl, parse_jsonl, DataError, DataFormat, Example, Problem, Record,
@@ -29,3 +30,4 @@ pub use template::{
     user_message, Formatted, Formatter, PromptTemplate, Segment, PLAIN_EN_TEMPLATE,
     PLAIN_JA_TEMPLATE,
 };
+pub use template_choice::TemplateChoice;
