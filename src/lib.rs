@@ -1,8 +1,22 @@
 //! ftlab: a terminal lab for memory-efficient fine-tuning of language models.
 //!
-//! Layering (bottom to top): `model` (tensors, architectures, loaders) → `infer`
-//! (generation, perplexity, embeddings) → `cli`. Library code never prints to
-//! stdout; commands in `cli` do.
+//! Layering, bottom to top; a module imports only from the rows above its own:
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | 0 | `located`, `telemetry` | located (file:line) data errors; memory samplers (NVML, `/proc`) |
+//! | 1 | `model` | tensors and ops with a backward pass, the linear layer and its weight kinds (`model::linear`: frozen matmul, 4-bit codes, LoRA factors), architectures (each with one weight table, `model::arch`), loaders, export |
+//! | 2 | `adapt`, `hub`, `plan` | LoRA as a technique (PEFT targets and files, merge, 4-bit base); model specs, cache and downloads; the memory plan |
+//! | 3 | `config` | the run config (a preset with overrides) |
+//! | 4 | `train`, `infer` | training (data, optimisers, schedules, checkpoints, trainer); generation, perplexity, embeddings, search, RAG |
+//! | 5 | `runs` | run directories, history, the supervisor of worker processes |
+//! | 6 | `tui`, `cli` | the dashboard (draws state, sends commands) and the commands |
+//!
+//! Two exceptions, both leaves: `runs::layout` (the names of a run directory's files
+//! and what a run produced) is read by `train` and `infer`; `config` reads the value
+//! types `train` defines for it (schedule kinds, templates, label scales) and calls the
+//! STS task's config check. `model` imports nothing from the layers above it and
+//! `infer` nothing from `train`. Library code never prints to stdout; commands in `cli` do.
 pub mod adapt;
 pub mod cli;
 pub mod config;

@@ -427,15 +427,25 @@ impl<E: DecoderEnds> DecoderArch for Decoder<E> {
     }
 }
 
+/// `Any` for trait objects (so an [`ArchConfig`] can hand back its concrete config).
+pub trait AsAny {
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// An architecture's config: its shape, how to build it, how HF writes it.
-pub trait DecoderConfig: Debug + Send + Sync {
+pub trait DecoderConfig: AsAny + Debug + Send + Sync {
     fn shape(&self) -> ModelShape;
     /// Longest sequence the position encoding was made for.
     fn max_positions(&self) -> usize;
     fn build(&self, cfg: &ArchConfig, pb: &mut ParamBuilder) -> Result<Box<dyn DecoderArch>>;
     /// The HF `config.json` fields of this config (export and merge add token ids).
     fn hf_config(&self) -> serde_json::Value;
-    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Any architecture's config, cheap to clone.
@@ -469,7 +479,7 @@ impl ArchConfig {
 
     /// The concrete config, when it is a `T`.
     pub fn downcast<T: 'static>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref()
+        self.0.as_ref().as_any().downcast_ref()
     }
 }
 
@@ -508,9 +518,22 @@ pub struct ArchSpec {
     /// GGUF `general.architecture` values it reads, and how.
     pub gguf_architectures: &'static [&'static str],
     pub gguf: Option<GgufSupport>,
-    pub describe_block: fn(&ModelShape) -> Vec<WeightDesc>,
-    pub describe_top: fn(&ModelShape) -> Vec<WeightDesc>,
+    pub tables: Tables,
     pub memory: MemoryProfile,
+}
+
+/// An architecture's weight tables as descriptions (see [`describe`]).
+pub struct Tables {
+    pub block: fn(&ModelShape) -> Vec<WeightDesc>,
+    pub top: fn(&ModelShape) -> Vec<WeightDesc>,
+}
+
+/// The tables of a decoder whose weights around the blocks are `E`.
+pub const fn tables<E: DecoderEnds>() -> Tables {
+    Tables {
+        block: describe::<E::Block>,
+        top: describe::<E>,
+    }
 }
 
 /// The registered architecture reading HF `model_type`.

@@ -28,8 +28,7 @@ pub const SPEC: ArchSpec = ArchSpec {
     from_hf: |v, _| Ok(GptNeoxConfig::from_hf(v)?.into()),
     gguf_architectures: &[],
     gguf: None,
-    describe_block: arch::describe::<NeoxBlock>,
-    describe_top: arch::describe::<Ends>,
+    tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
         final_norm_kept_per_token: |s| 5.0 * s.hidden as f64 + 3.0,
@@ -211,10 +210,6 @@ impl DecoderConfig for GptNeoxConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": self.hidden_act,
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

@@ -33,8 +33,7 @@ pub const SPEC: ArchSpec = ArchSpec {
             Ok(Box::new(GgufLlamaSource::new(f, s.heads, s.kv_heads)?) as Box<dyn TensorSource>)
         },
     }),
-    describe_block: arch::describe::<Block>,
-    describe_top: arch::describe::<Ends>,
+    tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
         final_norm_kept_per_token: |s| 3.0 * s.hidden as f64 + 3.0,
@@ -263,10 +262,6 @@ impl DecoderConfig for LlamaConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

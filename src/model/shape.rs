@@ -133,12 +133,12 @@ impl ModelShape {
 
     /// The weights of one block, by name suffix (the architecture's table).
     pub fn block_weights(&self) -> Vec<WeightDesc> {
-        (self.arch.spec().describe_block)(self)
+        (self.arch.spec().tables.block)(self)
     }
 
     /// The weights outside the blocks (embedding, final norm, untied head), by full name.
     pub fn top_weights(&self) -> Vec<WeightDesc> {
-        (self.arch.spec().describe_top)(self)
+        (self.arch.spec().tables.top)(self)
     }
 
     /// HF module name prefix of block `layer`, e.g. `model.layers.3`.
