@@ -2,12 +2,15 @@
 //! all-MiniLM-L6-v2 matches sentence-transformers.
 mod common;
 use common::max_abs_diff;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use ftlab::infer::embed::{cosine_matrix, sentence_embeddings, Embedder};
+use ftlab::model::arch::Weight;
 use ftlab::model::bert::{Bert, BertActivation, BertConfig};
+use ftlab::model::load::safetensors::SafetensorsSource;
 use ftlab::model::load::RandomSource;
 use ftlab::model::LoadOptions;
 
@@ -356,4 +359,46 @@ fn minilm_truncates_to_max_len() {
     assert_eq!(b.input_ids.dims(), &[1, 256]);
     let emb = e.embed(&[long.as_str()]).unwrap();
     assert_eq!(emb.dims(), &[1, 384]);
+}
+
+/// Tensor names the encoder's weight tables reach.
+fn table_tensor_names(m: &Bert) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for w in m.weights() {
+        match w.weight {
+            Weight::Linear(l) => {
+                out.insert(format!("{}.weight", w.name));
+                if l.bias().is_some() {
+                    out.insert(format!("{}.bias", w.name));
+                }
+            }
+            Weight::OptLinear(_) => unreachable!("an encoder has no LM head"),
+            Weight::Tensor(_) => {
+                out.insert(w.name.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_loaded_tensor_is_reachable_through_the_weight_tables() {
+    let opts = LoadOptions {
+        trainable: true,
+        ..LoadOptions::default()
+    };
+    let loaded = Bert::build(&RandomSource::new(1.0), &tiny_config(), &opts).unwrap();
+    let params: BTreeSet<String> = loaded.params.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(table_tensor_names(&loaded.model), params);
+    // The real MiniLM file (saved by HF) holds exactly these tensors, besides the pooler
+    // (unused by sentence encoders) and HF's position-id buffer.
+    let dir = minilm_dir();
+    let real = Bert::from_hf_dir(&dir, &LoadOptions::default()).unwrap();
+    let in_file: BTreeSet<String> = SafetensorsSource::open_dir(&dir)
+        .unwrap()
+        .names()
+        .into_iter()
+        .filter(|n| !n.contains("pooler.") && !n.ends_with("position_ids"))
+        .collect();
+    assert_eq!(table_tensor_names(&real.model), in_file);
 }

@@ -40,6 +40,13 @@ pub enum WeightKind {
     Head { vocab: usize, hidden: usize },
     /// A vector (norm weight or bias), named by its full tensor name.
     Vector { len: usize, init: Init },
+    /// Another dense matrix (e.g. BERT's position embeddings), named by its full tensor
+    /// name.
+    Matrix {
+        rows: usize,
+        cols: usize,
+        init: Init,
+    },
 }
 
 /// A table entry without its field: what the plan and descriptions need.
@@ -138,7 +145,7 @@ impl<W> Slot<W> {
         }
     }
 
-    fn prefixed(mut self, prefix: &str) -> Self {
+    pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
         if !prefix.is_empty() {
             self.name = format!("{prefix}.{}", self.name);
         }
@@ -148,7 +155,7 @@ impl<W> Slot<W> {
 
 impl Slot<WeightMut<'_>> {
     /// Loads this entry from `pb` (a tied head stays `None`).
-    fn load(self, pb: &mut ParamBuilder, tied: bool) -> Result<()> {
+    pub(crate) fn load(self, pb: &mut ParamBuilder, tied: bool) -> Result<()> {
         let name = &self.name;
         match (self.weight, self.kind) {
             (
@@ -174,6 +181,9 @@ impl Slot<WeightMut<'_>> {
             (WeightMut::Tensor(t), WeightKind::Vector { len, init }) => {
                 t.0 = pb.tensor(name, len, init)?
             }
+            (WeightMut::Tensor(t), WeightKind::Matrix { rows, cols, init }) => {
+                t.0 = pb.tensor(name, (rows, cols), init)?
+            }
             (w, k) => anyhow::bail!("weight table entry `{name}`: field {w:?} cannot hold {k:?}"),
         }
         Ok(())
@@ -181,22 +191,26 @@ impl Slot<WeightMut<'_>> {
 }
 
 /// A struct whose weights are listed by a table (a block, or the weights around the
-/// blocks). Implemented with [`weight_table!`], which writes both methods from one list.
-pub trait WeightTable {
-    fn weights<'a>(&'a self, s: &ModelShape) -> Vec<Slot<Weight<'a>>>;
-    fn weights_mut<'a>(&'a mut self, s: &ModelShape) -> Vec<Slot<WeightMut<'a>>>;
+/// blocks), with sizes from `S` (a decoder's [`ModelShape`], or an encoder's config).
+/// Implemented with [`weight_table!`], which writes both methods from one list.
+pub trait WeightTable<S = ModelShape> {
+    fn weights<'a>(&'a self, s: &S) -> Vec<Slot<Weight<'a>>>;
+    fn weights_mut<'a>(&'a mut self, s: &S) -> Vec<Slot<WeightMut<'a>>>;
 }
 
 /// Writes [`WeightTable`] for a struct from one list of `name => field: kind`, where
-/// `kind` may use the shape `s`:
-/// `weight_table!(Block, |b, s| { "mlp.up_proj" => mlp.up_proj: linear(s.hidden, …), … });`
+/// `kind` may use the shape `s` (a [`ModelShape`] unless typed, as in `|s: BertConfig|`):
+/// `weight_table!(Block, |s| { "mlp.up_proj" => mlp.up_proj: linear(s.hidden, …), … });`
 #[macro_export]
 macro_rules! weight_table {
-    ($ty:ty, |$s:ident| { $($name:literal => $($field:ident).+ : $kind:expr),* $(,)? }) => {
-        impl $crate::model::arch::WeightTable for $ty {
+    ($ty:ty, |$s:ident| { $($body:tt)* }) => {
+        $crate::weight_table!($ty, |$s: $crate::model::shape::ModelShape| { $($body)* });
+    };
+    ($ty:ty, |$s:ident : $sty:ty| { $($name:literal => $($field:ident).+ : $kind:expr),* $(,)? }) => {
+        impl $crate::model::arch::WeightTable<$sty> for $ty {
             fn weights<'a>(
                 &'a self,
-                $s: &$crate::model::shape::ModelShape,
+                $s: &$sty,
             ) -> Vec<$crate::model::arch::Slot<$crate::model::arch::Weight<'a>>> {
                 vec![$($crate::model::arch::Slot {
                     name: $name.to_string(),
@@ -206,7 +220,7 @@ macro_rules! weight_table {
             }
             fn weights_mut<'a>(
                 &'a mut self,
-                $s: &$crate::model::shape::ModelShape,
+                $s: &$sty,
             ) -> Vec<$crate::model::arch::Slot<$crate::model::arch::WeightMut<'a>>> {
                 vec![$($crate::model::arch::Slot {
                     name: $name.to_string(),

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 
+use super::arch::WeightTable;
+use super::arch::{linear, vector, weight_table, Param, Slot, Weight, WeightKind, WeightMut};
 use super::causal::{read_config_json, LoadOptions};
 use super::linear::Linear;
 use super::load::safetensors::SafetensorsSource;
@@ -18,9 +20,10 @@ use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops;
 
 /// Feed-forward activation of a BERT block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BertActivation {
     /// Exact GELU, `x·Φ(x)` (HF `gelu`).
+    #[default]
     Gelu,
     /// Tanh approximation (HF `gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
@@ -149,44 +152,45 @@ impl BertConfig {
 }
 
 /// Layer norm weight and bias (HF `LayerNorm.weight` / `LayerNorm.bias`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BertLayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
+    pub weight: Param,
+    pub bias: Param,
     eps: f64,
 }
 
 impl BertLayerNorm {
-    fn load(pb: &mut ParamBuilder, prefix: &str, h: usize, eps: f64) -> Result<Self> {
-        // Older checkpoints call them gamma/beta.
-        let (w, b) = if !pb.contains(&format!("{prefix}.weight"))
-            && pb.contains(&format!("{prefix}.gamma"))
-        {
-            ("gamma", "beta")
-        } else {
-            ("weight", "bias")
-        };
-        Ok(Self {
-            weight: pb.tensor(&format!("{prefix}.{w}"), h, Init::Ones)?,
-            bias: pb.tensor(&format!("{prefix}.{b}"), h, Init::Zeros)?,
-            eps,
-        })
-    }
-
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BertEmbeddings {
-    pub word: Tensor,
-    pub position: Tensor,
-    pub token_type: Tensor,
+    pub word: Param,
+    pub position: Param,
+    pub token_type: Param,
     pub norm: BertLayerNorm,
 }
 
-#[derive(Debug, Clone)]
+// The weights before the layers: HF name (after the optional `bert.`) ↔ field ↔ size.
+weight_table!(BertEmbeddings, |s: BertConfig| {
+    "embeddings.word_embeddings.weight" => word: matrix(s.vocab_size, s.hidden_size),
+    "embeddings.position_embeddings.weight" => position: matrix(s.max_position_embeddings, s.hidden_size),
+    "embeddings.token_type_embeddings.weight" => token_type: matrix(s.type_vocab_size, s.hidden_size),
+    "embeddings.LayerNorm.weight" => norm.weight: vector(s.hidden_size, Init::Ones),
+    "embeddings.LayerNorm.bias" => norm.bias: vector(s.hidden_size, Init::Zeros),
+});
+
+fn matrix(rows: usize, cols: usize) -> WeightKind {
+    WeightKind::Matrix {
+        rows,
+        cols,
+        init: Init::Normal(0.02),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct BertAttention {
     pub query: Linear,
     pub key: Linear,
@@ -218,7 +222,7 @@ impl BertAttention {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BertLayer {
     pub attention: BertAttention,
     /// `intermediate.dense`.
@@ -228,6 +232,20 @@ pub struct BertLayer {
     pub output_norm: BertLayerNorm,
     act: BertActivation,
 }
+
+// The one list of a layer's weights: HF name (after `encoder.layer.N.`) ↔ field ↔ size.
+weight_table!(BertLayer, |s: BertConfig| {
+    "attention.self.query" => attention.query: linear(s.hidden_size, s.hidden_size, true, true),
+    "attention.self.key" => attention.key: linear(s.hidden_size, s.hidden_size, true, true),
+    "attention.self.value" => attention.value: linear(s.hidden_size, s.hidden_size, true, true),
+    "attention.output.dense" => attention.output: linear(s.hidden_size, s.hidden_size, true, false),
+    "attention.output.LayerNorm.weight" => attention.norm.weight: vector(s.hidden_size, Init::Ones),
+    "attention.output.LayerNorm.bias" => attention.norm.bias: vector(s.hidden_size, Init::Zeros),
+    "intermediate.dense" => intermediate: linear(s.hidden_size, s.intermediate_size, true, false),
+    "output.dense" => output: linear(s.intermediate_size, s.hidden_size, true, false),
+    "output.LayerNorm.weight" => output_norm.weight: vector(s.hidden_size, Init::Ones),
+    "output.LayerNorm.bias" => output_norm.bias: vector(s.hidden_size, Init::Zeros),
+});
 
 impl BertLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -254,64 +272,75 @@ pub struct LoadedBert {
 }
 
 impl Bert {
-    /// Builds the encoder from `pb`, reading HF names with or without a `bert.` prefix
-    /// (the pooler, unused by sentence encoders, is not loaded).
+    /// Builds the encoder from `pb` through its weight tables, reading HF names with or
+    /// without a `bert.` prefix (the pooler, unused by sentence encoders, is not loaded).
     pub fn load(pb: &mut ParamBuilder, cfg: &BertConfig) -> Result<Self> {
         cfg.validate()?;
-        let prefix = if pb.contains("embeddings.word_embeddings.weight") {
-            ""
-        } else if pb.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
+        let prefix = if pb.contains("bert.embeddings.word_embeddings.weight")
+            && !pb.contains("embeddings.word_embeddings.weight")
+        {
+            "bert"
         } else {
             ""
         };
-        let p = |s: &str| format!("{prefix}{s}");
-        let (h, ffn) = (cfg.hidden_size, cfg.intermediate_size);
-        let eps = cfg.layer_norm_eps;
-        let embeddings = BertEmbeddings {
-            word: pb.tensor(
-                &p("embeddings.word_embeddings.weight"),
-                (cfg.vocab_size, h),
-                Init::Normal(0.02),
-            )?,
-            position: pb.tensor(
-                &p("embeddings.position_embeddings.weight"),
-                (cfg.max_position_embeddings, h),
-                Init::Normal(0.02),
-            )?,
-            token_type: pb.tensor(
-                &p("embeddings.token_type_embeddings.weight"),
-                (cfg.type_vocab_size, h),
-                Init::Normal(0.02),
-            )?,
-            norm: BertLayerNorm::load(pb, &p("embeddings.LayerNorm"), h, eps)?,
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = p(&format!("encoder.layer.{i}"));
-            let attention = BertAttention {
-                query: pb.linear(&format!("{l}.attention.self.query"), h, h, true)?,
-                key: pb.linear(&format!("{l}.attention.self.key"), h, h, true)?,
-                value: pb.linear(&format!("{l}.attention.self.value"), h, h, true)?,
-                output: pb.linear(&format!("{l}.attention.output.dense"), h, h, true)?,
-                norm: BertLayerNorm::load(pb, &format!("{l}.attention.output.LayerNorm"), h, eps)?,
-                n_head: cfg.num_attention_heads,
-                head_dim: cfg.head_dim(),
-            };
-            layers.push(BertLayer {
-                attention,
-                intermediate: pb.linear(&format!("{l}.intermediate.dense"), h, ffn, true)?,
-                output: pb.linear(&format!("{l}.output.dense"), ffn, h, true)?,
-                output_norm: BertLayerNorm::load(pb, &format!("{l}.output.LayerNorm"), h, eps)?,
-                act: cfg.hidden_act,
-            });
-        }
-        Ok(Self {
+        let mut m = Self {
             cfg: cfg.clone(),
-            embeddings,
-            layers,
+            embeddings: BertEmbeddings::default(),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|_| BertLayer::default())
+                .collect(),
             prefix: prefix.to_string(),
-        })
+        };
+        for slot in m.weights_mut() {
+            slot.load(pb, false)?;
+        }
+        let eps = cfg.layer_norm_eps;
+        m.embeddings.norm.eps = eps;
+        for l in &mut m.layers {
+            l.attention.norm.eps = eps;
+            l.output_norm.eps = eps;
+            l.attention.n_head = cfg.num_attention_heads;
+            l.attention.head_dim = cfg.head_dim();
+            l.act = cfg.hidden_act;
+        }
+        Ok(m)
+    }
+
+    /// Module prefix of layer `i`, e.g. `encoder.layer.3` (or `bert.encoder.layer.3`).
+    fn layer_prefix(&self, i: usize) -> String {
+        join(&self.prefix, &format!("encoder.layer.{i}"))
+    }
+
+    /// Every weight by full HF name, from the tables.
+    pub fn weights(&self) -> Vec<Slot<Weight<'_>>> {
+        let mut out: Vec<_> = self
+            .embeddings
+            .weights(&self.cfg)
+            .into_iter()
+            .map(|w| w.prefixed(&self.prefix))
+            .collect();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = self.layer_prefix(i);
+            out.extend(l.weights(&self.cfg).into_iter().map(|w| w.prefixed(&p)));
+        }
+        out
+    }
+
+    /// [`Bert::weights`], writable.
+    pub fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
+        let prefixes: Vec<String> = (0..self.layers.len())
+            .map(|i| self.layer_prefix(i))
+            .collect();
+        let mut out: Vec<_> = self
+            .embeddings
+            .weights_mut(&self.cfg)
+            .into_iter()
+            .map(|w| w.prefixed(&self.prefix))
+            .collect();
+        for (l, p) in self.layers.iter_mut().zip(&prefixes) {
+            out.extend(l.weights_mut(&self.cfg).into_iter().map(|w| w.prefixed(p)));
+        }
+        out
     }
 
     /// Builds a model from any tensor source (files, or random weights in tests).
@@ -320,7 +349,8 @@ impl Bert {
         cfg: &BertConfig,
         opts: &LoadOptions,
     ) -> Result<LoadedBert> {
-        let mut pb = ParamBuilder::new(src, &opts.device, opts.dtype, opts.trainable);
+        let src = LegacyNormNames(src);
+        let mut pb = ParamBuilder::new(&src, &opts.device, opts.dtype, opts.trainable);
         let model = Self::load(&mut pb, cfg)?;
         Ok(LoadedBert {
             model,
@@ -419,20 +449,62 @@ impl Bert {
     /// Every linear layer with its HF module name (for LoRA targeting), e.g.
     /// `encoder.layer.0.attention.self.query`, `encoder.layer.0.output.dense`.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("{}encoder.layer.{i}", self.prefix);
-            out.push((format!("{p}.attention.self.query"), &mut l.attention.query));
-            out.push((format!("{p}.attention.self.key"), &mut l.attention.key));
-            out.push((format!("{p}.attention.self.value"), &mut l.attention.value));
-            out.push((
-                format!("{p}.attention.output.dense"),
-                &mut l.attention.output,
-            ));
-            out.push((format!("{p}.intermediate.dense"), &mut l.intermediate));
-            out.push((format!("{p}.output.dense"), &mut l.output));
+        self.weights_mut()
+            .into_iter()
+            .filter_map(|w| match w.weight {
+                WeightMut::Linear(l) => Some((w.name, l)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Older BERT checkpoints call the layer-norm weight and bias `gamma` and `beta`: this
+/// source answers the table's names (`LayerNorm.weight` / `.bias`) from them.
+struct LegacyNormNames<'a>(&'a dyn TensorSource);
+
+impl LegacyNormNames<'_> {
+    fn resolve(&self, name: &str) -> String {
+        if self.0.contains(name) {
+            return name.to_string();
         }
-        out
+        let legacy = name
+            .strip_suffix("LayerNorm.weight")
+            .map(|p| format!("{p}LayerNorm.gamma"))
+            .or_else(|| {
+                name.strip_suffix("LayerNorm.bias")
+                    .map(|p| format!("{p}LayerNorm.beta"))
+            });
+        match legacy {
+            Some(l) if self.0.contains(&l) => l,
+            _ => name.to_string(),
+        }
+    }
+}
+
+impl TensorSource for LegacyNormNames<'_> {
+    fn get(
+        &self,
+        name: &str,
+        shape: &candle_core::Shape,
+        init: Init,
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.0.get(&self.resolve(name), shape, init, device)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(&self.resolve(name))
+    }
+    fn origin(&self) -> &Path {
+        self.0.origin()
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
     }
 }
 
