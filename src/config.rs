@@ -6,8 +6,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::peft::LoraConfig;
-use crate::train::data::TemplateChoice;
-use crate::train::schedule::ScheduleKind;
 
 /// Serde through `Display` / `FromStr`, for a typed value that stays a plain string in
 /// TOML and JSON (a `FromStr` error becomes the deserialisation error, which toml locates).
@@ -35,9 +33,15 @@ pub(crate) use serde_as_string;
 
 mod device;
 mod dtype;
+mod format;
+mod sts;
+mod template;
 mod toml_error;
 pub use device::DeviceChoice;
 pub use dtype::ComputeDtype;
+pub use format::FormatChoice;
+pub use sts::LabelScale;
+pub use template::{BuiltinTemplate, TemplateChoice};
 use toml_error::{describe_toml_error, describe_toml_error_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,9 +113,10 @@ pub struct DataConfig {
     pub train: PathBuf,
     #[serde(default)]
     pub eval: Option<PathBuf>,
-    /// JSONL shape: auto, dolly, alpaca or chat (`messages`).
-    #[serde(default = "auto_name")]
-    pub format: String,
+    /// File shape: SFT reads auto, dolly, alpaca or chat (`messages`) JSONL; STS reads
+    /// auto, jsonl, csv or tsv pair files.
+    #[serde(default)]
+    pub format: FormatChoice,
     /// "chat" (the model's own template), "plain-ja", "plain-en", inline Jinja, or a Jinja
     /// template file (relative to the preset).
     #[serde(default)]
@@ -136,7 +141,7 @@ pub struct DataConfig {
     pub eval_limit: usize,
     /// STS: the cosine a 0–5 label is trained towards: `signed` → [−1, 1], `unit` → [0, 1].
     #[serde(default)]
-    pub label_scale: crate::train::data::sts::LabelScale,
+    pub label_scale: LabelScale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -146,6 +151,17 @@ pub enum OptimizerKind {
     Adamw,
     /// Blockwise 8-bit AdamW (bitsandbytes-style moments).
     Adamw8bit,
+}
+
+/// `train.schedule`: the learning-rate curve after warmup (computed by
+/// `train::schedule::LrSchedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Linear,
+    Cosine,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,9 +230,6 @@ fn seed_default() -> u64 {
 }
 fn seq_default() -> usize {
     256
-}
-fn auto_name() -> String {
-    "auto".into()
 }
 fn cosine() -> ScheduleKind {
     ScheduleKind::Cosine
@@ -328,8 +341,8 @@ impl RunConfig {
             bail!("data.neftune_alpha must be ≥ 0");
         }
         match self.task {
-            TaskKind::Sft => {}
-            TaskKind::Sts => crate::train::sts_task::validate_config(self)?,
+            TaskKind::Sft => self.data.format.check(TaskKind::Sft)?,
+            TaskKind::Sts => self.validate_sts()?,
         }
         Ok(())
     }
@@ -433,6 +446,13 @@ lr = 1e-4
                 TemplateChoice::ALLOWED,
             ),
             (
+                "train = \"data/sft/train.jsonl\"",
+                "format = \"xml\"",
+                "line 7",
+                "data.format",
+                FormatChoice::ALLOWED,
+            ),
+            (
                 "lr = 1e-4",
                 "optimizer = \"sgd\"",
                 "line 9",
@@ -496,6 +516,37 @@ lr = 1e-4
         assert_eq!(defaults.model.dtype, ComputeDtype::F32);
         assert_eq!(defaults.model.device, DeviceChoice::Cpu);
         assert_eq!(defaults.data.template, TemplateChoice::default());
+    }
+
+    /// `data.format` takes the union of both tasks' formats; each task reads only its own.
+    #[test]
+    fn data_format_is_checked_against_the_task() {
+        let with = |format: &str, task: &str| {
+            let text = PRESET
+                .replace("[data]", &format!("[data]\nformat = \"{format}\""))
+                .replace("name = \"t\"", &format!("name = \"t\"\ntask = \"{task}\""));
+            RunConfig::from_toml_str(&text)
+        };
+        assert_eq!(
+            with("messages", "sft").unwrap().data.format,
+            FormatChoice::Chat
+        );
+        assert_eq!(with("CSV", "sts").unwrap().data.format, FormatChoice::Csv);
+        let err = with("csv", "sft").unwrap_err().to_string();
+        assert!(
+            err.contains("data.format") && err.contains("auto, dolly, alpaca or chat"),
+            "{err}"
+        );
+        let err = with("dolly", "sts").unwrap_err().to_string();
+        assert!(
+            err.contains("task = \"sts\"")
+                && err.contains("data.format")
+                && err.contains("auto, jsonl, csv or tsv"),
+            "{err}"
+        );
+        let defaults = RunConfig::from_toml_str(PRESET).unwrap();
+        assert_eq!(defaults.data.format, FormatChoice::Auto);
+        assert!(defaults.to_toml().unwrap().contains("format = \"auto\""));
     }
 
     #[test]

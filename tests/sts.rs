@@ -17,7 +17,7 @@ use ftlab::model::bert::{Bert, BertActivation, BertConfig};
 use ftlab::model::load::RandomSource;
 use ftlab::model::LoadOptions;
 use ftlab::runs::layout::RunDir;
-use ftlab::train::data::sts::{parse_pairs, rescale_label, LabelScale, StsFormat};
+use ftlab::train::data::sts::{parse_pairs, rescale_label, LabelScale, LabelTarget, StsFormat};
 use ftlab::train::data::DataError;
 use ftlab::train::events::TrainEvent;
 use ftlab::train::sts_task::{

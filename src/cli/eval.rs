@@ -5,9 +5,9 @@ use anyhow::Result;
 
 use crate::infer::LanguageModel;
 use crate::model::LoadOptions;
-use crate::train::data::load_jsonl;
+use crate::train::data::{load_jsonl, DataFormat};
 use crate::train::evaluate::answer_accuracy;
-use crate::train::sft_task::{data_format, prompt_template};
+use crate::train::sft_task::prompt_template;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -39,7 +39,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(a) = &args.adapter {
         eprintln!("applied {}", lm.apply_run(a)?);
     }
-    let mut records = load_jsonl(&args.data, data_format("auto")?)?;
+    let mut records = load_jsonl(&args.data, DataFormat::Auto)?;
     if args.limit > 0 {
         records.truncate(args.limit);
     }

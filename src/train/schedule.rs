@@ -13,14 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    #[default]
-    Constant,
-    Linear,
-    Cosine,
-}
+// The kind is part of the run's config; the curve is computed here.
+pub use crate::config::ScheduleKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {

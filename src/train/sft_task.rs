@@ -2,7 +2,7 @@
 //! `TrainTask` the training loop drives.
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::data::{
     load_jsonl, Batch, Batching, DataFormat, PromptTemplate, SftConfig, SftDataset, SftTokenizer,
@@ -22,20 +22,10 @@ use crate::config::DataConfig;
 use crate::config::RunConfig;
 use crate::infer::LanguageModel;
 
-pub fn data_format(name: &str) -> Result<DataFormat> {
-    Ok(match name {
-        "auto" => DataFormat::Auto,
-        "dolly" => DataFormat::Dolly,
-        "alpaca" => DataFormat::Alpaca,
-        "chat" | "messages" => DataFormat::Chat,
-        other => bail!("data.format `{other}`: expected auto, dolly, alpaca or chat"),
-    })
-}
-
 /// `chat`, `plain-ja`, `plain-en`, inline Jinja, or the path of a Jinja template file
 /// (relative paths resolve against `base`, the preset's directory); see [`TemplateChoice`].
 pub fn prompt_template(name: &str, base: &Path) -> Result<PromptTemplate> {
-    name.parse::<TemplateChoice>()?.resolve(base)
+    PromptTemplate::from_choice(&name.parse::<TemplateChoice>()?, base)
 }
 
 /// Loads and tokenises the train (and eval) files. Malformed lines are all reported, with
@@ -45,8 +35,8 @@ pub fn build(
     lm: &LanguageModel,
     base: &Path,
 ) -> Result<(SftDataset, Option<SftDataset>)> {
-    let format = data_format(&data.format)?;
-    let template = data.template.resolve(base)?;
+    let format = DataFormat::try_from(data.format)?;
+    let template = PromptTemplate::from_choice(&data.template, base)?;
     let tok = SftTokenizer::new(lm, template)?;
     let batching = if data.packing {
         Batching::Packed

@@ -23,11 +23,11 @@ use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
 use super::checkpoint::save_vars;
-use super::data::sts::{load_pairs, LabelScale, StsFormat, StsPair};
+use super::data::sts::{load_pairs, LabelScale, LabelTarget, StsFormat, StsPair};
 use super::step::{accumulate, checkpointed_backward};
 use super::trainer::{Evaluation, TrainTask};
 use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, LoraConfig};
-use crate::config::{QuantKind, RunConfig};
+use crate::config::RunConfig;
 use crate::infer::embed::{encoder_dir, l2_normalize, mean_pool, Embedder};
 use crate::model::bert::Bert;
 use crate::model::LoadOptions;
@@ -45,29 +45,6 @@ const MODEL_FILES: [&str; 9] = [
     "config_sentence_transformers.json",
     "1_Pooling/config.json",
 ];
-
-/// Checks the fields of a run config that matter for an STS run.
-pub fn validate_config(cfg: &RunConfig) -> Result<()> {
-    if cfg.model.quant != QuantKind::None {
-        bail!("task = \"sts\": model.quant must be \"none\" (4-bit bases are for causal LMs; use [lora] alone)");
-    }
-    if let Some(l) = &cfg.lora {
-        if !l.modules_to_save.is_empty() {
-            bail!("task = \"sts\": lora.modules_to_save is not supported for encoders");
-        }
-    }
-    cfg.data
-        .format
-        .parse::<StsFormat>()
-        .context("task = \"sts\": data.format")?;
-    if cfg.data.packing {
-        bail!("task = \"sts\": data.packing applies to SFT only");
-    }
-    if cfg.data.neftune_alpha > 0.0 {
-        bail!("task = \"sts\": data.neftune_alpha applies to SFT only");
-    }
-    Ok(())
-}
 
 /// Sentence pairs with their token ids ([CLS] … [SEP], truncated, unpadded).
 pub struct StsData {
@@ -399,7 +376,7 @@ pub struct StsTask {
 impl StsTask {
     /// Loads the encoder of `cfg` (with LoRA adapters or fully trainable) and its pairs.
     pub fn from_config(cfg: &RunConfig, _base: &Path) -> Result<Self> {
-        validate_config(cfg)?;
+        cfg.validate_sts()?;
         let dir = encoder_dir(&cfg.model.spec)?;
         let opts = LoadOptions {
             device: Device::Cpu,
@@ -417,7 +394,7 @@ impl StsTask {
                 cfg.train.seed,
             )?;
         }
-        let format: StsFormat = cfg.data.format.parse()?;
+        let format = StsFormat::try_from(cfg.data.format)?;
         let max_len = cfg.data.max_seq_len.min(embedder.max_len());
         let load = |path: &Path, limit: usize| -> Result<StsData> {
             let mut pairs = load_pairs(path, format)?;

@@ -25,6 +25,7 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
+use crate::config::{FormatChoice, TaskKind};
 use crate::infer::chat_template::ChatMessage;
 
 // The located-error type is shared with inference (search corpora, documents folders).
@@ -91,15 +92,31 @@ impl fmt::Display for DataFormat {
     }
 }
 
+/// The SFT formats of `data.format` (the others are STS files).
+impl TryFrom<FormatChoice> for DataFormat {
+    type Error = anyhow::Error;
+    fn try_from(f: FormatChoice) -> Result<Self> {
+        Ok(match f {
+            FormatChoice::Auto => Self::Auto,
+            FormatChoice::Dolly => Self::Dolly,
+            FormatChoice::Alpaca => Self::Alpaca,
+            FormatChoice::Chat => Self::Chat,
+            other => return Err(other.not_read_by(TaskKind::Sft)),
+        })
+    }
+}
+
 impl FromStr for DataFormat {
     type Err = anyhow::Error;
+    /// The names (and aliases) `data.format` accepts for SFT.
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "dolly" => Ok(Self::Dolly),
-            "alpaca" => Ok(Self::Alpaca),
-            "chat" | "messages" => Ok(Self::Chat),
-            other => bail!("unknown data format `{other}`; expected auto, dolly, alpaca or chat"),
+        match s.parse::<FormatChoice>().map(Self::try_from) {
+            Ok(Ok(f)) => Ok(f),
+            _ => bail!(
+                "unknown data format `{}`; expected {}",
+                s.trim().to_ascii_lowercase(),
+                FormatChoice::allowed_for(TaskKind::Sft)
+            ),
         }
     }
 }

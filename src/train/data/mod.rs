@@ -30,4 +30,4 @@ pub use template::{
     user_message, Formatted, Formatter, PromptTemplate, Segment, PLAIN_EN_TEMPLATE,
     PLAIN_JA_TEMPLATE,
 };
-pub use template_choice::TemplateChoice;
+pub use template_choice::{BuiltinTemplate, TemplateChoice};

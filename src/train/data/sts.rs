@@ -16,10 +16,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::example::{DataError, Problem};
+use crate::config::{FormatChoice, TaskKind};
 
 /// Gold similarity labels lie in `[0, LABEL_MAX]`.
 pub const LABEL_MAX: f32 = 5.0;
@@ -40,19 +40,16 @@ pub struct StsPair {
     pub origin: String,
 }
 
-/// The cosine similarity a label is trained towards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LabelScale {
-    /// 0 → −1, 5 → 1: the whole cosine range.
-    #[default]
-    Signed,
-    /// 0 → 0, 5 → 1 (sentence-transformers' STS-B example, `score / 5`).
-    Unit,
+// The scale is part of the run's config; the targets are computed here.
+pub use crate::config::LabelScale;
+
+/// The cosine similarity a label is trained towards under a [`LabelScale`].
+pub trait LabelTarget {
+    fn target(self, label: f32) -> f32;
 }
 
-impl LabelScale {
-    pub fn target(self, label: f32) -> f32 {
+impl LabelTarget for LabelScale {
+    fn target(self, label: f32) -> f32 {
         match self {
             Self::Signed => rescale_label(label),
             Self::Unit => label / LABEL_MAX,
@@ -76,16 +73,32 @@ pub enum StsFormat {
     Tsv,
 }
 
+/// The STS formats of `data.format` (the others are SFT files).
+impl TryFrom<FormatChoice> for StsFormat {
+    type Error = anyhow::Error;
+    fn try_from(f: FormatChoice) -> Result<Self> {
+        Ok(match f {
+            FormatChoice::Auto => Self::Auto,
+            FormatChoice::Jsonl => Self::Jsonl,
+            FormatChoice::Csv => Self::Csv,
+            FormatChoice::Tsv => Self::Tsv,
+            other => return Err(other.not_read_by(TaskKind::Sts)),
+        })
+    }
+}
+
 impl FromStr for StsFormat {
     type Err = anyhow::Error;
+    /// The names (and aliases) `data.format` accepts for STS.
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Self::Auto,
-            "jsonl" | "json" => Self::Jsonl,
-            "csv" => Self::Csv,
-            "tsv" => Self::Tsv,
-            other => bail!("STS data format `{other}`: expected auto, jsonl, csv or tsv"),
-        })
+        match s.parse::<FormatChoice>().map(Self::try_from) {
+            Ok(Ok(f)) => Ok(f),
+            _ => bail!(
+                "STS data format `{}`: expected {}",
+                s.trim().to_ascii_lowercase(),
+                FormatChoice::allowed_for(TaskKind::Sts)
+            ),
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::Map;
 
 use super::example::Example;
+use crate::config::TemplateChoice;
 use crate::infer::chat_template::{ChatMessage, ChatTemplate};
 
 /// The Japanese tutorial layout (`### 指示:` / `### 入力:` / `### 回答:`).
@@ -88,17 +89,16 @@ impl FromStr for PromptTemplate {
     type Err = anyhow::Error;
     /// `chat`, `plain-ja` (`ja`), `plain-en` (`en`, `alpaca`), or a Jinja template (any text
     /// containing `{{`).
+    /// The names are read by `config` ([`TemplateChoice::inline`]); template files are not
+    /// accepted here.
     fn from_str(s: &str) -> Result<Self> {
-        if s.contains("{{") {
-            return Ok(Self::Custom(s.to_string()));
-        }
-        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "chat" => Ok(Self::Chat),
-            "plain-ja" | "ja" => Ok(Self::PlainJa),
-            "plain-en" | "en" | "alpaca" => Ok(Self::PlainEn),
-            other => bail!(
-                "unknown prompt template `{other}`; expected chat, plain-ja, plain-en or a Jinja \
-                 template containing {{{{ instruction }}}}"
+        match TemplateChoice::inline(s) {
+            Some(TemplateChoice::Builtin(t)) => Ok(t.into()),
+            Some(TemplateChoice::Jinja(text)) => Ok(Self::Custom(text)),
+            _ => bail!(
+                "unknown prompt template `{}`; expected chat, plain-ja, plain-en or a Jinja \
+                 template containing {{{{ instruction }}}}",
+                s.trim().to_ascii_lowercase().replace('_', "-")
             ),
         }
     }
