@@ -12,11 +12,11 @@
 //! | 5 | `runs` | run directories, history, the supervisor of worker processes |
 //! | 6 | `tui`, `cli` | the dashboard (draws state, sends commands) and the commands |
 //!
-//! Two exceptions, both leaves: `runs::layout` (the names of a run directory's files
-//! and what a run produced) is read by `train` and `infer`; `config` reads the value
-//! types `train` defines for it (schedule kinds, templates, label scales) and calls the
-//! STS task's config check. `model` imports nothing from the layers above it and
-//! `infer` nothing from `train`. Library code never prints to stdout; commands in `cli` do.
+//! One exception, a leaf: `runs::layout` (the names of a run directory's files and what
+//! a run produced) is read by `train` and `infer`. `config` holds the run's schema as
+//! plain values (device, dtype, template, formats, schedule); what they mean is
+//! `train`'s. `model` imports nothing from the layers above it and `infer` nothing
+//! from `train`. Library code never prints to stdout; commands in `cli` do.
 pub mod adapt;
 pub mod cli;
 pub mod config;
