@@ -286,32 +286,56 @@ where
     Ok((ends, blocks))
 }
 
-/// Every weight of a model, by full HF name: the ends' table, then each block's.
-pub fn all_weights<'a, E: WeightTable, B: WeightTable>(
-    s: &ModelShape,
+/// Every weight of a model, by full HF name: the ends' table (under `prefix`), then each
+/// block's (under `block_prefix(i)`).
+pub fn all_weights<'a, S, E: WeightTable<S>, B: WeightTable<S>>(
+    s: &S,
+    prefix: &str,
     ends: &'a E,
     blocks: &'a [B],
+    block_prefix: impl Fn(usize) -> String,
 ) -> Vec<Slot<Weight<'a>>> {
-    let mut out = ends.weights(s);
+    let mut out: Vec<_> = ends
+        .weights(s)
+        .into_iter()
+        .map(|w| w.prefixed(prefix))
+        .collect();
     for (i, b) in blocks.iter().enumerate() {
-        let prefix = s.block_prefix(i);
-        out.extend(b.weights(s).into_iter().map(|w| w.prefixed(&prefix)));
+        let p = block_prefix(i);
+        out.extend(b.weights(s).into_iter().map(|w| w.prefixed(&p)));
     }
     out
 }
 
 /// [`all_weights`], writable.
-pub fn all_weights_mut<'a, E: WeightTable, B: WeightTable>(
-    s: &ModelShape,
+pub fn all_weights_mut<'a, S, E: WeightTable<S>, B: WeightTable<S>>(
+    s: &S,
+    prefix: &str,
     ends: &'a mut E,
     blocks: &'a mut [B],
+    block_prefix: impl Fn(usize) -> String,
 ) -> Vec<Slot<WeightMut<'a>>> {
-    let mut out = ends.weights_mut(s);
+    let mut out: Vec<_> = ends
+        .weights_mut(s)
+        .into_iter()
+        .map(|w| w.prefixed(prefix))
+        .collect();
     for (i, b) in blocks.iter_mut().enumerate() {
-        let prefix = s.block_prefix(i);
-        out.extend(b.weights_mut(s).into_iter().map(|w| w.prefixed(&prefix)));
+        let p = block_prefix(i);
+        out.extend(b.weights_mut(s).into_iter().map(|w| w.prefixed(&p)));
     }
     out
+}
+
+/// The linear layers among `weights`, by module name (LoRA targets, 4-bit quantisation).
+pub fn linears<'a>(weights: Vec<Slot<WeightMut<'a>>>) -> Vec<(String, &'a mut Linear)> {
+    weights
+        .into_iter()
+        .filter_map(|w| match w.weight {
+            WeightMut::Linear(l) => Some((w.name, l)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A loaded decoder: its forward pieces and its weights (through its table).
@@ -429,11 +453,15 @@ impl<E: DecoderEnds> DecoderArch for Decoder<E> {
     }
 
     fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        all_weights(&self.shape, &self.ends, &self.blocks)
+        let s = &self.shape;
+        all_weights(s, "", &self.ends, &self.blocks, |i| s.block_prefix(i))
     }
 
     fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        all_weights_mut(&self.shape, &mut self.ends, &mut self.blocks)
+        let s = &self.shape;
+        all_weights_mut(s, "", &mut self.ends, &mut self.blocks, |i| {
+            s.block_prefix(i)
+        })
     }
 
     fn clone_box(&self) -> Box<dyn DecoderArch> {

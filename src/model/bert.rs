@@ -11,8 +11,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 
-use super::arch::WeightTable;
-use super::arch::{linear, vector, weight_table, Param, Slot, Weight, WeightKind, WeightMut};
+use super::arch::{
+    all_weights, all_weights_mut, linear, linears, vector, weight_table, Param, Slot, Weight,
+    WeightKind, WeightMut,
+};
 use super::causal::{read_config_json, LoadOptions};
 use super::linear::Linear;
 use super::load::safetensors::SafetensorsSource;
@@ -306,41 +308,18 @@ impl Bert {
         Ok(m)
     }
 
-    /// Module prefix of layer `i`, e.g. `encoder.layer.3` (or `bert.encoder.layer.3`).
-    fn layer_prefix(&self, i: usize) -> String {
-        join(&self.prefix, &format!("encoder.layer.{i}"))
-    }
-
     /// Every weight by full HF name, from the tables.
     pub fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        let mut out: Vec<_> = self
-            .embeddings
-            .weights(&self.cfg)
-            .into_iter()
-            .map(|w| w.prefixed(&self.prefix))
-            .collect();
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = self.layer_prefix(i);
-            out.extend(l.weights(&self.cfg).into_iter().map(|w| w.prefixed(&p)));
-        }
-        out
+        let p = &self.prefix;
+        let layer = |i| join(p, &format!("encoder.layer.{i}"));
+        all_weights(&self.cfg, p, &self.embeddings, &self.layers, layer)
     }
 
     /// [`Bert::weights`], writable.
     pub fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        let prefixes: Vec<String> = (0..self.layers.len())
-            .map(|i| self.layer_prefix(i))
-            .collect();
-        let mut out: Vec<_> = self
-            .embeddings
-            .weights_mut(&self.cfg)
-            .into_iter()
-            .map(|w| w.prefixed(&self.prefix))
-            .collect();
-        for (l, p) in self.layers.iter_mut().zip(&prefixes) {
-            out.extend(l.weights_mut(&self.cfg).into_iter().map(|w| w.prefixed(p)));
-        }
-        out
+        let p = &self.prefix;
+        let layer = |i| join(p, &format!("encoder.layer.{i}"));
+        all_weights_mut(&self.cfg, p, &mut self.embeddings, &mut self.layers, layer)
     }
 
     /// Builds a model from any tensor source (files, or random weights in tests).
@@ -449,13 +428,7 @@ impl Bert {
     /// Every linear layer with its HF module name (for LoRA targeting), e.g.
     /// `encoder.layer.0.attention.self.query`, `encoder.layer.0.output.dense`.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        self.weights_mut()
-            .into_iter()
-            .filter_map(|w| match w.weight {
-                WeightMut::Linear(l) => Some((w.name, l)),
-                _ => None,
-            })
-            .collect()
+        linears(self.weights_mut())
     }
 }
 

@@ -230,13 +230,7 @@ impl CausalLm {
     /// Every linear layer of the blocks with its HF module name (LoRA targets, 4-bit
     /// quantisation); the LM head is not among them.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        self.weights_mut()
-            .into_iter()
-            .filter_map(|w| match w.weight {
-                WeightMut::Linear(l) => Some((w.name, l)),
-                _ => None,
-            })
-            .collect()
+        arch::linears(self.weights_mut())
     }
 }
 
