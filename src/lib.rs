@@ -4,11 +4,13 @@
 //! (generation, perplexity, embeddings) → `cli`. Library code never prints to
 //! stdout; commands in `cli` do.
 pub mod adapt;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod infer;
 pub mod located;
+pub mod locations;
 pub mod model;
 pub mod plan;
 pub mod runs;
