@@ -20,13 +20,14 @@ fn main() {
         println!("cargo:rerun-if-changed={}", dir.display());
         for file in files(&dir) {
             let name = file.file_name().unwrap().to_str().expect("UTF-8 file name");
-            rows.push(format!(
-                "    ({:?}, include_bytes!({:?})),\n",
-                format!("{prefix}/{name}"),
-                file.display().to_string()
-            ));
+            rows.push((format!("{prefix}/{name}"), file.display().to_string()));
         }
     }
+    rows.sort();
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(key, file)| format!("    ({key:?}, include_bytes!({file:?})),\n"))
+        .collect();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("builtin_files.rs");
     let text = format!(
         "/// Every embedded file as (key, bytes), sorted by key.\npub static FILES: &[(&str, &[u8])] = &[\n{}];\n",
