@@ -100,6 +100,17 @@ fn missing(key: &str) -> std::io::Error {
     )
 }
 
+/// A file or folder of the repository (`data/sft/heldout.jsonl`, `presets/lora.toml`,
+/// `data/docs`) for a default: the path itself where it exists (in a checkout, as always),
+/// else its built-in copy (`builtin:sft/heldout.jsonl`), so that the default works anywhere.
+pub fn repo_or_builtin(repo_path: &str) -> PathBuf {
+    let local = Path::new(repo_path);
+    if local.exists() {
+        return local.to_path_buf();
+    }
+    path_of(repo_path.strip_prefix("data/").unwrap_or(repo_path))
+}
+
 /// The built-in presets as (name, `builtin:presets/NAME.toml`), sorted by name.
 pub fn presets() -> Vec<(String, PathBuf)> {
     files()
@@ -128,5 +139,11 @@ mod tests {
         assert!(is_dir(Path::new("builtin:docs/")));
         assert!(!is_dir(Path::new("builtin:sft/train.jsonl")));
         assert!(presets().iter().any(|(n, _)| n == "qlora"));
+        // Unit tests run in the checkout: its files win; elsewhere the built-in copy.
+        assert_eq!(repo_or_builtin("data/docs"), Path::new("data/docs"));
+        assert_eq!(
+            repo_or_builtin("data/no-such-folder"),
+            Path::new("builtin:no-such-folder")
+        );
     }
 }

@@ -140,7 +140,10 @@ impl Default for InferState {
             sampling,
             max_new_tokens: 128,
             system: String::new(),
-            docs: default_docs().into(),
+            // data/docs in a checkout (as always), else its built-in copy.
+            docs: crate::builtin::repo_or_builtin("data/docs")
+                .display()
+                .to_string(),
             top_k: 3,
             status: String::new(),
             next_job: 1,
@@ -410,14 +413,4 @@ impl InferState {
 
 fn is_ctrl_u(key: &KeyEvent) -> bool {
     key.code == KeyCode::Char('u') && key.modifiers.contains(KeyModifiers::CONTROL)
-}
-
-/// The documents search and RAG start from: `data/docs` in a checkout (as always), else the
-/// built-in copy of it, so that the tab works from any directory.
-fn default_docs() -> &'static str {
-    if std::path::Path::new("data/docs").is_dir() {
-        "data/docs"
-    } else {
-        "builtin:docs"
-    }
 }
