@@ -108,7 +108,10 @@ fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
             Ok(RunDir::new(d))
         }
         None => {
-            let root = (args.runs_root.clone()).unwrap_or_else(|| Locations::from_env().runs_root);
+            let root = args
+                .runs_root
+                .clone()
+                .unwrap_or_else(|| Locations::from_env().runs_root);
             RunDir::create_unique(&root, &cfg.name)
         }
     }
