@@ -260,7 +260,8 @@ impl RunConfig {
     /// Loads a preset and applies `key=value` overrides (TOML values; bare words are
     /// strings). Errors name the file, the line and what was expected.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        // `builtin:presets/NAME.toml` is read from the binary (see `crate::builtin`).
+        let text = crate::builtin::read_to_string(path)
             .with_context(|| format!("{}: cannot read preset", path.display()))?;
         let mut value: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow!("{}: {}", path.display(), describe_toml_error(&text, &e)))?;

@@ -18,11 +18,13 @@
 //! `train`'s. `model` imports nothing from the layers above it and `infer` nothing
 //! from `train`. Library code never prints to stdout; commands in `cli` do.
 pub mod adapt;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod infer;
 pub mod located;
+pub mod locations;
 pub mod model;
 pub mod plan;
 pub mod runs;

@@ -21,6 +21,9 @@ enum Command {
     Perplexity(cli::perplexity::PerplexityArgs),
     /// Fine-tune headless from a preset (or resume a run).
     Train(cli::train::TrainArgs),
+    /// List the presets (./presets, the user's, built-in) or export a built-in one to edit.
+    #[command(subcommand)]
+    Presets(cli::presets::PresetsCmd),
     /// Fold a run's LoRA adapter into the base model; writes an HF model directory.
     Merge(cli::merge::MergeArgs),
     /// Held-out contained-answer accuracy (greedy generation on SFT data with short answers).
@@ -49,6 +52,7 @@ fn main() {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Perplexity(args)) => cli::perplexity::run(args),
         Some(Command::Train(args)) => cli::train::run(args),
+        Some(Command::Presets(cmd)) => cli::presets::run(cmd),
         Some(Command::Merge(args)) => cli::merge::run(args),
         Some(Command::Embed(args)) => cli::embed::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),

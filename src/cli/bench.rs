@@ -21,7 +21,7 @@ use crate::train::step::forward_backward;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Presets to compare (default: the four technique presets).
+    /// Presets to compare, names or files (default: the four technique presets).
     pub presets: Vec<PathBuf>,
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
@@ -143,10 +143,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let presets = if args.presets.is_empty() {
         ["baseline", "grad-ckpt", "lora", "qlora"]
             .iter()
-            .map(|p| PathBuf::from(format!("presets/{p}.toml")))
+            .map(|p| crate::builtin::repo_or_builtin(&format!("presets/{p}.toml")))
             .collect()
     } else {
-        args.presets.clone()
+        let loc = crate::locations::Locations::from_env();
+        let named: Result<Vec<PathBuf>> =
+            args.presets.iter().map(|p| loc.resolve_preset(p)).collect();
+        named?
     };
     if args.worker {
         let r = worker(&args, &presets[0])?;

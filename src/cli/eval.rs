@@ -16,7 +16,8 @@ pub struct EvalArgs {
     /// A training result to apply (run directory or adapter directory).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    #[arg(long, default_value = "data/sft/heldout.jsonl")]
+    /// Held-out data (default: data/sft/heldout.jsonl, else its built-in copy).
+    #[arg(long, default_value_os_t = crate::builtin::repo_or_builtin("data/sft/heldout.jsonl"))]
     pub data: PathBuf,
     /// Prompt template: chat, plain-ja, plain-en or a Jinja file (as in the preset).
     #[arg(long, default_value = "chat")]

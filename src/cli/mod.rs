@@ -9,6 +9,7 @@ pub mod merge;
 pub mod models;
 pub mod perplexity;
 pub mod plan;
+pub mod presets;
 pub mod rag;
 pub mod search;
 pub mod sts;

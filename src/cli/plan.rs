@@ -8,7 +8,7 @@ use crate::train::setup::plan_for;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
-    /// Preset TOML file(s).
+    /// Preset names (qlora, as `ftlab train`) or TOML file(s).
     #[arg(required = true)]
     pub presets: Vec<PathBuf>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -19,8 +19,9 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: PlanArgs) -> Result<()> {
+    let loc = crate::locations::Locations::from_env();
     for p in &args.presets {
-        let cfg = RunConfig::load(p, &args.overrides)?;
+        let cfg = RunConfig::load(&loc.resolve_preset(p)?, &args.overrides)?;
         let plan = plan_for(&cfg)?;
         if args.json {
             println!(

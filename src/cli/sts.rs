@@ -15,8 +15,9 @@ pub struct StsEvalArgs {
     /// checkpoint) / checkpoint / adapter directory.
     #[arg(long, default_value = "minilm")]
     pub model: String,
-    /// Pairs: JSONL, CSV or TSV with sentence1, sentence2 and label (0–5).
-    #[arg(long, default_value = "data/sts/heldout.jsonl")]
+    /// Pairs: JSONL, CSV or TSV with sentence1, sentence2 and label (0–5); default
+    /// data/sts/heldout.jsonl, else its built-in copy.
+    #[arg(long, default_value_os_t = crate::builtin::repo_or_builtin("data/sts/heldout.jsonl"))]
     pub data: PathBuf,
     /// auto (by extension), jsonl, csv or tsv.
     #[arg(long, default_value = "auto")]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{RunConfig, TaskKind};
+use crate::locations::Locations;
 use crate::runs::layout::RunDir;
 use crate::train::events::{EventLine, TrainEvent};
 use crate::train::setup;
@@ -15,17 +16,23 @@ use crate::train::trainer::{TrainTask, Trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Preset TOML file (e.g. presets/qlora.toml).
-    #[arg(required_unless_present = "resume")]
+    /// Preset: a name (qlora: ./presets, the user's, then the built-in one) or a TOML file
+    /// (e.g. presets/qlora.toml).
+    #[arg(required_unless_present_any = ["resume", "list"])]
     pub preset: Option<PathBuf>,
+    /// List the presets a name can choose from, and where each comes from.
+    #[arg(long, conflicts_with_all = ["preset", "resume"])]
+    pub list: bool,
     /// Override any preset field, e.g. --set lora.r=16 --set train.max_steps=20.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Where to write the run (default: a new directory under --runs-root).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    #[arg(long, default_value = "runs")]
-    pub runs_root: PathBuf,
+    /// Parent of new run directories (default: $FTLAB_RUNS_DIR, ./runs in a checkout of
+    /// ftlab, else ~/.local/share/ftlab/runs).
+    #[arg(long)]
+    pub runs_root: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, conflicts_with = "preset")]
     pub resume: Option<PathBuf>,
@@ -78,6 +85,7 @@ fn load_config(args: &TrainArgs) -> Result<(RunConfig, bool, PathBuf)> {
         return Ok((cfg, true, PathBuf::from(".")));
     }
     let preset = args.preset.as_ref().context("a preset file is required")?;
+    let preset = &Locations::from_env().resolve_preset(preset)?;
     let cfg = RunConfig::load(preset, &args.overrides)?;
     let base = preset.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((cfg, false, base))
@@ -99,11 +107,20 @@ fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
                 .with_context(|| format!("{}: cannot create", d.display()))?;
             Ok(RunDir::new(d))
         }
-        None => RunDir::create_unique(&args.runs_root, &cfg.name),
+        None => {
+            let root = args
+                .runs_root
+                .clone()
+                .unwrap_or_else(|| Locations::from_env().runs_root);
+            RunDir::create_unique(&root, &cfg.name)
+        }
     }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.list {
+        return super::presets::list();
+    }
     let (cfg, resume, base) = load_config(&args)?;
     if let Some(d) = &args.run_dir {
         if !resume && RunDir::new(d).metrics().exists() {

@@ -5,7 +5,6 @@
 //! The loop applies each message to the `App` and redraws — at most 10 times a second, and
 //! only when something changed (plus once a second while runs are live, for elapsed/ETA).
 //! Idle, it sleeps on the channel: the dashboard costs next to no CPU while runs train.
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -14,10 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossterm::event::{self, Event};
 
+use crate::locations::Locations;
 use crate::runs::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
 use crate::telemetry::GpuProbe;
 use crate::tui::infer_worker::{self, InferEvent};
-use crate::tui::presets::{discover_presets, user_preset_dir, PresetSource};
+use crate::tui::presets::all_presets;
 use crate::tui::{draw, Action, App, GpuState};
 
 /// Shortest time between two frames.
@@ -33,36 +33,14 @@ enum Msg {
     Infer(InferEvent),
 }
 
-/// Where the dashboard looks: presets in ./presets and the user's directory, runs in ./runs.
-pub struct Paths {
-    pub presets: Vec<(PathBuf, PresetSource)>,
-    pub runs_root: PathBuf,
-}
-
-impl Paths {
-    pub fn from_env() -> Self {
-        let mut presets = vec![(PathBuf::from("presets"), PresetSource::Project)];
-        if let Some(u) = user_preset_dir() {
-            presets.push((u, PresetSource::User));
-        }
-        let runs_root = std::env::var_os("FTLAB_RUNS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("runs"));
-        Self { presets, runs_root }
-    }
-}
-
 pub fn run() -> Result<()> {
-    let paths = Paths::from_env();
+    // Presets of ./presets, the user's and the built-in ones; runs where `Locations` says.
+    let paths = Locations::from_env();
     let (gpu_state, probe) = match GpuProbe::init() {
         Ok(p) => (GpuState::Available(p.name().to_string()), Some(Arc::new(p))),
         Err(e) => (GpuState::Unavailable(e.reason.clone()), None),
     };
-    let mut app = App::new(
-        gpu_state,
-        paths.runs_root.clone(),
-        discover_presets(&paths.presets),
-    );
+    let mut app = App::new(gpu_state, paths.runs_root.clone(), all_presets(&paths));
     if let Some(n) = std::env::var("FTLAB_MAX_CONCURRENT")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

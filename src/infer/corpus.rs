@@ -2,7 +2,7 @@
 //! object), folders of `.txt` / `.md` documents split into chunks, and the ranked
 //! [`Hit`]s both return. Bad lines and files are reported like bad training data: every
 //! problem with its file and line, in one [`DataError`].
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,15 +53,21 @@ pub struct DocChunk {
 /// The `.txt` and `.md` files of `dir` (not recursive), sorted by name. Files that are not
 /// UTF-8 are a [`DataError`] naming each with the line of its first bad byte.
 pub fn load_documents(dir: &Path) -> Result<Vec<Document>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot read the documents folder", dir.display()))?;
+    let entries: Vec<PathBuf> = match crate::builtin::folder(dir) {
+        // `builtin:docs`: the files are read from the binary by `crate::builtin::read`.
+        Some(files) => files.iter().map(|(name, _)| dir.join(name)).collect(),
+        None => std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read the documents folder", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect(),
+    };
     let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .into_iter()
         .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "txt" | "md"))
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "txt" | "md"))
         })
         .collect();
     paths.sort();
@@ -71,7 +77,8 @@ pub fn load_documents(dir: &Path) -> Result<Vec<Document>> {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
     for p in &paths {
-        let bytes = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let bytes =
+            crate::builtin::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
         match String::from_utf8(bytes) {
             Ok(text) => docs.push(Document {
                 source: p
@@ -118,7 +125,7 @@ pub fn chunk_documents(docs: &[Document], split: &SplitConfig) -> Result<Vec<Doc
 /// document per non-blank line), or a directory of `.txt` / `.md` files (split into chunks
 /// with `split`).
 pub fn read_corpus(path: &Path, split: &SplitConfig) -> Result<Vec<Doc>> {
-    if path.is_dir() {
+    if crate::builtin::is_dir(path) {
         let docs = load_documents(path)?;
         return chunk_documents(&docs, split).map(|chunks| {
             chunks
@@ -130,7 +137,8 @@ pub fn read_corpus(path: &Path, split: &SplitConfig) -> Result<Vec<Doc>> {
                 .collect()
         });
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes =
+        crate::builtin::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let file = path.display().to_string();
     let jsonl = path
         .extension()

@@ -298,6 +298,10 @@ fn cancel(p: &Pending, sink: &Sink) {
 }
 
 fn absolute(p: &Path) -> PathBuf {
+    if crate::builtin::is_builtin(p) {
+        // `builtin:presets/NAME.toml` names the same preset from every directory.
+        return p.to_path_buf();
+    }
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 

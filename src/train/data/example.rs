@@ -238,7 +238,7 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P], format: DataFormat) -> Result<Vec
     for path in paths {
         let path = path.as_ref();
         let file = path.display().to_string();
-        match std::fs::read(path) {
+        match crate::builtin::read(path) {
             Ok(bytes) => parse_jsonl_into(&bytes, &file, format, &mut records, &mut problems),
             Err(e) => problems.push(Problem {
                 file,

@@ -125,7 +125,7 @@ impl StsFormat {
 /// [`DataError`] listing them with file and line. A file without pairs is an error.
 pub fn load_pairs(path: &Path, format: StsFormat) -> Result<Vec<StsPair>> {
     let file = path.display().to_string();
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::builtin::read(path) {
         Ok(b) => b,
         Err(e) => {
             return Err(DataError {

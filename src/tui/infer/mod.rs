@@ -140,7 +140,10 @@ impl Default for InferState {
             sampling,
             max_new_tokens: 128,
             system: String::new(),
-            docs: "data/docs".into(),
+            // data/docs in a checkout (as always), else its built-in copy.
+            docs: crate::builtin::repo_or_builtin("data/docs")
+                .display()
+                .to_string(),
             top_k: 3,
             status: String::new(),
             next_job: 1,

@@ -4,16 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::RunConfig;
+pub use crate::locations::PresetSource;
+use crate::locations::{Locations, PresetFile};
 use crate::tui::predict;
 use crate::tui::widgets::format;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PresetSource {
-    /// `presets/` of the working directory.
-    Project,
-    /// The user's own directory (~/.config/ftlab/presets).
-    User,
-}
 
 /// The fields of a preset that can be edited before launch, and their `--set` keys.
 pub const EDIT_FIELDS: [(&str, &str); 5] = [
@@ -126,18 +120,21 @@ impl PresetEntry {
     }
 }
 
+/// Every preset the dashboard offers: `./presets`, the user's, then the built-in ones not
+/// hidden by a file of the same name (see `crate::locations`).
+pub fn all_presets(locations: &Locations) -> Vec<PresetEntry> {
+    locations
+        .presets()
+        .iter()
+        .map(|PresetFile { path, source, .. }| PresetEntry::load(path, *source))
+        .collect()
+}
+
 /// Reads every `*.toml` of the given directories, sorted by file name within each.
 pub fn discover_presets(dirs: &[(PathBuf, PresetSource)]) -> Vec<PresetEntry> {
     let mut out = Vec::new();
     for (dir, source) in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        files.sort();
+        let files = crate::locations::toml_files(dir);
         out.extend(files.iter().map(|f| PresetEntry::load(f, *source)));
     }
     out
@@ -146,9 +143,5 @@ pub fn discover_presets(dirs: &[(PathBuf, PresetSource)]) -> Vec<PresetEntry> {
 /// The user's own preset directory: `$XDG_CONFIG_HOME/ftlab/presets` or
 /// `~/.config/ftlab/presets`.
 pub fn user_preset_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("ftlab").join("presets"))
+    Locations::from_env().user_presets
 }

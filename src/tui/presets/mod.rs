@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 
 use crossterm::event::{KeyCode, KeyEvent};
 
-pub use entry::{discover_presets, user_preset_dir, PresetEntry, PresetSource, EDIT_FIELDS};
+pub use entry::{
+    all_presets, discover_presets, user_preset_dir, PresetEntry, PresetSource, EDIT_FIELDS,
+};
 pub use view::draw;
 
 use super::action::{Action, Effect};

@@ -21,9 +21,9 @@ pub fn draw(f: &mut Frame, p: &PresetsState, area: Rect) {
                 Line::from("no presets found".bold()),
                 Line::from(""),
                 Line::from(format!(
-                    "ftlab looks for *.toml presets in ./presets and in {dirs}."
+                    "ftlab looks for *.toml presets in ./presets and in {dirs}, next to its built-in ones."
                 )),
-                Line::from("Run ftlab from the repository root, or add a preset there."),
+                Line::from("Add a preset there (`ftlab presets export qlora` writes an example)."),
             ])
             .wrap(Wrap { trim: true })
             .block(Block::bordered().title(" Presets ")),
@@ -51,8 +51,15 @@ pub fn draw(f: &mut Frame, p: &PresetsState, area: Rect) {
                 Span::styled(mark, Style::default().fg(Color::Yellow)),
                 Span::styled(e.name(), Style::default().bold()),
             ];
-            if e.source == PresetSource::User {
-                spans.push(Span::styled(" (user)", Style::default().fg(Color::Blue)));
+            match e.source {
+                PresetSource::User => {
+                    spans.push(Span::styled(" (user)", Style::default().fg(Color::Blue)))
+                }
+                PresetSource::BuiltIn => spans.push(Span::styled(
+                    " (built-in)",
+                    Style::default().fg(Color::DarkGray),
+                )),
+                PresetSource::Project => {}
             }
             if !e.overrides.is_empty() {
                 spans.push(Span::styled(" *", Style::default().fg(Color::Yellow)));
@@ -92,6 +99,20 @@ fn kv(k: &str, v: impl Into<String>) -> Line<'static> {
     ])
 }
 
+/// Where the preset came from: its file and folder, or how to edit a built-in one.
+fn file_line(e: &PresetEntry) -> Line<'static> {
+    match e.source {
+        PresetSource::BuiltIn => kv(
+            "file",
+            format!(
+                "built-in (`ftlab presets export {}` copies it to edit)",
+                e.path.file_stem().unwrap_or_default().to_string_lossy()
+            ),
+        ),
+        s => kv("file", format!("{} ({})", e.path.display(), s.label())),
+    }
+}
+
 fn model_line(c: &RunConfig) -> String {
     let mut s = short_spec(&c.model.spec);
     let mut notes = Vec::new();
@@ -125,7 +146,7 @@ fn draw_detail(f: &mut Frame, p: &PresetsState, e: &PresetEntry, area: Rect) {
                 lines.push(Line::from(c.description.clone().dark_gray()));
             }
             lines.push(Line::from(""));
-            lines.push(kv("file", e.path.display().to_string()));
+            lines.push(file_line(e));
             lines.push(kv("model", model_line(c)));
             if let Some(l) = &c.lora {
                 lines.push(kv(
@@ -194,7 +215,7 @@ fn draw_detail(f: &mut Frame, p: &PresetsState, e: &PresetEntry, area: Rect) {
         }
         Err(err) => {
             lines.push(Line::from(e.name().bold().red()));
-            lines.push(kv("file", e.path.display().to_string()));
+            lines.push(file_line(e));
             lines.push(Line::from(Span::styled(
                 format!("config error: {err}"),
                 Style::default().fg(Color::Red),
