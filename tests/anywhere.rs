@@ -2,15 +2,14 @@
 //! the XDG folders pointed at temporaries, finds its built-in presets and data, trains one,
 //! keeps the run in the user's data folder, and the dashboard shows both.
 mod common;
+use common::render;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ftlab::builtin;
 use ftlab::locations::Locations;
 use ftlab::tui::presets::all_presets;
-use ftlab::tui::{draw, App, GpuState, Tab};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
+use ftlab::tui::{App, GpuState, Tab};
 
 /// A fresh "machine": an empty working directory and empty home, config, data and cache.
 struct Machine {
@@ -71,20 +70,6 @@ impl Machine {
     fn runs_dir(&self) -> PathBuf {
         self.root.join("data/ftlab/runs")
     }
-}
-
-fn render(app: &mut App, w: u16, h: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..h {
-        for x in 0..w {
-            out.push_str(buf[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
 }
 
 const PRESETS: [&str; 7] = [

@@ -2,6 +2,7 @@
 //! running, finished, failed). Assertions are on what matters — labels, values, the presence
 //! of a chart — not on whole-screen snapshots.
 mod common;
+use common::render;
 use common::repo;
 use std::path::{Path, PathBuf};
 
@@ -15,9 +16,7 @@ use ftlab::train::events::{EventLine, TrainEvent, SCHEMA_VERSION};
 use ftlab::tui::infer::{InferMode, Role, Turn};
 use ftlab::tui::infer_worker::{InferEvent, InferJob, InferRequest};
 use ftlab::tui::presets::{discover_presets, PresetSource};
-use ftlab::tui::{draw, Action, App, GpuState, Tab};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
+use ftlab::tui::{Action, App, GpuState, Tab};
 
 fn no_gpu() -> GpuState {
     GpuState::Unavailable("NVIDIA driver library not found".into())
@@ -30,21 +29,6 @@ fn app_with_presets() -> App {
 
 fn empty_app() -> App {
     App::new(no_gpu(), PathBuf::from("/nonexistent/runs"), Vec::new())
-}
-
-/// The screen as text, one line per row.
-fn render(app: &mut App, w: u16, h: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..h {
-        for x in 0..w {
-            out.push_str(buf[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn braille_cells(screen: &str) -> usize {

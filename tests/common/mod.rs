@@ -12,6 +12,9 @@ use ftlab::train::trainer::{Summary, TrainTask, Trainer};
 use ftlab::infer::LanguageModel;
 use ftlab::model::tiny::{tiny_llama_config, write_tiny_llama};
 use ftlab::model::LoadOptions;
+use ftlab::tui::{draw, App};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
 
 pub fn smollm2() -> &'static LanguageModel {
     static LM: OnceLock<LanguageModel> = OnceLock::new();
@@ -125,4 +128,19 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// The dashboard drawn on a `w`×`h` TestBackend, as text (one line per row).
+pub fn render(app: &mut App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
 }
