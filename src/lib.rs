@@ -15,3 +15,4 @@ pub mod runs;
 pub mod telemetry;
 pub mod train;
 pub mod tui;
+pub mod weights_file;

@@ -204,9 +204,11 @@ fn the_summary_after_a_resume_is_the_uninterrupted_runs() {
     let (first, _) = train_stopped(&cfg, &dir, 3 * cfg.train.grad_accum, Box::new(|| {}));
     assert_eq!(first.reason, "stopped");
     let (resumed, _) = train(&cfg, &dir, true);
-    let on_disk: Summary =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(on_disk, resumed);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("summary.json")).unwrap(),
+        serde_json::to_string_pretty(&resumed).unwrap(),
+        "summary.json is the summary returned"
+    );
 
     assert_eq!(resumed.steps, straight.steps);
     assert_eq!(resumed.reason, straight.reason);
@@ -255,8 +257,10 @@ fn the_summary_after_a_resume_is_the_uninterrupted_runs() {
     );
 }
 
+/// One step: the start event counts the eval examples, and weights files get the same
+/// permissions as the run's other files (the umask's, not safetensors' temporary 0600).
 #[test]
-fn the_start_event_counts_the_eval_examples() {
+fn the_start_event_counts_the_eval_examples_and_weights_are_written_like_other_files() {
     let (root, mut cfg) = accum_setup("");
     cfg.train.max_steps = 1;
     let t = task(&cfg);
@@ -269,6 +273,17 @@ fn the_start_event_counts_the_eval_examples() {
         }
     });
     assert_eq!(seen, Some(expected));
+    use std::os::unix::fs::PermissionsExt;
+    let run = RunDir::new(root.path().join("run"));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let expected = mode(&run.summary());
+    for f in [
+        run.adapter().join("adapter_model.safetensors"),
+        run.checkpoint(1).join("adapter_model.safetensors"),
+        run.checkpoint(1).join("optimizer.safetensors"),
+    ] {
+        assert_eq!(mode(&f), expected, "{}", f.display());
+    }
 }
 
 // ---- the binary -------------------------------------------------------------------------

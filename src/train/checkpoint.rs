@@ -157,7 +157,7 @@ pub fn save(
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     save_weights(&tmp)?;
     let opt: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
-    candle_core::safetensors::save(&opt, tmp.join(OPTIMIZER_FILE))?;
+    crate::weights_file::save(&opt, &tmp.join(OPTIMIZER_FILE))?;
     std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
     // Swap in atomically so an interrupted save never leaves a half checkpoint behind.
     if dir.exists() {
@@ -172,7 +172,7 @@ pub fn save_vars(path: &Path, params: &[(String, Var)]) -> Result<()> {
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, path)?;
+    crate::weights_file::save(&map, path)?;
     Ok(())
 }
 
