@@ -11,10 +11,10 @@ pub fn ensure_finite(file: &Path, tensors: &HashMap<String, Tensor>) -> Result<(
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
-        // x − x is 0 for every finite x and NaN for NaN and ±∞, so the sum is 0 exactly
+        // 0·x is 0 for every finite x and NaN for NaN and ±∞, so the sum is 0 exactly
         // when the tensor is finite (no overflow, unlike a sum of squares).
         let t = tensors[name].to_dtype(DType::F32)?;
-        let s = (&t - &t)?.sum_all()?.to_scalar::<f32>()?;
+        let s = (t * 0.0)?.sum_all()?.to_scalar::<f32>()?;
         if s != 0.0 {
             bail!(
                 "{}: tensor `{name}` holds NaN or infinite values; these weights are broken (a diverged run?) and are not loaded",
