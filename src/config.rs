@@ -335,6 +335,12 @@ impl RunConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr must be a positive number, got {}", t.lr);
         }
+        if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+            bail!(
+                "train.max_grad_norm must be a number ≥ 0 (0 turns clipping off), got {}",
+                t.max_grad_norm
+            );
+        }
         if self.data.max_seq_len < 8 {
             bail!("data.max_seq_len must be at least 8");
         }

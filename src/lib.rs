@@ -4,12 +4,12 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 0 | `located`, `telemetry` | located (file:line) data errors; memory samplers (NVML, `/proc`) |
+//! | 0 | `located`, `telemetry`, `builtin`, `weights_file` | located (file:line) data errors; memory samplers (NVML, `/proc`); the presets and datasets compiled into the binary; writing safetensors files |
 //! | 1 | `model` | tensors and ops with a backward pass, the linear layer and its weight kinds (`model::linear`: frozen matmul, 4-bit codes, LoRA factors), architectures (each with one weight table, `model::arch`), loaders, export |
 //! | 2 | `adapt`, `hub`, `plan` | LoRA as a technique (PEFT targets and files, merge, 4-bit base); model specs, cache and downloads; the memory plan |
 //! | 3 | `config` | the run config (a preset with overrides) |
 //! | 4 | `train`, `infer` | training (data, optimisers, schedules, checkpoints, trainer); generation, perplexity, embeddings, search, RAG |
-//! | 5 | `runs` | run directories, history, the supervisor of worker processes |
+//! | 5 | `runs`, `locations` | run directories, history, the supervisor of worker processes; where presets and runs are found |
 //! | 6 | `tui`, `cli` | the dashboard (draws state, sends commands) and the commands |
 //!
 //! One exception, a leaf: `runs::layout` (the names of a run directory's files and what
@@ -31,3 +31,4 @@ pub mod runs;
 pub mod telemetry;
 pub mod train;
 pub mod tui;
+pub mod weights_file;

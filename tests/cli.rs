@@ -102,3 +102,42 @@ fn unknown_models_and_unreachable_hub_fail_fast_and_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn a_negative_max_grad_norm_is_a_config_error() {
+    let (code, err) = ftlab(&[
+        "plan",
+        "presets/lora.toml",
+        "--set",
+        "train.max_grad_norm=-1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("train.max_grad_norm") && err.contains("0 turns clipping off"),
+        "{err}"
+    );
+}
+
+#[test]
+fn merge_refuses_to_write_into_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for out in [run.clone(), run.join("merged"), run.join("x/../merged")] {
+        let (code, err) = ftlab(&[
+            "merge",
+            run.to_str().unwrap(),
+            "--model",
+            "smollm2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1);
+        assert!(err.contains("is inside"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&run).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -268,7 +268,7 @@ pub fn save_adapter_linears(
         inference_mode: true,
     };
     let tmp = dir.join(format!("{ADAPTER_WEIGHTS}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp)?;
+    crate::weights_file::save(&tensors, &tmp)?;
     std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS))?;
     std::fs::write(
         dir.join(ADAPTER_CONFIG),
@@ -358,8 +358,10 @@ pub fn load_adapter_linears(
 }
 
 fn read_adapter_weights(wpath: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(wpath, device)
-        .map_err(|e| anyhow!("{}: cannot read adapter weights: {e}", wpath.display()))
+    let tensors = candle_core::safetensors::load(wpath, device)
+        .map_err(|e| anyhow!("{}: cannot read adapter weights: {e}", wpath.display()))?;
+    super::finite::ensure_finite(wpath, &tensors)?;
+    Ok(tensors)
 }
 
 /// Sets the adapters of `tensors` on the matching layers; returns their variables.
@@ -378,6 +380,13 @@ fn attach_adapters(
             (Some(a), Some(b)) => {
                 let (r, inf) = a.dims2()?;
                 let (outf, rb) = b.dims2()?;
+                if r != cfg.r || rb != cfg.r {
+                    // As peft: the scale alpha/r would silently be wrong.
+                    bail!(
+                        "{}: `r` is {}, but `{ka}`/`{kb}` in {} have rank {r}/{rb} (shapes {:?}/{:?}); the adapter config does not match its weights",
+                        wpath.with_file_name(ADAPTER_CONFIG).display(), cfg.r, wpath.display(), a.dims(), b.dims()
+                    );
+                }
                 if r != rb || inf != linear.in_features() || outf != linear.out_features() {
                     bail!(
                         "{}: `{ka}`/`{kb}` have shapes {:?}/{:?}, which do not fit layer `{name}` ({} → {})",
@@ -387,7 +396,7 @@ fn attach_adapters(
                 let ad = LoraAdapter::from_tensors(
                     a.to_dtype(dtype)?,
                     b.to_dtype(dtype)?,
-                    cfg.lora_alpha * r as f64 / cfg.r as f64,
+                    cfg.lora_alpha,
                     cfg.lora_dropout,
                 )?;
                 vars.push((ka, ad.a.clone()));

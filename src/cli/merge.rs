@@ -1,5 +1,5 @@
 //! `ftlab merge`: fold a run's LoRA adapter into its base model and write an HF directory.
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -31,6 +31,13 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 .spec
         }
     };
+    if is_inside(&args.out, &args.run) {
+        bail!(
+            "--out {}: is inside {}; write the merged model elsewhere (a run or adapter directory holds only what training wrote)",
+            args.out.display(),
+            args.run.display()
+        );
+    }
     if args.out.join("config.json").exists() {
         bail!(
             "{}: already holds a model; choose another --out",
@@ -44,4 +51,40 @@ pub fn run(args: MergeArgs) -> Result<()> {
     write_hf_dir(&args.out, lm.model.config(), &tensors, lm.text_side())?;
     println!("merged {merged} adapted layers into {}", args.out.display());
     Ok(())
+}
+
+/// Whether `path` (which need not exist yet) is `dir` or below it: `.` and `..` dropped,
+/// then the longest existing ancestor resolved (symlinks).
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    let (Ok(dir), Ok(abs)) = (dir.canonicalize(), std::path::absolute(path)) else {
+        return false;
+    };
+    let mut norm = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                norm.pop();
+            }
+            Component::CurDir => {}
+            c => norm.push(c),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut existing = norm.as_path();
+    let resolved = loop {
+        if let Ok(p) = existing.canonicalize() {
+            break p;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return false,
+        }
+    };
+    rest.iter()
+        .rev()
+        .fold(resolved, |p, n| p.join(n))
+        .starts_with(&dir)
 }

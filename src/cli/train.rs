@@ -1,4 +1,11 @@
 //! `ftlab train`: a headless training run (the same code path the dashboard's workers use).
+//!
+//! A stop request — Ctrl-C, SIGTERM (timeout, kill, systemd, docker), SIGHUP (a closed
+//! terminal), the dashboard's stop, or the dashboard going away while a worker writes its
+//! events — ends the run cleanly: the current optimiser step is dropped (resume replays its
+//! micro-batches), a checkpoint is saved, the `done` event says "stopped", and the process
+//! exits with [`STOPPED_EXIT_CODE`].
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,11 +15,18 @@ use anyhow::{bail, Context, Result};
 use crate::config::{RunConfig, TaskKind};
 use crate::locations::Locations;
 use crate::runs::layout::RunDir;
+use crate::runs::lock::RunLock;
+use crate::train::checkpoint;
 use crate::train::events::{EventLine, TrainEvent};
 use crate::train::setup;
 use crate::train::sft_task::SftTask;
 use crate::train::sts_task::StsTask;
 use crate::train::trainer::{TrainTask, Trainer};
+
+/// Exit status of a run stopped on request (checkpoint saved): 130, as shells report a
+/// command ended by Ctrl-C (128 + SIGINT), whichever way the stop came. Scripts can tell a
+/// stopped run (resume it) from a finished one (0) and a failed one (1).
+pub const STOPPED_EXIT_CODE: i32 = 130;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -33,7 +47,9 @@ pub struct TrainArgs {
     /// ftlab, else ~/.local/share/ftlab/runs).
     #[arg(long)]
     pub runs_root: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint.
+    /// Continue the run in this directory from its last checkpoint. `--set` overrides
+    /// apply to the rest of the run and are recorded in its config.toml (e.g. raise
+    /// train.max_steps to train a finished run further).
     #[arg(long, conflicts_with = "preset")]
     pub resume: Option<PathBuf>,
     /// Print events as JSON lines on stdout (for the dashboard's supervisor).
@@ -45,31 +61,38 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
+/// `eprintln!` that never panics: a closed terminal must not kill a run that is stopping.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 fn print_event(line: &EventLine) {
     match &line.event {
         TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, .. } => {
-            eprintln!(
+            say!(
                 "run {run}: {technique}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
                 100.0 * *trainable_params as f64 / (*total_params).max(1) as f64
             );
             if let Some(p) = predicted_peak_bytes {
-                eprintln!("predicted peak memory: {}", gib(*p));
+                say!("predicted peak memory: {}", gib(*p));
             }
             if *resumed_from_step > 0 {
-                eprintln!("resuming from step {resumed_from_step}");
+                say!("resuming from step {resumed_from_step}");
             }
         }
-        TrainEvent::Step { step, total_steps, loss, lr, grad_norm, tokens_per_sec, its, rss_bytes, .. } => eprintln!(
+        TrainEvent::Step { step, total_steps, loss, lr, grad_norm, tokens_per_sec, its, rss_bytes, .. } => say!(
             "step {step:>5}/{total_steps}  loss {loss:.4}  lr {lr:.2e}  grad-norm {grad_norm:.3}  {tokens_per_sec:.0} tok/s  {its:.2} it/s  RSS {}",
             rss_bytes.map(gib).unwrap_or_else(|| "?".into())
         ),
-        TrainEvent::Eval { step, loss, best, metrics, .. } => eprintln!("eval  step {step}: loss {loss:.4}{}{}", format_metrics(metrics), if *best { " (best)" } else { "" }),
-        TrainEvent::Checkpoint { path, .. } => eprintln!("checkpoint: {path}"),
-        TrainEvent::Done { reason, step, elapsed_secs, peak_rss_bytes, .. } => eprintln!(
+        TrainEvent::Eval { step, loss, best, metrics, .. } => say!("eval  step {step}: loss {loss:.4}{}{}", format_metrics(metrics), if *best { " (best)" } else { "" }),
+        TrainEvent::Checkpoint { path, .. } => say!("checkpoint: {path}"),
+        TrainEvent::Done { reason, step, elapsed_secs, peak_rss_bytes, .. } => say!(
             "done: {reason} after {step} steps in {elapsed_secs:.1} s, peak RSS {}",
             peak_rss_bytes.map(gib).unwrap_or_else(|| "?".into())
         ),
-        TrainEvent::Error { message } => eprintln!("error: {message}"),
+        TrainEvent::Error { message } => say!("error: {message}"),
     }
 }
 
@@ -79,7 +102,11 @@ fn load_config(args: &TrainArgs) -> Result<(RunConfig, bool, PathBuf)> {
     if let Some(dir) = &args.resume {
         let run = RunDir::new(dir);
         let cfg = RunConfig::load(&run.config(), &args.overrides)?;
-        if run.list_checkpoints().is_empty() {
+        let found = checkpoint::newest_valid(&run);
+        for why in &found.skipped {
+            eprintln!("warning: skipping an unreadable checkpoint: {why}");
+        }
+        if found.newest.is_none() {
             bail!("{}: no checkpoint to resume from", dir.display());
         }
         return Ok((cfg, true, PathBuf::from(".")));
@@ -117,10 +144,32 @@ fn run_dir(args: &TrainArgs, cfg: &RunConfig) -> Result<RunDir> {
     }
 }
 
+/// Trains; a run stopped on request exits with [`STOPPED_EXIT_CODE`] once everything is
+/// saved and closed.
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.list {
-        return super::presets::list();
+        super::presets::list()?;
+        return Ok(());
     }
+    if train(args)? == Ending::Stopped {
+        std::process::exit(STOPPED_EXIT_CODE);
+    }
+    Ok(())
+}
+
+/// How a run that did not fail ended.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    Finished,
+    Stopped,
+}
+
+fn train(args: TrainArgs) -> Result<Ending> {
+    // A resumed run is locked before its model loads, so a second writer learns at once.
+    let lock = match &args.resume {
+        Some(dir) => Some(RunLock::acquire(dir)?),
+        None => None,
+    };
     let (cfg, resume, base) = load_config(&args)?;
     if let Some(d) = &args.run_dir {
         if !resume && RunDir::new(d).metrics().exists() {
@@ -133,7 +182,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while the checkpoint is written is ignored on purpose.
+        // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature) all ask for a clean
+        // stop. A second one while the checkpoint is written is ignored on purpose.
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
@@ -142,12 +192,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let task = SftTask::from_config(&cfg, &base)?;
             eprintln!("training set: {}", task.train.stats());
             let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
-            drive(&args, cfg, resume, task, predicted, &stop)
+            drive(&args, cfg, resume, task, predicted, &stop, lock)
         }
         TaskKind::Sts => {
             let task = StsTask::from_config(&cfg, &base)?;
             eprintln!("training set: {}", task.stats());
-            drive(&args, cfg, resume, task, None, &stop)
+            drive(&args, cfg, resume, task, None, &stop, lock)
         }
     }
 }
@@ -160,7 +210,8 @@ fn format_metrics(metrics: &std::collections::BTreeMap<String, f64>) -> String {
         .collect()
 }
 
-/// Creates the run directory and runs the trainer on `task` (any kind of training).
+/// Creates (and locks) the run directory and runs the trainer on `task` (any kind of
+/// training). `lock` is a resumed run's lock, taken earlier.
 fn drive<T: TrainTask>(
     args: &TrainArgs,
     cfg: RunConfig,
@@ -168,11 +219,22 @@ fn drive<T: TrainTask>(
     task: T,
     predicted: Option<u64>,
     stop: &AtomicBool,
-) -> Result<()> {
+    lock: Option<RunLock>,
+) -> Result<Ending> {
     let run = run_dir(args, &cfg)?;
+    let _lock = match lock {
+        Some(l) => l,
+        None => RunLock::acquire(&run.root)?,
+    };
+    // A resumed run's overrides are recorded once its checkpoint has loaded (the start
+    // event), so config.toml always describes what trained — as HF Trainer's saved
+    // arguments are those of the session that resumed.
+    let mut record_config = None;
     if !resume {
         std::fs::write(run.config(), cfg.to_toml()?)
             .with_context(|| format!("{}: cannot write", run.config().display()))?;
+    } else if !args.overrides.is_empty() {
+        record_config = Some((run.config(), cfg.to_toml()?));
     }
     eprintln!("run directory: {}", run.root.display());
     let mut trainer = Trainer {
@@ -183,18 +245,48 @@ fn drive<T: TrainTask>(
     };
     let events = args.events;
     let mut sink = |line: &EventLine| {
+        if let (TrainEvent::Start { .. }, Some((path, text))) = (&line.event, record_config.take())
+        {
+            match std::fs::write(&path, text) {
+                Ok(()) => eprintln!("{}: recorded the --set overrides", path.display()),
+                Err(e) => eprintln!(
+                    "warning: {}: cannot record the --set overrides: {e}",
+                    path.display()
+                ),
+            }
+        }
         if events {
             if let Ok(s) = serde_json::to_string(line) {
-                println!("{s}");
+                // The reader (the dashboard) is gone, e.g. its terminal closed: stop
+                // cleanly rather than die at this write.
+                if writeln!(std::io::stdout(), "{s}").is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
             }
         } else {
             print_event(line);
         }
     };
     let summary = trainer.run(resume, stop, &mut sink)?;
+    if summary.reason == "stopped" {
+        // stderr may be gone with the dashboard; the events and files say it all.
+        let _ = if summary.steps > 0 {
+            writeln!(
+                std::io::stderr(),
+                "stopped after step {}: checkpoint saved; continue with `ftlab train --resume {}`",
+                summary.steps,
+                trainer.run.root.display()
+            )
+        } else {
+            writeln!(
+                std::io::stderr(),
+                "stopped before the first step: nothing to resume"
+            )
+        };
+        return Ok(Ending::Stopped);
+    }
     if !events {
         eprintln!("summary: {}", trainer.run.summary().display());
     }
-    let _ = summary;
-    Ok(())
+    Ok(Ending::Finished)
 }

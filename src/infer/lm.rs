@@ -177,6 +177,7 @@ impl LanguageModel {
         let device = self.model.device().clone();
         let tensors = candle_core::safetensors::load(file, &device)
             .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+        crate::adapt::finite::ensure_finite(file, &tensors)?;
         let misfit = |name: &str, t: &candle_core::Tensor| {
             anyhow!(
                 "{}: `{name}` has shape {:?}, which does not fit this model",

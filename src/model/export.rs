@@ -28,7 +28,7 @@ pub fn write_hf_dir(
     text: TextSide<'_>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    candle_core::safetensors::save(tensors, dir.join("model.safetensors"))?;
+    crate::weights_file::save(tensors, &dir.join("model.safetensors"))?;
     let mut config = cfg.hf_config();
     let fields = config
         .as_object_mut()

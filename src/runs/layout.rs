@@ -11,6 +11,7 @@
 //!          supervisor.json  how the dashboard launched the run, how it ended (the supervisor)
 //!          memory.jsonl     the supervisor's memory samples
 //!          worker.log       the worker's stderr
+//!          .lock            PID of the process writing the run, under an OS file lock  (runs::lock)
 //! ```
 //!
 //! What a run's "trained model" is depends on who loads it, and each use keeps the order it

@@ -2,8 +2,10 @@
 //!
 //! - [`layout`]: the file names of a run directory and what a run produced (read by
 //!   training and inference too, so it depends on nothing above `adapt`);
+//! - [`lock`]: one writer per run directory (a PID file under an OS file lock);
 //! - [`registry`]: every run directory read back into what the dashboard shows;
 //! - [`supervisor`]: training workers as child processes, watched.
 pub mod layout;
+pub mod lock;
 pub mod registry;
 pub mod supervisor;

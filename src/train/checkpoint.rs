@@ -1,13 +1,15 @@
 //! Checkpoints: trainable weights (a PEFT adapter for LoRA runs, so every checkpoint is
 //! usable as it is), optimiser state and the trainer's position, for exact resume.
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::peft::ADAPTER_WEIGHTS;
+use crate::runs::layout::RunDir;
 use crate::train::optim::Optimizer;
 
 // The file names belong to the run layout (inference reads them too); re-exported because
@@ -28,6 +30,116 @@ pub struct TrainerState {
     pub evals_without_improvement: usize,
     pub last_train_loss: Option<f64>,
     pub elapsed_secs: f64,
+    // What the summary adds up over the whole run, carried across a resume so the
+    // resumed session's summary covers every session (absent in older checkpoints).
+    /// Every evaluation so far: (step, loss).
+    #[serde(default)]
+    pub eval_losses: Vec<(usize, f64)>,
+    /// Metrics of the best evaluation.
+    #[serde(default)]
+    pub best_eval_metrics: BTreeMap<String, f64>,
+    /// Sum of the per-step token rates and the number of steps they cover.
+    #[serde(default)]
+    pub token_rate_sum: f64,
+    #[serde(default)]
+    pub token_rate_steps: usize,
+    /// The highest peak RSS of the sessions before this checkpoint was written.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl TrainerState {
+    /// The run's peak RSS: the earlier sessions' and this process's, whichever is higher.
+    pub fn peak_with_now(&self) -> Option<u64> {
+        let now = crate::telemetry::memory::peak_rss_bytes(None).ok();
+        self.peak_rss_bytes.max(now)
+    }
+}
+
+/// The newest checkpoint of a run that can be resumed from, and the newer ones that
+/// cannot (unreadable: a write cut short, a damaged disk), each with the reason.
+#[derive(Debug, Default)]
+pub struct Resumable {
+    pub newest: Option<(usize, PathBuf)>,
+    pub skipped: Vec<String>,
+}
+
+/// Looks for the newest readable checkpoint of `run`, newest first.
+pub fn newest_valid(run: &RunDir) -> Resumable {
+    let mut out = Resumable::default();
+    for (step, dir) in run.list_checkpoints().into_iter().rev() {
+        match validate(&dir) {
+            Ok(()) => {
+                out.newest = Some((step, dir));
+                break;
+            }
+            Err(e) => out.skipped.push(format!("{e:#}")),
+        }
+    }
+    out
+}
+
+/// Checks that a checkpoint's files are complete: the trainer state parses and every
+/// safetensors file is as long as its header says. Reads only the headers.
+pub fn validate(dir: &Path) -> Result<()> {
+    read_state(dir)?;
+    safetensors_complete(&weights_file(dir))?;
+    safetensors_complete(&dir.join(OPTIMIZER_FILE))
+}
+
+/// Whether `path` is a whole safetensors file: its length is the header's end of data.
+fn safetensors_complete(path: &Path) -> Result<()> {
+    let bad = |why: &str| {
+        anyhow!(
+            "{}: not a complete safetensors file ({why})",
+            path.display()
+        )
+    };
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| bad("no header"))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) {
+        return Err(bad("header longer than the file"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("header cut short"))?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| bad("unreadable header"))?;
+    let data_end = header
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + n + data_end != len {
+        return Err(bad(&format!(
+            "{len} bytes, the header describes {}",
+            8 + n + data_end
+        )));
+    }
+    Ok(())
+}
+
+/// The trainer state of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("{}: cannot read", state_path.display()))?,
+    )
+    .with_context(|| format!("{}: invalid trainer state", state_path.display()))
+}
+
+/// The trainable weights of a checkpoint: a PEFT adapter, else full weights.
+fn weights_file(dir: &Path) -> PathBuf {
+    if dir.join(ADAPTER_WEIGHTS).exists() {
+        dir.join(ADAPTER_WEIGHTS)
+    } else {
+        dir.join(FULL_WEIGHTS)
+    }
 }
 
 /// Writes a checkpoint: the task's weights (via `save_weights`), optimiser state and the
@@ -45,7 +157,7 @@ pub fn save(
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     save_weights(&tmp)?;
     let opt: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
-    candle_core::safetensors::save(&opt, tmp.join(OPTIMIZER_FILE))?;
+    crate::weights_file::save(&opt, &tmp.join(OPTIMIZER_FILE))?;
     std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
     // Swap in atomically so an interrupted save never leaves a half checkpoint behind.
     if dir.exists() {
@@ -60,7 +172,7 @@ pub fn save_vars(path: &Path, params: &[(String, Var)]) -> Result<()> {
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, path)?;
+    crate::weights_file::save(&map, path)?;
     Ok(())
 }
 
@@ -75,17 +187,8 @@ pub fn load(
         None => Device::Cpu,
     };
     let device = &device;
-    let state_path = dir.join(STATE_FILE);
-    let state: TrainerState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .with_context(|| format!("{}: cannot read", state_path.display()))?,
-    )
-    .with_context(|| format!("{}: invalid trainer state", state_path.display()))?;
-    let weights = if dir.join(ADAPTER_WEIGHTS).exists() {
-        dir.join(ADAPTER_WEIGHTS)
-    } else {
-        dir.join(FULL_WEIGHTS)
-    };
+    let state = read_state(dir)?;
+    let weights = weights_file(dir);
     let tensors = candle_core::safetensors::load(&weights, device)
         .map_err(|e| anyhow!("{}: cannot read checkpoint weights: {e}", weights.display()))?;
     for (name, var) in params {

@@ -113,6 +113,9 @@ impl TrainTask for SftTask {
     fn train_len(&self) -> usize {
         self.train.len()
     }
+    fn eval_len(&self) -> usize {
+        self.eval.as_ref().map_or(0, |e| e.len())
+    }
     fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>> {
         self.train.batches(epoch, batch_size, seed)
     }

@@ -30,6 +30,8 @@ pub trait TrainTask {
     fn total_params(&self) -> usize;
     /// Number of training examples (rows).
     fn train_len(&self) -> usize;
+    /// Number of held-out examples an evaluation scores (0 without an eval set).
+    fn eval_len(&self) -> usize;
     /// Micro-batches of one epoch, deterministic in (epoch, seed).
     fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Self::Batch>>;
     /// Forward and backward of one micro-batch, adding into `accum` (aligned with
@@ -134,6 +136,9 @@ impl<T: TrainTask> Trainer<T> {
         stop: &AtomicBool,
         sink: &mut dyn FnMut(&EventLine),
     ) -> Result<Summary> {
+        if resume {
+            self.refuse_finished()?;
+        }
         std::fs::create_dir_all(&self.run.root)
             .with_context(|| format!("{}: cannot create run directory", self.run.root.display()))?;
         let metrics_path = self.run.metrics();
@@ -158,6 +163,39 @@ impl<T: TrainTask> Trainer<T> {
         result
     }
 
+    /// Resuming a finished run (completed, or early-stopped, under a config that asks for
+    /// no more) would only rewrite its summary: refused, before anything is written.
+    fn refuse_finished(&self) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(self.run.summary()) else {
+            return Ok(());
+        };
+        let Ok(done) = serde_json::from_str::<Summary>(&text) else {
+            return Ok(());
+        };
+        let (_, total_steps) = self.plan_steps()?;
+        let patience = self.cfg.train.early_stopping_patience;
+        let finished = match done.reason.as_str() {
+            "completed" => done.steps >= total_steps,
+            "early_stopping" => {
+                let waited = checkpoint::newest_valid(&self.run)
+                    .newest
+                    .and_then(|(_, dir)| checkpoint::read_state(&dir).ok())
+                    .map_or(0, |s| s.evals_without_improvement);
+                done.steps >= total_steps || (patience > 0 && waited >= patience)
+            }
+            _ => false,
+        };
+        if finished {
+            bail!(
+                "{}: the run is finished ({} after {} steps, see summary.json); nothing to resume. To train further, raise train.max_steps (or train.early_stopping_patience) with --set",
+                self.run.root.display(),
+                done.reason,
+                done.steps
+            );
+        }
+        Ok(())
+    }
+
     fn run_inner(
         &mut self,
         resume: bool,
@@ -169,9 +207,12 @@ impl<T: TrainTask> Trainer<T> {
         let mut opt = self.optimizer()?;
         let mut state = TrainerState::default();
         if resume {
-            let (step, dir) = self.run.list_checkpoints().pop().with_context(|| {
-                format!("{}: no checkpoint to resume from", self.run.root.display())
-            })?;
+            // The newest readable checkpoint (the caller warns about newer broken ones).
+            let (step, dir) = checkpoint::newest_valid(&self.run)
+                .newest
+                .with_context(|| {
+                    format!("{}: no checkpoint to resume from", self.run.root.display())
+                })?;
             state = checkpoint::load(&dir, self.task.params(), opt.as_mut())?;
             debug_assert_eq!(state.step, step);
         }
@@ -191,16 +232,12 @@ impl<T: TrainTask> Trainer<T> {
             trainable_params: trainable,
             total_params: self.task.total_params(),
             train_examples: self.task.train_len(),
-            eval_examples: 0,
+            eval_examples: self.task.eval_len(),
             predicted_peak_bytes: self.predicted_peak_bytes,
             resumed_from_step: state.step,
         })?;
         let start = Instant::now();
         let base_elapsed = state.elapsed_secs;
-        let mut eval_losses = Vec::new();
-        let mut best_metrics = BTreeMap::new();
-        let mut token_rate_sum = 0.0;
-        let mut token_rate_n = 0usize;
         let mut reason = "completed".to_string();
         let mut accum: Vec<Option<Tensor>> = vec![None; self.task.params().len()];
         let mut micro_in_step = 0usize;
@@ -212,8 +249,8 @@ impl<T: TrainTask> Trainer<T> {
             if let Some(ev) = self.task.evaluate(t.batch_size, t.seed)? {
                 state.best_eval_score = Some(ev.score);
                 state.best_eval_loss = Some(ev.loss);
-                best_metrics = ev.metrics.clone();
-                eval_losses.push((0, ev.loss));
+                state.best_eval_metrics = ev.metrics.clone();
+                state.eval_losses.push((0, ev.loss));
                 emit(TrainEvent::Eval {
                     step: 0,
                     loss: ev.loss,
@@ -228,6 +265,10 @@ impl<T: TrainTask> Trainer<T> {
             let batches = self.task.batches(state.epoch, t.batch_size, t.seed)?;
             while state.batch_in_epoch < batches.len() {
                 if stop.load(Ordering::SeqCst) {
+                    // A stop inside gradient accumulation drops the half step (its
+                    // gradient is not applied), so its micro-batches are not consumed
+                    // either: a resume replays them and takes the same step.
+                    state.batch_in_epoch -= micro_in_step;
                     reason = "stopped".into();
                     break 'outer;
                 }
@@ -270,8 +311,8 @@ impl<T: TrainTask> Trainer<T> {
                 state.last_train_loss = Some(mean_loss);
                 let secs = step_start.elapsed().as_secs_f64();
                 let tps = step_tokens as f64 / secs.max(1e-9);
-                token_rate_sum += tps;
-                token_rate_n += 1;
+                state.token_rate_sum += tps;
+                state.token_rate_steps += 1;
                 if state.step % t.log_every.max(1) == 0 || state.step == total_steps {
                     emit(TrainEvent::Step {
                         step: state.step,
@@ -304,11 +345,11 @@ impl<T: TrainTask> Trainer<T> {
                             state.best_eval_score = Some(ev.score);
                             state.best_eval_loss = Some(ev.loss);
                             state.evals_without_improvement = 0;
-                            best_metrics = ev.metrics.clone();
+                            state.best_eval_metrics = ev.metrics.clone();
                         } else {
                             state.evals_without_improvement += 1;
                         }
-                        eval_losses.push((state.step, ev.loss));
+                        state.eval_losses.push((state.step, ev.loss));
                         emit(TrainEvent::Eval {
                             step: state.step,
                             loss: ev.loss,
@@ -342,13 +383,10 @@ impl<T: TrainTask> Trainer<T> {
         }
         self.task.set_training(false);
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
-        if reason != "completed"
-            || self.run.list_checkpoints().last().map(|c| c.0) != Some(state.step)
-        {
-            // Stopped or early-stopped between checkpoints: keep the latest state.
-            if state.step > 0 {
-                self.checkpoint(opt.as_ref(), &state, false, emit)?;
-            }
+        // Stopped or early-stopped between checkpoints: keep the latest state. A valid
+        // checkpoint of this step (a periodic one) already holds it and stays as it is.
+        if state.step > 0 && checkpoint::validate(&self.run.checkpoint(state.step)).is_err() {
+            self.checkpoint(opt.as_ref(), &state, false, emit)?;
         }
         self.save_final()?;
         let summary = Summary {
@@ -361,14 +399,14 @@ impl<T: TrainTask> Trainer<T> {
             total_params: self.task.total_params(),
             final_train_loss: state.last_train_loss,
             best_eval_loss: state.best_eval_loss,
-            eval_losses,
-            best_eval_metrics: best_metrics,
-            mean_tokens_per_sec: if token_rate_n > 0 {
-                token_rate_sum / token_rate_n as f64
+            eval_losses: state.eval_losses.clone(),
+            best_eval_metrics: state.best_eval_metrics.clone(),
+            mean_tokens_per_sec: if state.token_rate_steps > 0 {
+                state.token_rate_sum / state.token_rate_steps as f64
             } else {
                 0.0
             },
-            peak_rss_bytes: peak_rss_bytes(None).ok(),
+            peak_rss_bytes: state.peak_with_now(),
             predicted_peak_bytes: self.predicted_peak_bytes,
         };
         std::fs::write(self.run.summary(), serde_json::to_string_pretty(&summary)?)?;
@@ -391,6 +429,10 @@ impl<T: TrainTask> Trainer<T> {
         emit: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<()> {
         let dir = self.run.checkpoint(state.step);
+        let state = &TrainerState {
+            peak_rss_bytes: state.peak_with_now(),
+            ..state.clone()
+        };
         checkpoint::save(&dir, |d| self.task.save_weights(d), opt, state)?;
         if best {
             checkpoint::save(&self.run.best(), |d| self.task.save_weights(d), opt, state)?;
