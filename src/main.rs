@@ -45,8 +45,23 @@ enum Command {
     StsEval(cli::sts::StsEvalArgs),
 }
 
+/// Commands whose output is read by a pipe (`ftlab presets list | head`) end quietly when
+/// the reader goes away, as other command-line tools do, instead of panicking in
+/// `println!`. `ftlab train` keeps SIGPIPE ignored: a worker whose reader has gone
+/// stops cleanly at a checkpoint (see `cli::train`), and the dashboard never writes to a pipe.
+fn quiet_on_closed_pipe(command: &Option<Command>) {
+    if matches!(command, Some(Command::Train(_)) | None) {
+        return;
+    }
+    // SAFETY: restoring the default action of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    quiet_on_closed_pipe(&cli.command);
     let result = match cli.command {
         Some(Command::Models(cmd)) => cli::models::run(cmd),
         Some(Command::Generate(args)) => cli::generate::run(args),

@@ -141,3 +141,29 @@ fn merge_refuses_to_write_into_the_run_directory() {
         "nothing written"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["presets", "list"])
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .current_dir(home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ftlab");
+    // `ftlab presets list | head -0`: the reader closes before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "ftlab panicked: {stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
