@@ -16,8 +16,9 @@ use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::load::gguf::GgufFile;
 use super::load::{Init, ParamBuilder, TensorSource};
-use super::ops::Rope;
 use super::shape::{Arch, ModelShape};
+
+pub use super::decoder::{Decoder, DecoderBlock, DecoderEnds, Positions};
 
 /// Every registered architecture. The one line to add for a new one.
 pub const REGISTRY: &[Arch] = &[super::llama::ARCH, super::gpt_neox::ARCH];
@@ -360,113 +361,6 @@ pub trait DecoderArch: Debug + Send + Sync {
     fn weights(&self) -> Vec<Slot<Weight<'_>>>;
     fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>>;
     fn clone_box(&self) -> Box<dyn DecoderArch>;
-}
-
-/// Where a block's tokens are: the rotary tables, the first position, the causal mask.
-#[derive(Clone, Copy)]
-pub struct Positions<'a> {
-    pub rope: &'a Rope,
-    pub start: usize,
-    pub mask: Option<&'a Tensor>,
-}
-
-/// One transformer block of an architecture.
-pub trait DecoderBlock: WeightTable + Default + Clone + Debug + Send + Sync + 'static {
-    /// Hidden states (b, t, h) → (b, t, h); appends this block's keys/values to `cache`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        pos: Positions<'_>,
-        cache: Option<&mut LayerCache>,
-    ) -> candle_core::Result<Tensor>;
-}
-
-/// The weights around the blocks of an architecture and what runs outside them.
-pub trait DecoderEnds: WeightTable + Default + Clone + Debug + Send + Sync + 'static {
-    type Block: DecoderBlock;
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
-    /// Final norm and LM head: logits (b, t, vocab).
-    fn head(&self, x: &Tensor) -> candle_core::Result<Tensor>;
-}
-
-/// A decoder built from an architecture's ends and blocks: what every architecture
-/// shares (config, shape, tables, RoPE), so that its file holds only what differs.
-#[derive(Debug, Clone)]
-pub struct Decoder<E: DecoderEnds> {
-    cfg: ArchConfig,
-    shape: ModelShape,
-    pub ends: E,
-    pub blocks: Vec<E::Block>,
-    rope: Rope,
-}
-
-impl<E: DecoderEnds> Decoder<E> {
-    /// Loads every weight of the tables of `E` and its blocks for `shape`.
-    pub fn load(
-        pb: &mut ParamBuilder,
-        cfg: &ArchConfig,
-        shape: ModelShape,
-        rope: Rope,
-    ) -> Result<Self> {
-        let (ends, blocks) = load_tables::<E, E::Block>(pb, &shape)?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            shape,
-            ends,
-            blocks,
-            rope,
-        })
-    }
-}
-
-impl<E: DecoderEnds> DecoderArch for Decoder<E> {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
-    }
-
-    fn shape(&self) -> &ModelShape {
-        &self.shape
-    }
-
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.ends.embed(ids)
-    }
-
-    fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        cache: Option<&mut LayerCache>,
-    ) -> candle_core::Result<Tensor> {
-        let pos = Positions {
-            rope: &self.rope,
-            start,
-            mask,
-        };
-        self.blocks[i].forward(x, pos, cache)
-    }
-
-    fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.ends.head(x)
-    }
-
-    fn weights(&self) -> Vec<Slot<Weight<'_>>> {
-        let s = &self.shape;
-        all_weights(s, "", &self.ends, &self.blocks, |i| s.block_prefix(i))
-    }
-
-    fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>> {
-        let s = &self.shape;
-        all_weights_mut(s, "", &mut self.ends, &mut self.blocks, |i| {
-            s.block_prefix(i)
-        })
-    }
-
-    fn clone_box(&self) -> Box<dyn DecoderArch> {
-        Box::new(self.clone())
-    }
 }
 
 /// `Any` for trait objects (so an [`ArchConfig`] can hand back its concrete config).

@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod bert;
 pub mod causal;
+pub mod decoder;
 pub mod export;
 pub mod fused;
 pub mod gpt_neox;
