@@ -427,6 +427,8 @@ impl<T: DecoderConfig + 'static> From<T> for ArchConfig {
 
 /// How an architecture reads GGUF files.
 pub struct GgufSupport {
+    /// GGUF `general.architecture` values it reads.
+    pub architectures: &'static [&'static str],
     pub config: fn(&GgufFile) -> Result<ArchConfig>,
     /// The tensors under HF names (llama.cpp's layout translated).
     pub source: fn(GgufFile, &ModelShape) -> Result<Box<dyn TensorSource>>,
@@ -451,8 +453,7 @@ pub struct ArchSpec {
     /// HF module prefix of the blocks (`model.layers`).
     pub block_prefix: &'static str,
     pub from_hf: fn(&serde_json::Value, &str) -> Result<ArchConfig>,
-    /// GGUF `general.architecture` values it reads, and how.
-    pub gguf_architectures: &'static [&'static str],
+    /// How it reads GGUF files, if it does.
     pub gguf: Option<GgufSupport>,
     pub tables: Tables,
     pub memory: MemoryProfile,
@@ -482,10 +483,12 @@ pub fn for_hf_model_type(model_type: &str) -> Option<Arch> {
 
 /// The registered architecture reading GGUF `general.architecture`.
 pub fn for_gguf(architecture: &str) -> Option<Arch> {
-    REGISTRY
-        .iter()
-        .copied()
-        .find(|a| a.spec().gguf.is_some() && a.spec().gguf_architectures.contains(&architecture))
+    REGISTRY.iter().copied().find(|a| {
+        a.spec()
+            .gguf
+            .as_ref()
+            .is_some_and(|g| g.architectures.contains(&architecture))
+    })
 }
 
 /// Every HF `model_type` some architecture reads, in registry order.
@@ -500,7 +503,7 @@ pub fn supported_hf_model_types() -> Vec<&'static str> {
 pub fn supported_gguf() -> Vec<&'static str> {
     REGISTRY
         .iter()
-        .filter(|a| a.spec().gguf.is_some())
-        .flat_map(|a| a.spec().gguf_architectures.iter().copied())
+        .filter_map(|a| a.spec().gguf.as_ref())
+        .flat_map(|g| g.architectures.iter().copied())
         .collect()
 }

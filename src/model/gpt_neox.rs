@@ -26,7 +26,6 @@ pub const SPEC: ArchSpec = ArchSpec {
     aliases: &["gpt-neox"],
     block_prefix: "gpt_neox.layers",
     from_hf: |v, _| Ok(GptNeoxConfig::from_hf(v)?.into()),
-    gguf_architectures: &[],
     gguf: None,
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {

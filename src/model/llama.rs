@@ -26,8 +26,8 @@ pub const SPEC: ArchSpec = ArchSpec {
     aliases: &["mistral"],
     block_prefix: "model.layers",
     from_hf: |v, model_type| Ok(LlamaConfig::from_hf(v, model_type)?.into()),
-    gguf_architectures: &["llama", "qwen2"],
     gguf: Some(GgufSupport {
+        architectures: &["llama", "qwen2"],
         config: |f| Ok(LlamaConfig::from_gguf(f)?.into()),
         source: |f, s| {
             Ok(Box::new(GgufLlamaSource::new(f, s.heads, s.kv_heads)?) as Box<dyn TensorSource>)
