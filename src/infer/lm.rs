@@ -172,7 +172,7 @@ impl LanguageModel {
     /// every weight of the architecture's table that the file holds (linears, head,
     /// embedding, norms).
     fn load_weights(&mut self, file: &std::path::Path) -> Result<usize> {
-        use crate::model::arch::{WeightKind, WeightMut};
+        use crate::model::arch::WeightMut;
         use crate::model::linear::{BaseWeight, Linear};
         let device = self.model.device().clone();
         let tensors = candle_core::safetensors::load(file, &device)
@@ -187,10 +187,7 @@ impl LanguageModel {
         };
         let mut used = 0;
         for w in self.model.weights_mut() {
-            let weight_name = match w.kind {
-                WeightKind::Vector { .. } => w.name.clone(),
-                _ => format!("{}.weight", w.name),
-            };
+            let weight_name = w.tensor_name();
             let Some(t) = tensors.get(&weight_name) else {
                 continue;
             };

@@ -146,6 +146,15 @@ impl<W> Slot<W> {
         }
     }
 
+    /// The tensor holding this entry's (main) weight: `NAME.weight` for a module (linear,
+    /// embedding, head), the entry's own name for a vector or matrix.
+    pub fn tensor_name(&self) -> String {
+        match self.kind {
+            WeightKind::Vector { .. } | WeightKind::Matrix { .. } => self.name.clone(),
+            _ => format!("{}.weight", self.name),
+        }
+    }
+
     pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
         if !prefix.is_empty() {
             self.name = format!("{prefix}.{}", self.name);

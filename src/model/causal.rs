@@ -195,11 +195,8 @@ impl CausalLm {
     pub fn other_tensors(&self) -> Vec<(String, Tensor)> {
         self.weights()
             .into_iter()
-            .filter_map(|w| match (w.weight, w.kind) {
-                (Weight::Tensor(t), WeightKind::Embedding { .. }) => {
-                    Some((format!("{}.weight", w.name), t.clone()))
-                }
-                (Weight::Tensor(t), _) => Some((w.name, t.clone())),
+            .filter_map(|w| match w.weight {
+                Weight::Tensor(t) => Some((w.tensor_name(), t.clone())),
                 _ => None,
             })
             .collect()
