@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
 use ftlab::model::arch::{Weight, WeightKind, REGISTRY};
 use ftlab::model::export::model_tensors;
+use ftlab::model::gemma3::{Gemma3Config, LayerKind};
 use ftlab::model::gpt_neox::GptNeoxConfig;
 use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::safetensors::SafetensorsSource;
@@ -52,6 +53,27 @@ fn neox_cfg_tied(parallel: bool, rotary_pct: f64, tie: bool) -> ArchConfig {
     })
 }
 
+/// Gemma 3 with a sliding window shorter than the test sequences (local, global, local).
+fn gemma3_cfg(window: usize) -> ArchConfig {
+    ArchConfig::from(Gemma3Config {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        head_dim: 16,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        rope_local_theta: 10_000.0,
+        max_position_embeddings: 64,
+        sliding_window: window,
+        query_pre_attn_scalar: 12.0,
+        layer_types: vec![LayerKind::Sliding, LayerKind::Full, LayerKind::Sliding],
+        tie_word_embeddings: true,
+    })
+}
+
 fn all_configs() -> Vec<(&'static str, ArchConfig)> {
     vec![
         ("llama tied (SmolLM2 layout)", llama_cfg(false, true)),
@@ -60,6 +82,8 @@ fn all_configs() -> Vec<(&'static str, ArchConfig)> {
         ("gpt-neox parallel residual", neox_cfg(true, 0.25)),
         ("gpt-neox sequential residual", neox_cfg(false, 1.0)),
         ("gpt-neox tied", neox_cfg_tied(true, 0.25, true)),
+        ("gemma3 window 3", gemma3_cfg(3)),
+        ("gemma3 window 2", gemma3_cfg(2)),
     ]
 }
 
@@ -203,7 +227,7 @@ fn every_loaded_tensor_is_reachable_through_the_weight_table() {
     }
     // Independently of ftlab's loader: the tiny models HF transformers saved
     // (tests/fixtures/*/PROVENANCE.md) hold exactly the tensors the table names.
-    for fixture in ["llama", "qwen2", "gpt_neox", "gpt_neox_seq"] {
+    for fixture in ["llama", "qwen2", "gpt_neox", "gpt_neox_seq", "gemma3"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
             .join(fixture);

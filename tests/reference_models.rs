@@ -69,6 +69,12 @@ fn tiny_gpt_neox_sequential_residual_matches_hf_transformers() {
     check_tiny("gpt_neox_seq");
 }
 
+#[test]
+fn tiny_gemma3_with_sliding_window_matches_hf_transformers() {
+    // Window 3 over 7 tokens: local layers drop keys, the cache keeps only the window.
+    check_tiny("gemma3");
+}
+
 fn smollm2() -> &'static LanguageModel {
     static LM: OnceLock<LanguageModel> = OnceLock::new();
     LM.get_or_init(|| {

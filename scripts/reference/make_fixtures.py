@@ -4,7 +4,8 @@
 Usage (from the repository root, with a venv made from requirements.txt):
 
     HF_HUB_OFFLINE=1 /tmp/refvenv/bin/python scripts/reference/make_fixtures.py all
-    ... make_fixtures.py tiny        # tests/fixtures/{llama,qwen2,gpt_neox,gpt_neox_seq}
+    ... make_fixtures.py tiny        # tests/fixtures/{llama,qwen2,gpt_neox,gpt_neox_seq,gemma3}
+    ... make_fixtures.py tiny --only gemma3
     ... make_fixtures.py smollm2     # tests/fixtures/smollm2_ref
     ... make_fixtures.py minilm      # tests/fixtures/minilm
 
@@ -89,7 +90,7 @@ def write_json(path, obj):
 # --------------------------------------------------------------------------
 
 def tiny_configs():
-    from transformers import GPTNeoXConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     llama = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
@@ -104,11 +105,23 @@ def tiny_configs():
                 use_parallel_residual=True, layer_norm_eps=1e-5, hidden_act="gelu",
                 tie_word_embeddings=False, max_position_embeddings=128)
     neox_seq = dict(neox, use_parallel_residual=False, rotary_pct=1.0)
+    # Gemma 3: a sliding window (3) shorter than the 7-token input, a global layer between
+    # two local ones, q_dim (4 x 32) != hidden, one KV head, query_pre_attn_scalar != head_dim,
+    # and a local RoPE base far from the global one so that swapping them shows.
+    gemma3 = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                  query_pre_attn_scalar=24, sliding_window=3,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                  rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=128,
+                  hidden_activation="gelu_pytorch_tanh")
     return [
         ("llama", "LlamaForCausalLM", LlamaConfig, llama),
         ("qwen2", "Qwen2ForCausalLM", Qwen2Config, qwen2),
         ("gpt_neox", "GPTNeoXForCausalLM", GPTNeoXConfig, neox),
         ("gpt_neox_seq", "GPTNeoXForCausalLM", GPTNeoXConfig, neox_seq),
+        ("gemma3", "Gemma3ForCausalLM", Gemma3TextConfig, gemma3),
     ]
 
 
@@ -283,6 +296,8 @@ def numpy_tiny_logits(d):
     W = {k: v.astype(np.float64) for k, v in load_file(str(d / "model.safetensors")).items()}
     ids = np.array(TINY_INPUT_IDS)
     mt = cfg["model_type"]
+    if mt == "gemma3_text":
+        return numpy_gemma3_logits(cfg, W, ids)
     H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     hd = cfg.get("head_dim") or H // nh
     nkv = cfg.get("num_key_value_heads", nh)
@@ -369,6 +384,62 @@ def numpy_tiny_logits(d):
     raise ValueError(mt)
 
 
+def numpy_gemma3_logits(cfg, W, ids):
+    """Float64 NumPy forward of a Gemma 3 text model: (1 + w) RMSNorms, q/k norms per head,
+    four norms per block, GeGLU (tanh GELU), embeddings scaled by sqrt(hidden), attention
+    scaled by query_pre_attn_scalar^-0.5, sliding-window layers with their own RoPE base."""
+    H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, eps, win = cfg["head_dim"], cfg["rms_norm_eps"], cfg["sliding_window"]
+    B, T = ids.shape
+    pos = np.arange(T)
+    causal = pos[None, :] <= pos[:, None]
+    masks = {"full_attention": np.where(causal, 0.0, -np.inf),
+             "sliding_attention": np.where(causal & (pos[:, None] - pos[None, :] < win), 0.0, -np.inf)}
+
+    def tables(theta):
+        inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+        ang = pos[:, None].astype(np.float64) * inv[None, :]
+        return np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
+
+    ropes = {k: tables(v["rope_theta"]) for k, v in cfg["rope_parameters"].items()}
+
+    def rope(x, cs):
+        cos, sin = cs
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        return x * cos + np.concatenate([-x2, x1], -1) * sin
+
+    def norm(x, p):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * (1.0 + W[p + ".weight"])
+
+    def lin(x, p):
+        return x @ W[p + ".weight"].T
+
+    def heads(x, n):
+        return x.reshape(B, T, n, hd).transpose(0, 2, 1, 3)
+
+    def gelu_tanh(z):
+        return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
+
+    h = W["model.embed_tokens.weight"][ids] * math.sqrt(H)
+    for i, kind in enumerate(cfg["layer_types"]):
+        p = f"model.layers.{i}."
+        x = norm(h, p + "input_layernorm")
+        q = rope(norm(heads(lin(x, p + "self_attn.q_proj"), nh), p + "self_attn.q_norm"), ropes[kind])
+        k = rope(norm(heads(lin(x, p + "self_attn.k_proj"), nkv), p + "self_attn.k_norm"), ropes[kind])
+        v = heads(lin(x, p + "self_attn.v_proj"), nkv)
+        k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+        s = q @ k.transpose(0, 1, 3, 2) * cfg["query_pre_attn_scalar"] ** -0.5 + masks[kind]
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        a = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, nh * hd)
+        h = h + norm(lin(a, p + "self_attn.o_proj"), p + "post_attention_layernorm")
+        x = norm(h, p + "pre_feedforward_layernorm")
+        m = lin(gelu_tanh(lin(x, p + "mlp.gate_proj")) * lin(x, p + "mlp.up_proj"), p + "mlp.down_proj")
+        h = h + norm(m, p + "post_feedforward_layernorm")
+    h = norm(h, "model.norm")
+    return h @ W["model.embed_tokens.weight"].T
+
+
 def cmd_verify_tiny(_args):
     """Check each tiny fixture: reload with from_pretrained, and an own NumPy forward."""
     import transformers
@@ -392,8 +463,10 @@ def cmd_verify_tiny(_args):
     assert worst < 1e-5, worst
 
 
-def cmd_tiny(_args):
+def cmd_tiny(args):
     for name, arch, cfg_cls, kw in tiny_configs():
+        if args.only and name not in args.only:
+            continue
         make_tiny(name, arch, cfg_cls, kw)
 
 
@@ -744,6 +817,7 @@ def cmd_minilm(_args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["tiny", "verify-tiny", "smollm2", "smollm2-check", "minilm", "all"])
+    ap.add_argument("--only", nargs="*", help="tiny: only these fixtures (e.g. --only gemma3)")
     args = ap.parse_args()
     if args.what in ("tiny", "all"):
         cmd_tiny(args)

@@ -21,7 +21,11 @@ use super::shape::{Arch, ModelShape};
 pub use super::decoder::{Decoder, DecoderBlock, DecoderEnds, Positions};
 
 /// Every registered architecture. The one line to add for a new one.
-pub const REGISTRY: &[Arch] = &[super::llama::ARCH, super::gpt_neox::ARCH];
+pub const REGISTRY: &[Arch] = &[
+    super::llama::ARCH,
+    super::gpt_neox::ARCH,
+    super::gemma3::ARCH,
+];
 
 /// What a weight of the table is, with its sizes.
 #[derive(Debug, Clone, Copy, PartialEq)]

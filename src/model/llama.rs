@@ -12,7 +12,7 @@ use super::arch::{
 };
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
-use super::load::gguf::{GgufFile, GgufLlamaSource};
+use super::load::gguf::{GgufFile, GgufSource, LLAMA_LAYOUT};
 use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
 use super::shape::{Arch, ModelShape};
@@ -30,7 +30,10 @@ pub const SPEC: ArchSpec = ArchSpec {
         architectures: &["llama", "qwen2"],
         config: |f| Ok(LlamaConfig::from_gguf(f)?.into()),
         source: |f, s| {
-            Ok(Box::new(GgufLlamaSource::new(f, s.heads, s.kv_heads)?) as Box<dyn TensorSource>)
+            Ok(
+                Box::new(GgufSource::new(f, &LLAMA_LAYOUT, s.heads, s.kv_heads)?)
+                    as Box<dyn TensorSource>,
+            )
         },
     }),
     tables: arch::tables::<Ends>(),
@@ -147,15 +150,7 @@ impl LlamaConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch = f.architecture()?;
         let k = |s: &str| format!("{arch}.{s}");
-        let vocab_size = match f.metadata().get("tokenizer.ggml.tokens") {
-            Some(v) => v.to_vec().map(|t| t.len()).unwrap_or(0),
-            None => 0,
-        };
-        let vocab_size = if vocab_size > 0 {
-            vocab_size
-        } else {
-            f.meta_usize(&k("vocab_size"))?
-        };
+        let vocab_size = f.vocab_size()?;
         let hidden = f.meta_usize(&k("embedding_length"))?;
         let heads = f.meta_usize(&k("attention.head_count"))?;
         let kv_heads = f.meta_usize(&k("attention.head_count_kv")).unwrap_or(heads);

@@ -7,6 +7,7 @@ pub mod causal;
 pub mod decoder;
 pub mod export;
 pub mod fused;
+pub mod gemma3;
 pub mod gpt_neox;
 pub mod kv_cache;
 pub mod linear;

@@ -44,11 +44,18 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         .broadcast_add(&bias.to_dtype(dtype)?)
 }
 
+/// Positions whose cos/sin rows are computed once at load; later ones are computed when
+/// used. (A table for all of Gemma 3's 32 768 positions × 256 dims would be 67 MB.)
+const ROPE_TABLE_POSITIONS: usize = 4096;
+
 /// Cos/sin tables for rotary position embeddings in the half-split (HF) layout.
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// 1/θ^(2i/d), (1, rot_dim/2), for positions past the tables.
+    inv_freq: Tensor,
+    max_pos: usize,
     /// Number of leading head dimensions that are rotated (GPT-NeoX rotates a fraction).
     rot_dim: usize,
 }
@@ -66,20 +73,28 @@ impl Rope {
             .map(|i| 1.0 / theta.powf(2.0 * i as f64 / rot_dim as f64) as f32)
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
-        let pos = Tensor::arange(0u32, max_pos as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_pos, 1))?;
-        let freqs = pos.broadcast_mul(&inv_freq)?;
-        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
+        let (cos, sin) = Self::rows(&inv_freq, 0, max_pos.min(ROPE_TABLE_POSITIONS), dtype)?;
         Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos,
+            sin,
+            inv_freq,
+            max_pos,
             rot_dim,
         })
     }
 
+    /// cos/sin rows (n, rot_dim) for positions `start..start + n`.
+    fn rows(inv_freq: &Tensor, start: usize, n: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let pos = Tensor::arange(start as u32, (start + n) as u32, inv_freq.device())?
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?;
+        let freqs = pos.broadcast_mul(inv_freq)?;
+        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
+        Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+    }
+
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.max_pos
     }
 
     /// Applies the rotation to `x` of shape (batch, heads, seq, head_dim) for positions
@@ -93,8 +108,11 @@ impl Rope {
                 self.max_positions()
             );
         }
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
+        let (cos, sin) = if start + t <= self.cos.dim(0)? {
+            (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?)
+        } else {
+            Self::rows(&self.inv_freq, start, t, self.cos.dtype())?
+        };
         if self.rot_dim == head_dim {
             return rotate(x, &cos, &sin);
         }
@@ -115,33 +133,59 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Additive causal mask of shape (t, start + t): 0 where a query may attend, -inf elsewhere.
 pub fn causal_mask(t: usize, start: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let total = start + t;
+    window_mask(t, start, 0, start + t, None, dtype, dev)
+}
+
+/// Additive mask of shape (t, n_keys) for `t` queries at positions `start..start + t`
+/// over keys at positions `first..first + n_keys`: a query sees the keys at or before it
+/// and, with `window = Some(w)`, only the `w` most recent of them (itself included) — HF's
+/// sliding window (`kv_idx > q_idx - w`).
+pub fn window_mask(
+    t: usize,
+    start: usize,
+    first: usize,
+    n_keys: usize,
+    window: Option<usize>,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
+            let q = start + i;
+            (0..n_keys).map(move |j| {
+                let k = first + j;
+                let visible = k <= q && window.is_none_or(|w| q - k < w);
+                if visible {
                     0.0
+                } else {
+                    f32::NEG_INFINITY
                 }
             })
         })
         .collect();
-    Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
+    Tensor::from_vec(mask, (t, n_keys), dev)?.to_dtype(dtype)
 }
 
-/// Scaled dot-product attention with an optional additive mask.
+/// Scaled dot-product attention with an optional additive mask, scaled by 1/√d.
 /// q: (b, h, t, d), k/v: (b, h, s, d) with the same number of heads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let d = q.dim(D::Minus1)?;
+    attention_scaled(q, k, v, mask, 1.0 / (d as f64).sqrt())
+}
+
+/// [`attention`] with the score scale given (Gemma scales by `query_pre_attn_scalar^-½`).
+pub fn attention_scaled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
     let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
-    let probs = super::fused::scaled_masked_softmax(
-        &scores.to_dtype(DType::F32)?,
-        mask.as_ref(),
-        1.0 / (d as f64).sqrt(),
-    )?
-    .to_dtype(v.dtype())?;
+    let probs =
+        super::fused::scaled_masked_softmax(&scores.to_dtype(DType::F32)?, mask.as_ref(), scale)?
+            .to_dtype(v.dtype())?;
     probs.matmul(&v.contiguous()?)
 }
 

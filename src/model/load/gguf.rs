@@ -114,6 +114,18 @@ impl GgufFile {
         Ok(x as usize)
     }
 
+    /// The vocabulary size: the length of `tokenizer.ggml.tokens`, else `<arch>.vocab_size`.
+    pub fn vocab_size(&self) -> Result<usize> {
+        let tokens = match self.metadata().get("tokenizer.ggml.tokens") {
+            Some(v) => v.to_vec().map(|t| t.len()).unwrap_or(0),
+            None => 0,
+        };
+        if tokens > 0 {
+            return Ok(tokens);
+        }
+        self.meta_usize(&format!("{}.vocab_size", self.architecture()?))
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
@@ -132,44 +144,20 @@ impl GgufFile {
     }
 }
 
-/// Maps Hugging Face names of a LLaMA-family model to llama.cpp's GGUF names.
-pub struct GgufLlamaSource {
-    file: GgufFile,
-    n_head: usize,
-    n_kv_head: usize,
-    /// llama.cpp permutes Q/K rows of `llama` models for interleaved RoPE; other
-    /// architectures (qwen2) are stored in the HF layout.
-    unpermute_qk: bool,
+/// How an architecture's tensors are named and changed by llama.cpp's converter.
+pub struct GgufLayout {
+    /// llama.cpp's name (after `blk.N.`) of a block tensor, from its HF name after
+    /// `model.layers.N.`.
+    pub block_name: fn(&str) -> Option<&'static str>,
+    /// What the converter added to every norm weight (`*norm.weight`): Gemma's norms scale
+    /// by (1 + w) and llama.cpp stores 1 + w, so the HF weight is the stored one minus this.
+    pub norm_shift: f64,
 }
 
-impl GgufLlamaSource {
-    pub fn new(file: GgufFile, n_head: usize, n_kv_head: usize) -> Result<Self> {
-        let arch = file.architecture()?;
-        Ok(Self {
-            unpermute_qk: arch == "llama",
-            file,
-            n_head,
-            n_kv_head,
-        })
-    }
-
-    pub fn file(&self) -> &GgufFile {
-        &self.file
-    }
-
-    fn gguf_name(name: &str) -> Option<String> {
-        let direct = match name {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            _ => None,
-        };
-        if let Some(n) = direct {
-            return Some(n.to_string());
-        }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (idx, rest) = rest.split_once('.')?;
-        let mapped = match rest {
+/// The LLaMA family's block tensors (llama, qwen2).
+pub const LLAMA_LAYOUT: GgufLayout = GgufLayout {
+    block_name: |rest| {
+        Some(match rest {
             "self_attn.q_proj.weight" => "attn_q.weight",
             "self_attn.k_proj.weight" => "attn_k.weight",
             "self_attn.v_proj.weight" => "attn_v.weight",
@@ -183,7 +171,53 @@ impl GgufLlamaSource {
             "input_layernorm.weight" => "attn_norm.weight",
             "post_attention_layernorm.weight" => "ffn_norm.weight",
             _ => return None,
+        })
+    },
+    norm_shift: 0.0,
+};
+
+/// Hugging Face names of a decoder mapped to llama.cpp's GGUF names, through the
+/// architecture's [`GgufLayout`].
+pub struct GgufSource {
+    file: GgufFile,
+    layout: &'static GgufLayout,
+    /// llama.cpp permutes Q/K rows of `llama` models for interleaved RoPE (heads, kv
+    /// heads); other architectures (qwen2, gemma3) are stored in the HF layout.
+    unpermute_qk: Option<(usize, usize)>,
+}
+
+impl GgufSource {
+    pub fn new(
+        file: GgufFile,
+        layout: &'static GgufLayout,
+        n_head: usize,
+        n_kv_head: usize,
+    ) -> Result<Self> {
+        let arch = file.architecture()?;
+        Ok(Self {
+            unpermute_qk: (arch == "llama").then_some((n_head, n_kv_head)),
+            file,
+            layout,
+        })
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn gguf_name(&self, name: &str) -> Option<String> {
+        let direct = match name {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
         };
+        if let Some(n) = direct {
+            return Some(n.to_string());
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (idx, rest) = rest.split_once('.')?;
+        let mapped = (self.layout.block_name)(rest)?;
         Some(format!("blk.{idx}.{mapped}"))
     }
 }
@@ -201,15 +235,22 @@ pub fn unpermute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
     Ok(t.reshape(dims)?)
 }
 
-impl TensorSource for GgufLlamaSource {
+impl TensorSource for GgufSource {
     fn get(&self, name: &str, shape: &Shape, _init: Init, device: &Device) -> Result<Tensor> {
-        let gname = Self::gguf_name(name)
+        let gname = self
+            .gguf_name(name)
             .ok_or_else(|| anyhow!("no GGUF tensor corresponds to `{name}`"))?;
         let t = self.file.dequantize(&gname, device)?;
-        let t = if self.unpermute_qk && gname.ends_with("attn_q.weight") {
-            unpermute_rows(&t, self.n_head)?
-        } else if self.unpermute_qk && gname.ends_with("attn_k.weight") {
-            unpermute_rows(&t, self.n_kv_head)?
+        let t = match self.unpermute_qk {
+            Some((heads, _)) if gname.ends_with("attn_q.weight") => unpermute_rows(&t, heads)?,
+            Some((_, kv_heads)) if gname.ends_with("attn_k.weight") => {
+                unpermute_rows(&t, kv_heads)?
+            }
+            _ => t,
+        };
+        let shift = self.layout.norm_shift;
+        let t = if shift != 0.0 && gname.ends_with("norm.weight") {
+            (t - shift)?
         } else {
             t
         };
@@ -218,7 +259,8 @@ impl TensorSource for GgufLlamaSource {
     }
 
     fn contains(&self, name: &str) -> bool {
-        Self::gguf_name(name).is_some_and(|g| self.file.has_tensor(&g))
+        self.gguf_name(name)
+            .is_some_and(|g| self.file.has_tensor(&g))
     }
 
     fn origin(&self) -> &Path {

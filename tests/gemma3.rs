@@ -1,0 +1,80 @@
+//! The real Gemma 3 270M (GGUF Q4_K_M from PyPI) against HF transformers' numbers for the
+//! same file (tests/fixtures/gemma3_ref/, made by scripts/reference/gemma3_reference.py):
+//! perplexity of an English and a Japanese text, and greedy decoding of a Japanese prompt.
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use ftlab::infer::generate::{generate, GenerateRequest};
+use ftlab::infer::perplexity::perplexity;
+use ftlab::infer::sampling::SamplingParams;
+use ftlab::model::{CausalLm, LoadOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gemma3_ref")
+        .join(name)
+}
+
+fn json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The GGUF: `FTLAB_GEMMA3_GGUF`, else the cache's copy. Missing is a failure, not a skip.
+fn gguf() -> PathBuf {
+    if let Some(p) = std::env::var_os("FTLAB_GEMMA3_GGUF") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let p = PathBuf::from(home).join(".cache/ftlab/models/gemma3/gemma-3-270m-q4_k_m.gguf");
+    assert!(p.exists(), "Gemma 3 GGUF not found at {}", p.display());
+    p
+}
+
+fn model() -> &'static CausalLm {
+    static M: OnceLock<CausalLm> = OnceLock::new();
+    M.get_or_init(|| {
+        CausalLm::from_gguf(&gguf(), &LoadOptions::default())
+            .expect("load Gemma 3 GGUF")
+            .model
+    })
+}
+
+#[test]
+fn perplexity_of_english_and_japanese_text_is_within_half_a_percent_of_transformers() {
+    let r = json("ppl.json");
+    for lang in ["en", "ja"] {
+        let t = &r["texts"][lang];
+        let ids = ids_of(&t["ids"]);
+        let p = perplexity(model(), &ids, 512, 512, &Device::Cpu).unwrap();
+        assert_eq!(p.tokens, t["scored_tokens"].as_u64().unwrap() as usize);
+        let want = t["perplexity"].as_f64().unwrap();
+        let got = p.ppl;
+        let rel = (got - want).abs() / want;
+        assert!(
+            rel < 0.005,
+            "{lang}: perplexity {got} vs transformers {want} ({rel:.4})"
+        );
+    }
+}
+
+#[test]
+fn greedy_continuation_of_a_japanese_prompt_equals_transformers() {
+    let r = json("greedy.json");
+    let req = GenerateRequest {
+        prompt_ids: ids_of(&r["prompt_ids"]),
+        max_new_tokens: 20,
+        sampling: SamplingParams::greedy(),
+        stop_ids: vec![],
+    };
+    let (ids, _) = generate(model(), &req, |_| Ok(())).unwrap();
+    assert_eq!(ids, ids_of(&r["greedy_ids"]), "{}", r["greedy_text"]);
+}
