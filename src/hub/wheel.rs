@@ -1,9 +1,10 @@
-//! Installing a default model from its PyPI wheel: look the wheel up in the
-//! index, download and verify it, unpack the model files and install them
-//! atomically under `<cache>/models/<name>/`.
+//! Installing a default model from its PyPI wheels: look each wheel up in the
+//! index, download and verify it, unpack the model files (joining a split
+//! file from its parts) and install them atomically under
+//! `<cache>/models/<name>/`.
 //!
-//! Concurrent ftlab processes are serialised per wheel by an advisory lock on
-//! `<cache>/downloads/<wheel>.lock` (released by the OS if a process dies);
+//! Concurrent ftlab processes are serialised per model by an advisory lock on
+//! `<cache>/downloads/<its own wheel>.lock` (released by the OS if a process dies);
 //! unpacking goes to a uniquely named folder beside the target that is renamed
 //! into place with its marker already written.
 use std::fs::{File, OpenOptions};
@@ -13,16 +14,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+use super::assemble::{assemble, Piece};
 use super::cache::{installed, model_dir, write_marker, Marker};
 use super::download::{download_verified, sha256_file};
 use super::pypi::find_wheel;
-use super::registry::{WheelLayout, WheelModel};
+use super::registry::{Wheel, WheelLayout, WheelModel};
 use super::spec::check_hf_dir;
 use super::{ModelSource, ResolvedModel};
 
-/// Makes sure `spec` is installed under `cache` (fetching it from the index
-/// at `index_url`, e.g. `https://pypi.org/simple`, if needed) and returns its
-/// model directory. Nothing is downloaded when a complete install exists.
+/// Makes sure `spec` is installed under `cache` (fetching its wheels from
+/// the index at `index_url`, e.g. `https://pypi.org/simple`, if needed) and
+/// returns its model directory. Nothing is downloaded when a complete install
+/// exists. Every wheel is verified on its own; the wheels are deleted once the
+/// model is installed, and kept (verified, for the next try) when installing fails.
 pub fn fetch_wheel_model(
     spec: &WheelModel,
     cache: &Path,
@@ -35,8 +39,10 @@ pub fn fetch_wheel_model(
     let downloads = cache.join("downloads");
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("creating {}", downloads.display()))?;
+    // One lock per model, named after its own wheel: the name single-wheel
+    // models have always used, so older ftlab processes still exclude us.
     let _lock = lock(
-        &downloads.join(format!("{}.lock", spec.wheel)),
+        &downloads.join(format!("{}.lock", spec.wheel.file)),
         &spec.name,
         progress,
     )?;
@@ -45,50 +51,62 @@ pub fn fetch_wheel_model(
         return Ok(dir);
     }
 
-    let wheel = downloads.join(&spec.wheel);
-    let part = downloads.join(format!("{}.part", spec.wheel));
-    let have_wheel =
-        wheel.is_file() && sha256_file(&wheel).is_ok_and(|s| s.eq_ignore_ascii_case(&spec.sha256));
-    if !have_wheel {
-        let _ = std::fs::remove_file(&wheel);
-        let found = find_wheel(index_url, &spec.package, &spec.wheel)
-            .with_context(|| format!("looking up {}=={}", spec.package, spec.version))?;
-        if let Some(listed) = &found.sha256 {
-            if !listed.eq_ignore_ascii_case(&spec.sha256) {
-                bail!(
-                    "the package index lists sha256 {listed} for {}, but ftlab pins {}; refusing to download {}",
-                    spec.wheel,
-                    spec.sha256,
-                    found.url
-                );
-            }
-        }
-        download_verified(&found.url, &part, &wheel, &spec.sha256, progress).with_context(
-            || {
-                format!(
-                    "fetching model {} ({}=={})",
-                    spec.name, spec.package, spec.version
-                )
-            },
-        )?;
+    let wheels = spec
+        .wheels()
+        .into_iter()
+        .map(|w| download_wheel(w, &downloads, index_url, &spec.name, progress))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = install(spec, cache, &wheels).with_context(|| {
+        format!(
+            "installing model {} from {}",
+            spec.name,
+            wheels[0].display()
+        )
+    })?;
+    for w in &wheels {
+        std::fs::remove_file(w).with_context(|| format!("removing {}", w.display()))?;
     }
-
-    let dir = install(spec, cache, &wheel)
-        .with_context(|| format!("installing model {} from {}", spec.name, wheel.display()))?;
-    std::fs::remove_file(&wheel).with_context(|| format!("removing {}", wheel.display()))?;
     Ok(dir)
+}
+
+/// The verified wheel `w` in `downloads`: kept from an earlier try, or
+/// looked up in the index (whose digest must agree with the pin) and
+/// downloaded, resuming a partial download. Must be called with the lock held.
+fn download_wheel(
+    w: &Wheel,
+    downloads: &Path,
+    index_url: &str,
+    model: &str,
+    progress: bool,
+) -> Result<PathBuf> {
+    let path = downloads.join(&w.file);
+    if path.is_file() && sha256_file(&path).is_ok_and(|s| s.eq_ignore_ascii_case(&w.sha256)) {
+        return Ok(path);
+    }
+    let _ = std::fs::remove_file(&path);
+    let found = find_wheel(index_url, &w.package, &w.file)
+        .with_context(|| format!("looking up {}=={}", w.package, w.version))?;
+    if let Some(listed) = &found.sha256 {
+        if !listed.eq_ignore_ascii_case(&w.sha256) {
+            bail!(
+                "the package index lists sha256 {listed} for {}, but ftlab pins {}; refusing to download {}",
+                w.file,
+                w.sha256,
+                found.url
+            );
+        }
+    }
+    let part = downloads.join(format!("{}.part", w.file));
+    download_verified(&found.url, &part, &path, &w.sha256, progress)
+        .with_context(|| format!("fetching model {model} ({}=={})", w.package, w.version))?;
+    Ok(path)
 }
 
 /// The model of an installed wheel model directory.
 pub fn model_in(spec: &WheelModel, dir: &Path) -> Result<ResolvedModel> {
     let source = match &spec.layout {
-        WheelLayout::GgufFile { member } => {
-            let path = dir.join(base_name(member));
-            if !path.is_file() {
-                bail!("{} is missing from {}", base_name(member), dir.display());
-            }
-            ModelSource::Gguf { path }
-        }
+        WheelLayout::GgufFile { member } => gguf_in(dir, base_name(member))?,
+        WheelLayout::SplitGguf { file, .. } => gguf_in(dir, file)?,
         WheelLayout::HfDir { .. } => {
             check_hf_dir(dir)?;
             ModelSource::HfDir {
@@ -100,6 +118,14 @@ pub fn model_in(spec: &WheelModel, dir: &Path) -> Result<ResolvedModel> {
         name: spec.name.clone(),
         source,
     })
+}
+
+fn gguf_in(dir: &Path, file: &str) -> Result<ModelSource> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        bail!("{file} is missing from {}", dir.display());
+    }
+    Ok(ModelSource::Gguf { path })
 }
 
 fn base_name(member: &str) -> &str {
@@ -135,27 +161,54 @@ fn lock(path: &Path, name: &str, progress: bool) -> Result<Lock> {
     Ok(Lock { _file: f })
 }
 
-/// Unpacks the model files of `wheel` into a fresh folder beside the target,
-/// writes the marker into it, and renames it into place (replacing any
-/// incomplete or outdated folder). Must be called with the lock held.
-fn install(spec: &WheelModel, cache: &Path, wheel: &Path) -> Result<PathBuf> {
+/// Unpacks the model files of `wheels` (the model's own first, then its
+/// parts) into a fresh folder beside the target, writes the marker into it,
+/// and renames it into place (replacing any incomplete or outdated folder).
+/// On any error the fresh folder is removed and the target left as it was.
+/// Must be called with the lock held.
+fn install(spec: &WheelModel, cache: &Path, wheels: &[PathBuf]) -> Result<PathBuf> {
     let target = model_dir(cache, &spec.name);
     let parent = cache.join("models");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     remove_leftovers(&parent, &spec.name);
 
     let tmp = parent.join(format!(".tmp-{}-{}", spec.name, unique()));
-    let result = unpack(spec, wheel, &tmp).and_then(|files| {
-        if let WheelLayout::HfDir { .. } = spec.layout {
-            check_hf_dir(&tmp).with_context(|| format!("the model folder of {}", spec.wheel))?;
+    let result = unpack(&spec.layout, &wheels[0], &tmp).and_then(|mut files| {
+        match &spec.layout {
+            WheelLayout::HfDir { .. } => check_hf_dir(&tmp)
+                .with_context(|| format!("the model folder of {}", spec.wheel.file))?,
+            WheelLayout::SplitGguf {
+                file,
+                sha256,
+                parts,
+                ..
+            } => {
+                let pieces: Vec<Piece> = parts
+                    .iter()
+                    .zip(&wheels[1..])
+                    .map(|(p, wheel)| Piece {
+                        wheel,
+                        member: &p.member,
+                    })
+                    .collect();
+                assemble(&spec.name, &pieces, &tmp.join(file), sha256)?;
+                files.push(file.clone());
+                files.sort();
+            }
+            WheelLayout::GgufFile { .. } => {}
         }
         write_marker(
             &tmp,
             &Marker {
-                package: spec.package.clone(),
-                version: spec.version.clone(),
-                sha256: spec.sha256.to_ascii_lowercase(),
+                package: spec.wheel.package.clone(),
+                version: spec.wheel.version.clone(),
+                sha256: spec.wheel.sha256.to_ascii_lowercase(),
                 files,
+                parts: spec
+                    .parts()
+                    .iter()
+                    .map(|p| p.wheel.sha256.to_ascii_lowercase())
+                    .collect(),
             },
         )
     });
@@ -198,14 +251,49 @@ fn unique() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
+/// Where a member of the model's own wheel is installed, relative to the
+/// model directory, or `None` when the layout does not take it.
+fn installed_name(layout: &WheelLayout, name: &str) -> Option<String> {
+    match layout {
+        WheelLayout::GgufFile { member } => (name == member).then(|| base_name(name).to_string()),
+        WheelLayout::HfDir { prefix } => name
+            .strip_prefix(prefix.as_str())
+            .filter(|rest| !rest.is_empty())
+            .map(str::to_string),
+        WheelLayout::SplitGguf { extras, .. } => extras
+            .iter()
+            .any(|e| e == name)
+            .then(|| base_name(name).to_string()),
+    }
+}
+
+/// What the layout takes from the model's own wheel that `taken` (the member
+/// names extracted) lacks, described for an error; `None` when complete.
+fn missing_members(layout: &WheelLayout, taken: &[String]) -> Option<String> {
+    let named: &[String] = match layout {
+        WheelLayout::GgufFile { member } => std::slice::from_ref(member),
+        WheelLayout::SplitGguf { extras, .. } => extras,
+        WheelLayout::HfDir { prefix } => {
+            return taken.is_empty().then(|| format!("{prefix}*"));
+        }
+    };
+    let missing: Vec<&str> = named
+        .iter()
+        .filter(|m| !taken.contains(m))
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 /// Extracts the members selected by the layout into `dest`; returns the
 /// installed relative paths, sorted.
-fn unpack(spec: &WheelModel, wheel: &Path, dest: &Path) -> Result<Vec<String>> {
+fn unpack(layout: &WheelLayout, wheel: &Path, dest: &Path) -> Result<Vec<String>> {
     let file = File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file)
         .with_context(|| format!("reading {} as a zip file", wheel.display()))?;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut files = Vec::new();
+    let mut taken = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip
             .by_index(i)
@@ -214,13 +302,8 @@ fn unpack(spec: &WheelModel, wheel: &Path, dest: &Path) -> Result<Vec<String>> {
             continue;
         }
         let name = entry.name().to_string();
-        let rel = match &spec.layout {
-            WheelLayout::GgufFile { member } if name == *member => base_name(member).to_string(),
-            WheelLayout::HfDir { prefix } => match name.strip_prefix(prefix.as_str()) {
-                Some(rest) if !rest.is_empty() => rest.to_string(),
-                _ => continue,
-            },
-            _ => continue,
+        let Some(rel) = installed_name(layout, &name) else {
+            continue;
         };
         // Refuse names that would escape the folder (`..`, absolute paths).
         let safe = entry.enclosed_name().is_some()
@@ -239,12 +322,9 @@ fn unpack(spec: &WheelModel, wheel: &Path, dest: &Path) -> Result<Vec<String>> {
         w.sync_all()
             .with_context(|| format!("flushing {}", out.display()))?;
         files.push(rel);
+        taken.push(name);
     }
-    if files.is_empty() {
-        let what = match &spec.layout {
-            WheelLayout::GgufFile { member } => member.clone(),
-            WheelLayout::HfDir { prefix } => format!("{prefix}*"),
-        };
+    if let Some(what) = missing_members(layout, &taken) {
         bail!("{} contains no {what}", wheel.display());
     }
     files.sort();
