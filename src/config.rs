@@ -139,6 +139,10 @@ pub struct DataConfig {
     /// Use only the first N eval examples (0 = all).
     #[serde(default)]
     pub eval_limit: usize,
+    /// Keep only examples whose `lang` field is one of these (e.g. `["ja"]`); empty = all.
+    /// Applied before `limit`/`eval_limit`.
+    #[serde(default)]
+    pub languages: Vec<String>,
     /// STS: the cosine a 0–5 label is trained towards: `signed` → [−1, 1], `unit` → [0, 1].
     #[serde(default)]
     pub label_scale: LabelScale,

@@ -93,7 +93,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let (_, stats) = lm.stream(
-        lm.encode(&text)?,
+        lm.encode_prompt(&text)?,
         args.max_new_tokens,
         &args.sampling.params(),
         &mut |piece| {

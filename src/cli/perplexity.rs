@@ -33,7 +33,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     if let Some(a) = &args.adapter {
         eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
     }
-    let ids = lm.encode(&text)?;
+    let ids = lm.encode_prompt(&text)?;
     let p = perplexity(&lm.model, &ids, args.window, args.stride, lm.model.device())?;
     println!("{}", serde_json::to_string(&p)?);
     Ok(())

@@ -76,6 +76,22 @@ impl LanguageModel {
         encode_plain(&self.tokenizer, text)
     }
 
+    /// Token ids of a prompt as HF's `tokenizer(text)` gives them: with what the
+    /// tokenizer adds in front (Gemma's and Llama 2's BOS; nothing for SmolLM2) — unless
+    /// the text already starts with the BOS token, as a rendered chat template does.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let bos = self.token_text(self.special.bos);
+        if !bos.is_empty() && text.starts_with(&bos) {
+            return self.encode(text);
+        }
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing failed: {e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, true)

@@ -257,7 +257,7 @@ impl RagPrompt {
         hits: &[Hit],
     ) -> Result<Self> {
         let text = prompt(lm, opts, question, hits)?;
-        let ids = lm.encode(&text)?;
+        let ids = lm.encode_prompt(&text)?;
         Ok(Self { text, ids })
     }
 }

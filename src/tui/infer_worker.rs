@@ -288,7 +288,7 @@ fn chat(
         // A base model without a chat template: ftlab's plain `Role: text` fallback.
         Err(_) => ChatTemplate::fallback("", "")?.render(messages, true)?,
     };
-    let prompt_ids = lm.encode(&prompt)?;
+    let prompt_ids = lm.encode_prompt(&prompt)?;
     out(InferEvent::Status {
         job: job.id,
         text: format!("{} prompt tokens, generating…", prompt_ids.len()),

@@ -7,12 +7,50 @@ use candle_core::quantized::gguf_file::{self, Value};
 
 use super::{display, read_json};
 
-/// The Jinja chat template a GGUF file carries (`tokenizer.chat_template`), if any.
+/// The Jinja chat template a GGUF file carries (`tokenizer.chat_template`), if any; for a
+/// Gemma file without one (the base models), Gemma's own turn format.
 pub fn chat_template_from_gguf(content: &gguf_file::Content) -> Option<String> {
     match content.metadata.get("tokenizer.chat_template") {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        _ => None,
+        _ => is_gemma(content).then(|| GEMMA_TURNS.to_string()),
     }
+}
+
+/// Gemma's turn format (the template of Google's instruction-tuned Gemma 3, text only):
+/// `<start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n…<end_of_turn>\n`, a system
+/// message folded into the first user turn, roles alternating. A base Gemma tuned on it
+/// answers in the format Gemma chat tooling sends.
+pub const GEMMA_TURNS: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
+{%- set loop_messages = messages[1:] -%}\
+{%- else -%}\
+{%- set first_user_prefix = '' -%}\
+{%- set loop_messages = messages -%}\
+{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}\
+{%- endif -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}\
+{{- message['content'] | trim }}{{ '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// A Gemma-family GGUF whose vocabulary has the turn markers.
+fn is_gemma(content: &gguf_file::Content) -> bool {
+    let arch = match content.metadata.get("general.architecture") {
+        Some(Value::String(a)) => a.as_str(),
+        _ => return false,
+    };
+    let has_turns = match content.metadata.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(tokens)) => tokens
+            .iter()
+            .any(|t| matches!(t, Value::String(s) if s == "<start_of_turn>")),
+        _ => false,
+    };
+    arch.starts_with("gemma") && has_turns
 }
 
 /// The chat template of a Hugging Face model folder, looked for where transformers looks:
