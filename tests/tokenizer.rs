@@ -16,7 +16,10 @@ use ftlab::model::load::tokenizer::{
     special_tokens_from_hf_dir, tokenizer_from_file, tokenizer_from_gguf, SpecialTokens,
 };
 use serde::Deserialize;
+use tiny_gguf::{strings, write_gguf};
 use tokenizers::Tokenizer;
+
+mod tiny_gguf;
 
 fn smollm2_gguf() -> PathBuf {
     if let Ok(p) = std::env::var("FTLAB_SMOLLM2_GGUF") {
@@ -208,21 +211,6 @@ fn special_tokens_and_template_from_gguf() {
 
 // ---- GGUF files written here -------------------------------------------------------------
 
-fn write_gguf(dir: &Path, name: &str, metadata: &[(&str, Value)]) -> (PathBuf, gguf_file::Content) {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    gguf_file::write(&mut f, &md, &[]).unwrap();
-    drop(f);
-    let mut f = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    (path, content)
-}
-
-fn strings(items: &[&str]) -> Value {
-    Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
-}
-
 /// A tiny byte-level vocabulary: "h", "i", "Ġ", "hi", "Ġhi", plus <s> and </s>.
 fn tiny_metadata() -> Vec<(&'static str, Value)> {
     vec![
@@ -287,15 +275,15 @@ fn malformed_keys_are_named() {
 fn unsupported_tokenizer_model_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let mut md = tiny_metadata();
-    md[1].1 = Value::String("llama".into());
-    let (path, content) = write_gguf(dir.path(), "spm.gguf", &md);
+    md[1].1 = Value::String("bert".into());
+    let (path, content) = write_gguf(dir.path(), "wordpiece.gguf", &md);
     let msg = format!("{:#}", tokenizer_from_gguf(&content, &path).unwrap_err());
-    assert!(msg.contains("spm.gguf"), "{msg}");
+    assert!(msg.contains("wordpiece.gguf"), "{msg}");
     assert!(
-        msg.contains("\"llama\"") && msg.contains("SentencePiece"),
+        msg.contains("\"bert\"") && msg.contains("WordPiece"),
         "{msg}"
     );
-    assert!(msg.contains("gpt2"), "{msg}");
+    assert!(msg.contains("gpt2") && msg.contains("llama"), "{msg}");
 
     let mut md = tiny_metadata();
     md[2].1 = Value::String("no-such-pre".into());

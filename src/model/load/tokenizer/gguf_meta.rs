@@ -11,6 +11,7 @@ use super::display;
 pub(super) const TOKEN_TYPE_UNKNOWN: i64 = 2;
 pub(super) const TOKEN_TYPE_CONTROL: i64 = 3;
 pub(super) const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
 
 fn value_as_i64(v: &Value) -> Option<i64> {
     match *v {
@@ -131,6 +132,38 @@ pub(super) fn gguf_opt_int_array(
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// A required array of floats (f32 or f64 entries), as `tokenizer.ggml.scores` is.
+pub(super) fn gguf_f32_array(
+    content: &gguf_file::Content,
+    path: &Path,
+    key: &str,
+) -> Result<Vec<f32>> {
+    let v = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| missing(path, key))?;
+    let Value::Array(items) = v else {
+        bail!(
+            "{}: GGUF metadata `{key}` should be an array of floats, found {}",
+            display(path),
+            type_name(v)
+        );
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match *item {
+            Value::F32(x) => Ok(x),
+            Value::F64(x) => Ok(x as f32),
+            ref other => bail!(
+                "{}: GGUF metadata `{key}`[{i}] should be a float, found {}",
+                display(path),
+                type_name(other)
+            ),
+        })
+        .collect()
 }
 
 /// An optional token id.
