@@ -14,7 +14,7 @@
 //!   like every other space, so that the merges building them are found.
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
@@ -76,9 +76,9 @@ pub(super) fn spm_tokenizer_from_gguf(
     };
     // token -> id; a token listed twice keeps its last id, as a Python dict built from the list
     // does (transformers builds it that way).
-    let mut ids: HashMap<&str, u32> = HashMap::with_capacity(spelled.len());
+    let mut vocab = Vocab::with_capacity(spelled.len());
     for (i, t) in spelled.iter().enumerate() {
-        ids.insert(t.as_ref(), i as u32);
+        vocab.insert(t.to_string(), i as u32);
     }
     let priority = |id: u32| -> f32 {
         if gemma {
@@ -87,13 +87,13 @@ pub(super) fn spm_tokenizer_from_gguf(
             scores[id as usize]
         }
     };
-    let merges = merges_from_vocab(&spelled, &ids, priority);
+    let merges = merges_from_vocab(&spelled, &vocab, priority);
+    let added = added_tokens(&meta, &vocab);
 
     let unk = gguf_opt_id(content, path, "tokenizer.ggml.unknown_token_id")?
         .and_then(|id| spelled.get(id as usize))
         .map(|t| t.to_string())
-        .or_else(|| ids.contains_key("<unk>").then(|| "<unk>".to_string()));
-    let vocab: Vocab = ids.iter().map(|(t, id)| (t.to_string(), *id)).collect();
+        .or_else(|| vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true)
@@ -119,13 +119,23 @@ pub(super) fn spm_tokenizer_from_gguf(
     tokenizer.with_pre_tokenizer(Some(Metaspace::new(METASPACE, scheme, false)));
     tokenizer.with_decoder(Some(decoder(add_space_prefix)?));
 
+    add_gguf_tokens(&mut tokenizer, &added, path)?;
+    if let Some(post) = bos_eos_post_processor(content, path, &meta.tokens, true)? {
+        tokenizer.with_post_processor(Some(post));
+    }
+    Ok(tokenizer)
+}
+
+/// The tokens matched whole in the text: control (3) and unknown (2) ones as special tokens,
+/// user-defined (4) ones as plain tokens. A user-defined token whose spelling changed (Gemma's
+/// runs of spaces) is left to the merges, as transformers does: it adds only user-defined tokens
+/// found in the (respelled) vocabulary.
+fn added_tokens<'a>(meta: &GgufVocab<'a>, vocab: &Vocab) -> Vec<GgufAddedToken<'a>> {
     let mut added = Vec::new();
     for (i, tok) in meta.tokens.iter().enumerate() {
         let ty = meta.token_type(i);
         let special = matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN);
-        // A user-defined token whose spelling changed (Gemma's runs of spaces) is left to the
-        // merges, as transformers does: it adds only user-defined tokens found in the vocabulary.
-        let user = ty == TOKEN_TYPE_USER_DEFINED && ids.contains_key(tok);
+        let user = ty == TOKEN_TYPE_USER_DEFINED && vocab.contains_key(*tok);
         if special || user {
             added.push(GgufAddedToken {
                 content: tok,
@@ -134,11 +144,7 @@ pub(super) fn spm_tokenizer_from_gguf(
             });
         }
     }
-    add_gguf_tokens(&mut tokenizer, &added, path)?;
-    if let Some(post) = bos_eos_post_processor(content, path, &meta.tokens, true)? {
-        tokenizer.with_post_processor(Some(post));
-    }
-    Ok(tokenizer)
+    added
 }
 
 /// Gemma's tokens made only of whitespace with a space in them ("  ", "   ", ...) respelled with
@@ -189,7 +195,7 @@ struct Candidate {
 /// then by the ids of the pieces.
 fn merges_from_vocab(
     spelled: &[Cow<str>],
-    ids: &HashMap<&str, u32>,
+    ids: &Vocab,
     priority: impl Fn(u32) -> f32,
 ) -> Vec<(String, String)> {
     // Each distinct token once, at its first place in the file, with the priority of the id it
