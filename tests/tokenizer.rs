@@ -8,18 +8,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use ftlab::hub::{resolve, ModelSource};
 use ftlab::infer::chat_template::ChatTemplate;
 use ftlab::model::load::tokenizer::{
     chat_template_from_gguf, chat_template_from_hf_dir, special_tokens_from_gguf,
     special_tokens_from_hf_dir, tokenizer_from_file, tokenizer_from_gguf, SpecialTokens,
 };
+use gguf_tok::{strings, write_gguf, Real};
 use serde::Deserialize;
-use tiny_gguf::{strings, write_gguf};
 use tokenizers::Tokenizer;
 
-mod tiny_gguf;
+mod gguf_tok;
 
 fn smollm2_gguf() -> PathBuf {
     if let Ok(p) = std::env::var("FTLAB_SMOLLM2_GGUF") {
@@ -31,25 +31,9 @@ fn smollm2_gguf() -> PathBuf {
     }
 }
 
-struct Real {
-    path: PathBuf,
-    content: gguf_file::Content,
-    tokenizer: Tokenizer,
-}
-
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
-    REAL.get_or_init(|| {
-        let path = smollm2_gguf();
-        let mut f = std::fs::File::open(&path).expect("open the SmolLM2 GGUF");
-        let content = gguf_file::Content::read(&mut f).expect("read GGUF metadata");
-        let tokenizer = tokenizer_from_gguf(&content, &path).expect("tokenizer from GGUF");
-        Real {
-            path,
-            content,
-            tokenizer,
-        }
-    })
+    REAL.get_or_init(|| Real::load(smollm2_gguf()))
 }
 
 #[derive(Deserialize)]
@@ -296,7 +280,7 @@ fn unsupported_tokenizer_model_is_explained() {
 }
 
 #[test]
-fn tiny_gguf_tokenizer_and_bos_flag() {
+fn gguf_tok_tokenizer_and_bos_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (path, content) = write_gguf(dir.path(), "tiny.gguf", &tiny_metadata());
     let tok = tokenizer_from_gguf(&content, &path).unwrap();

@@ -13,14 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use ftlab::hub::cache_dir;
 use ftlab::model::load::tokenizer::{special_tokens_from_gguf, tokenizer_from_gguf};
+use gguf_tok::{strings, write_gguf, Real};
 use serde::Deserialize;
-use tiny_gguf::{strings, write_gguf};
 use tokenizers::Tokenizer;
 
-mod tiny_gguf;
+mod gguf_tok;
 
 fn gemma3_gguf() -> PathBuf {
     let path = match std::env::var("FTLAB_GEMMA3_GGUF") {
@@ -37,25 +37,9 @@ fn gemma3_gguf() -> PathBuf {
     path
 }
 
-struct Real {
-    path: PathBuf,
-    content: gguf_file::Content,
-    tokenizer: Tokenizer,
-}
-
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
-    REAL.get_or_init(|| {
-        let path = gemma3_gguf();
-        let mut f = std::fs::File::open(&path).expect("open the Gemma 3 GGUF");
-        let content = gguf_file::Content::read(&mut f).expect("read GGUF metadata");
-        let tokenizer = tokenizer_from_gguf(&content, &path).expect("tokenizer from GGUF");
-        Real {
-            path,
-            content,
-            tokenizer,
-        }
-    })
+    REAL.get_or_init(|| Real::load(gemma3_gguf()))
 }
 
 #[derive(Deserialize)]

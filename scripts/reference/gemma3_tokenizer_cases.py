@@ -30,8 +30,6 @@ Cross-checks done before writing (the script fails if one does not hold):
   * every case listed as needing byte fallback is tokenized with at least one <0xNN> token.
 """
 
-import hashlib
-import importlib.metadata as md
 import json
 import os
 import platform
@@ -41,6 +39,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The file hash and package versions recorded in the provenance, as the SmolLM2 script records them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tokenizer_cases import sha256, version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "fixtures" / "gemma3_tok"
@@ -105,21 +107,6 @@ TEXTS = [
     "\u2581 literal metaspace \u2581\u2581",
     "",
 ] + BYTE_FALLBACK_TEXTS
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def version(name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
 
 
 def main():
