@@ -8,15 +8,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use ftlab::hub::{resolve, ModelSource};
 use ftlab::infer::chat_template::ChatTemplate;
 use ftlab::model::load::tokenizer::{
     chat_template_from_gguf, chat_template_from_hf_dir, special_tokens_from_gguf,
     special_tokens_from_hf_dir, tokenizer_from_file, tokenizer_from_gguf, SpecialTokens,
 };
+use gguf_tok::{strings, write_gguf, Real};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
+
+mod gguf_tok;
 
 fn smollm2_gguf() -> PathBuf {
     if let Ok(p) = std::env::var("FTLAB_SMOLLM2_GGUF") {
@@ -28,25 +31,9 @@ fn smollm2_gguf() -> PathBuf {
     }
 }
 
-struct Real {
-    path: PathBuf,
-    content: gguf_file::Content,
-    tokenizer: Tokenizer,
-}
-
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
-    REAL.get_or_init(|| {
-        let path = smollm2_gguf();
-        let mut f = std::fs::File::open(&path).expect("open the SmolLM2 GGUF");
-        let content = gguf_file::Content::read(&mut f).expect("read GGUF metadata");
-        let tokenizer = tokenizer_from_gguf(&content, &path).expect("tokenizer from GGUF");
-        Real {
-            path,
-            content,
-            tokenizer,
-        }
-    })
+    REAL.get_or_init(|| Real::load(smollm2_gguf()))
 }
 
 #[derive(Deserialize)]
@@ -208,21 +195,6 @@ fn special_tokens_and_template_from_gguf() {
 
 // ---- GGUF files written here -------------------------------------------------------------
 
-fn write_gguf(dir: &Path, name: &str, metadata: &[(&str, Value)]) -> (PathBuf, gguf_file::Content) {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    gguf_file::write(&mut f, &md, &[]).unwrap();
-    drop(f);
-    let mut f = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    (path, content)
-}
-
-fn strings(items: &[&str]) -> Value {
-    Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
-}
-
 /// A tiny byte-level vocabulary: "h", "i", "Ġ", "hi", "Ġhi", plus <s> and </s>.
 fn tiny_metadata() -> Vec<(&'static str, Value)> {
     vec![
@@ -287,15 +259,15 @@ fn malformed_keys_are_named() {
 fn unsupported_tokenizer_model_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let mut md = tiny_metadata();
-    md[1].1 = Value::String("llama".into());
-    let (path, content) = write_gguf(dir.path(), "spm.gguf", &md);
+    md[1].1 = Value::String("bert".into());
+    let (path, content) = write_gguf(dir.path(), "wordpiece.gguf", &md);
     let msg = format!("{:#}", tokenizer_from_gguf(&content, &path).unwrap_err());
-    assert!(msg.contains("spm.gguf"), "{msg}");
+    assert!(msg.contains("wordpiece.gguf"), "{msg}");
     assert!(
-        msg.contains("\"llama\"") && msg.contains("SentencePiece"),
+        msg.contains("\"bert\"") && msg.contains("WordPiece"),
         "{msg}"
     );
-    assert!(msg.contains("gpt2"), "{msg}");
+    assert!(msg.contains("gpt2") && msg.contains("llama"), "{msg}");
 
     let mut md = tiny_metadata();
     md[2].1 = Value::String("no-such-pre".into());
@@ -308,7 +280,7 @@ fn unsupported_tokenizer_model_is_explained() {
 }
 
 #[test]
-fn tiny_gguf_tokenizer_and_bos_flag() {
+fn gguf_tok_tokenizer_and_bos_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (path, content) = write_gguf(dir.path(), "tiny.gguf", &tiny_metadata());
     let tok = tokenizer_from_gguf(&content, &path).unwrap();

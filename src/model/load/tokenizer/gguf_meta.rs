@@ -11,6 +11,7 @@ use super::display;
 pub(super) const TOKEN_TYPE_UNKNOWN: i64 = 2;
 pub(super) const TOKEN_TYPE_CONTROL: i64 = 3;
 pub(super) const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
 
 fn value_as_i64(v: &Value) -> Option<i64> {
     match *v {
@@ -70,6 +71,38 @@ pub(super) fn gguf_opt_str<'a>(
     }
 }
 
+/// Each entry of `v`, the value of metadata `key`, read by `entry`. `v` must be an array and
+/// `entry` must accept every item; `what` (e.g. "a string") names the expected entry type in
+/// the error otherwise.
+fn array_of<'a, T>(
+    v: &'a Value,
+    path: &Path,
+    key: &str,
+    what: &str,
+    entry: impl Fn(&'a Value) -> Option<T>,
+) -> Result<Vec<T>> {
+    let Value::Array(items) = v else {
+        bail!(
+            "{}: GGUF metadata `{key}` should be an array, each entry {what}; found {}",
+            display(path),
+            type_name(v)
+        );
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            entry(item).ok_or_else(|| {
+                anyhow!(
+                    "{}: GGUF metadata `{key}`[{i}] should be {what}, found {}",
+                    display(path),
+                    type_name(item)
+                )
+            })
+        })
+        .collect()
+}
+
 /// A required array of strings.
 pub(super) fn gguf_str_array<'a>(
     content: &'a gguf_file::Content,
@@ -80,25 +113,10 @@ pub(super) fn gguf_str_array<'a>(
         .metadata
         .get(key)
         .ok_or_else(|| missing(path, key))?;
-    let Value::Array(items) = v else {
-        bail!(
-            "{}: GGUF metadata `{key}` should be an array of strings, found {}",
-            display(path),
-            type_name(v)
-        );
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            Value::String(s) => Ok(s.as_str()),
-            other => bail!(
-                "{}: GGUF metadata `{key}`[{i}] should be a string, found {}",
-                display(path),
-                type_name(other)
-            ),
-        })
-        .collect()
+    array_of(v, path, key, "a string", |item| match item {
+        Value::String(s) => Some(s.as_str()),
+        _ => None,
+    })
 }
 
 /// An optional array of integers.
@@ -107,30 +125,28 @@ pub(super) fn gguf_opt_int_array(
     path: &Path,
     key: &str,
 ) -> Result<Option<Vec<i64>>> {
-    let Some(v) = content.metadata.get(key) else {
-        return Ok(None);
-    };
-    let Value::Array(items) = v else {
-        bail!(
-            "{}: GGUF metadata `{key}` should be an array of integers, found {}",
-            display(path),
-            type_name(v)
-        );
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            value_as_i64(item).ok_or_else(|| {
-                anyhow!(
-                    "{}: GGUF metadata `{key}`[{i}] should be an integer, found {}",
-                    display(path),
-                    type_name(item)
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    content
+        .metadata
+        .get(key)
+        .map(|v| array_of(v, path, key, "an integer", value_as_i64))
+        .transpose()
+}
+
+/// A required array of floats (f32 or f64 entries), as `tokenizer.ggml.scores` is.
+pub(super) fn gguf_f32_array(
+    content: &gguf_file::Content,
+    path: &Path,
+    key: &str,
+) -> Result<Vec<f32>> {
+    let v = content
+        .metadata
+        .get(key)
+        .ok_or_else(|| missing(path, key))?;
+    array_of(v, path, key, "a float", |item| match *item {
+        Value::F32(x) => Some(x),
+        Value::F64(x) => Some(x as f32),
+        _ => None,
+    })
 }
 
 /// An optional token id.
