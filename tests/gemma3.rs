@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
+use ftlab::infer::chat_template::ChatMessage;
 use ftlab::infer::generate::{generate, GenerateRequest};
 use ftlab::infer::perplexity::perplexity;
 use ftlab::infer::sampling::SamplingParams;
+use ftlab::infer::LanguageModel;
 use ftlab::model::{CausalLm, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {
@@ -39,13 +41,17 @@ fn gguf() -> PathBuf {
     }
 }
 
-fn model() -> &'static CausalLm {
-    static M: OnceLock<CausalLm> = OnceLock::new();
-    M.get_or_init(|| {
-        CausalLm::from_gguf(&gguf(), &LoadOptions::default())
+fn lm() -> &'static LanguageModel {
+    static LM: OnceLock<LanguageModel> = OnceLock::new();
+    LM.get_or_init(|| {
+        let path = gguf();
+        LanguageModel::load_spec(path.to_str().unwrap(), &LoadOptions::default())
             .expect("load Gemma 3 GGUF")
-            .model
     })
+}
+
+fn model() -> &'static CausalLm {
+    &lm().model
 }
 
 #[test]
@@ -54,6 +60,15 @@ fn perplexity_of_english_and_japanese_text_is_within_half_a_percent_of_transform
     for lang in ["en", "ja"] {
         let t = &r["texts"][lang];
         let ids = ids_of(&t["ids"]);
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(t["file"].as_str().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            lm().encode_prompt(&text).unwrap(),
+            ids,
+            "{lang}: ids differ from HF's"
+        );
         let p = perplexity(model(), &ids, 512, 512, &Device::Cpu).unwrap();
         assert_eq!(p.tokens, t["scored_tokens"].as_u64().unwrap() as usize);
         let want = t["perplexity"].as_f64().unwrap();
@@ -75,6 +90,37 @@ fn greedy_continuation_of_a_japanese_prompt_equals_transformers() {
         sampling: SamplingParams::greedy(),
         stop_ids: vec![],
     };
+    assert_eq!(
+        lm().encode_prompt(r["prompt"].as_str().unwrap()).unwrap(),
+        req.prompt_ids
+    );
     let (ids, _) = generate(model(), &req, |_| Ok(())).unwrap();
     assert_eq!(ids, ids_of(&r["greedy_ids"]), "{}", r["greedy_text"]);
+}
+
+#[test]
+fn a_chat_renders_in_gemma_turns_and_stops_at_end_of_turn() {
+    let lm = lm();
+    let text = lm
+        .render_chat(
+            &[
+                ChatMessage::new("system", "簡潔に答えてください。"),
+                ChatMessage::user("日本の首都は？"),
+                ChatMessage::assistant("東京です。"),
+                ChatMessage::user("ありがとう"),
+            ],
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\n簡潔に答えてください。\n\n日本の首都は？<end_of_turn>\n\
+         <start_of_turn>model\n東京です。<end_of_turn>\n\
+         <start_of_turn>user\nありがとう<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = lm.encode_prompt(&text).unwrap();
+    assert_eq!(ids[0], 2, "one BOS");
+    assert_ne!(ids[1], 2, "not two");
+    let end_of_turn = lm.tokenizer.token_to_id("<end_of_turn>").unwrap();
+    assert!(lm.special.eos_tokens.contains(&end_of_turn));
 }
