@@ -197,6 +197,74 @@ fn lora_merge_and_peft_save_reload_give_the_same_logits() {
 }
 
 #[test]
+fn a_trained_tied_embedding_is_saved_for_peft_to_keep_the_head_tied() {
+    // peft's default would untie a tied head from a trained embedding (`modules_to_save`);
+    // ftlab trains them as one table, so the adapter asks peft ≥ 0.18 to keep them tied
+    // (`ensure_weight_tying`) and carries the head's copy under the head's name.
+    let root = tempfile::tempdir().unwrap();
+    let dir = common::tiny_model(root.path());
+    let spec = dir.display().to_string();
+    let mut lm = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
+    assert!(lm.model.shape().tied_embeddings);
+    let cfg = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        target_modules: TargetModules::Names(vec!["q_proj".into()]),
+        modules_to_save: vec!["embed_tokens".into()],
+    };
+    let vars = apply_lora(
+        &mut lm.model,
+        &cfg,
+        candle_core::DType::F32,
+        &Device::Cpu,
+        3,
+    )
+    .unwrap();
+    for (_, v) in &vars {
+        let moved =
+            (v.as_tensor() + Tensor::randn(0f32, 0.2, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        v.set(&moved).unwrap();
+    }
+    let adapted = logits(&lm);
+    let adapter_dir = root.path().join("adapter");
+    save_adapter(&adapter_dir, &mut lm.model, &cfg, &spec, &vars).unwrap();
+    let peft: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(peft["ensure_weight_tying"], true);
+    let t =
+        candle_core::safetensors::load(adapter_dir.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let embed = &t["base_model.model.model.embed_tokens.weight"];
+    assert_eq!(
+        max_abs_diff(embed, &t["base_model.model.lm_head.weight"]),
+        0.0
+    );
+    // ftlab reads it back as one table: the same logits, one variable for it.
+    let mut fresh = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
+    let loaded = load_adapter(&adapter_dir, &mut fresh.model).unwrap();
+    assert_eq!(loaded.len(), vars.len());
+    assert_eq!(max_abs_diff(&adapted, &logits(&fresh)), 0.0);
+    // A head copy that differs from the table is refused, naming the file.
+    let mut bad = t.clone();
+    bad.insert(
+        "base_model.model.lm_head.weight".into(),
+        (embed + 1.0).unwrap(),
+    );
+    candle_core::safetensors::save(&bad, adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let mut fresh = LanguageModel::load_spec(&spec, &LoadOptions::default()).unwrap();
+    let err = load_adapter(&adapter_dir, &mut fresh.model)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("differs"),
+        "{err}"
+    );
+}
+
+#[test]
 fn resume_continues_the_same_loss_curve() {
     let (root, cfg) = tiny_setup("[lora]\nr = 4\nalpha = 8\n");
     let (_, straight, _) = run_training(&cfg, &root.path().join("a"), false, None);

@@ -193,6 +193,10 @@ pub struct PeftConfig {
     pub use_dora: bool,
     #[serde(default)]
     pub inference_mode: bool,
+    /// peft ≥ 0.18: the tied LM head follows a trained embedding (`modules_to_save`) instead
+    /// of keeping the base table; ftlab trains them as one table, so it writes `true` then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ensure_weight_tying: bool,
 }
 
 /// Writes the model's adapters (and modules_to_save) in PEFT's layout.
@@ -203,26 +207,54 @@ pub fn save_adapter(
     base_model: &str,
     extra: &[(String, Var)],
 ) -> Result<()> {
+    let embed = model.embed_module_name();
+    let tied_and_trained = model.shape().tied_embeddings
+        && cfg
+            .modules_to_save
+            .iter()
+            .any(|m| embed == *m || embed.ends_with(&format!(".{m}")));
+    // With `ensure_weight_tying`, peft reads the tied head's table under the head's own
+    // name too: the trained table is written twice (safetensors has no aliases).
+    let mut extra = extra.to_vec();
+    if tied_and_trained {
+        let trained = format!("{PEFT_PREFIX}{embed}.weight");
+        if let Some((_, var)) = extra.iter().find(|(n, _)| *n == trained).cloned() {
+            extra.push((
+                format!("{PEFT_PREFIX}{}.weight", model.head_module_name()),
+                var,
+            ));
+        }
+    }
     save_adapter_linears(
         dir,
         model.linears_mut(),
         cfg,
         base_model,
-        extra,
-        "CAUSAL_LM",
+        &extra,
+        AdapterKind {
+            task_type: "CAUSAL_LM",
+            ensure_weight_tying: tied_and_trained,
+        },
     )
 }
 
+/// What PEFT is told about the model an adapter is for.
+pub struct AdapterKind {
+    /// PEFT's `task_type` (`CAUSAL_LM`, `FEATURE_EXTRACTION`).
+    pub task_type: &'static str,
+    /// The embedding is trained and the LM head is tied to it.
+    pub ensure_weight_tying: bool,
+}
+
 /// Writes the adapters found on `linears` (and the non-LoRA variables of `extra`, i.e.
-/// modules_to_save) in PEFT's layout; `task_type` is PEFT's (`CAUSAL_LM`,
-/// `FEATURE_EXTRACTION`).
+/// modules_to_save) in PEFT's layout.
 pub fn save_adapter_linears(
     dir: &Path,
     linears: Vec<(String, &mut Linear)>,
     cfg: &LoraConfig,
     base_model: &str,
     extra: &[(String, Var)],
-    task_type: &str,
+    kind: AdapterKind,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -254,7 +286,7 @@ pub fn save_adapter_linears(
     targeted.dedup();
     let peft = PeftConfig {
         peft_type: "LORA".into(),
-        task_type: Some(task_type.into()),
+        task_type: Some(kind.task_type.into()),
         r: cfg.r,
         lora_alpha: cfg.alpha,
         lora_dropout: cfg.dropout,
@@ -266,6 +298,7 @@ pub fn save_adapter_linears(
         use_rslora: false,
         use_dora: false,
         inference_mode: true,
+        ensure_weight_tying: kind.ensure_weight_tying,
     };
     let tmp = dir.join(format!("{ADAPTER_WEIGHTS}.tmp"));
     crate::weights_file::save(&tensors, &tmp)?;
@@ -323,10 +356,27 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
     if let Some(e) = tensors.get(&embed_key) {
         let v = Var::from_tensor(&e.to_dtype(dtype)?)?;
         model.set_embed(v.as_tensor().clone());
-        vars.push((embed_key, v));
+        vars.push((embed_key.clone(), v));
     }
+    let mut aliases = Vec::new();
     let head_key = format!("{PEFT_PREFIX}{}.weight", model.head_module_name());
-    if let Some(h) = tensors.get(&head_key) {
+    let tied = model.shape().tied_embeddings;
+    if let (true, true, Some(h)) = (tied, cfg.ensure_weight_tying, tensors.get(&head_key)) {
+        // The tied head's copy of the trained table (see `save_adapter`): one table here.
+        if let Some((_, e)) = vars.iter().find(|(n, _)| *n == embed_key) {
+            let same = e
+                .as_tensor()
+                .to_dtype(DType::F32)?
+                .eq(&h.to_dtype(DType::F32)?)?;
+            if same.min_all()?.to_scalar::<u8>()? == 0 {
+                bail!(
+                    "{}: ensure_weight_tying is set but `{head_key}` differs from `{embed_key}`",
+                    wpath.display()
+                );
+            }
+            aliases.push(head_key.clone());
+        }
+    } else if let Some(h) = tensors.get(&head_key) {
         let l = model.lm_head_mut().ok_or_else(|| {
             anyhow!(
                 "{}: the adapter carries an LM head but the model's head is tied",
@@ -337,7 +387,7 @@ pub fn load_adapter(dir: &Path, model: &mut CausalLm) -> Result<Vec<(String, Var
         l.set_base(BaseWeight::Dense(v.as_tensor().clone()));
         vars.push((head_key, v));
     }
-    check_all_used(&wpath, &tensors, &vars)?;
+    check_all_used(&wpath, &tensors, &vars, &aliases)?;
     Ok(vars)
 }
 
@@ -353,7 +403,7 @@ pub fn load_adapter_linears(
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let tensors = read_adapter_weights(&wpath, device)?;
     let vars = attach_adapters(&wpath, &cfg, &tensors, linears, dtype)?;
-    check_all_used(&wpath, &tensors, &vars)?;
+    check_all_used(&wpath, &tensors, &vars, &[])?;
     Ok(vars)
 }
 
@@ -414,10 +464,12 @@ fn attach_adapters(
 }
 
 /// Every tensor of the adapter file must have been used.
+/// `aliases`: tensors of the file that are copies of a variable (the tied head's table).
 fn check_all_used(
     wpath: &Path,
     tensors: &HashMap<String, Tensor>,
     vars: &[(String, Var)],
+    aliases: &[String],
 ) -> Result<()> {
     if vars.is_empty() {
         bail!(
@@ -425,10 +477,10 @@ fn check_all_used(
             wpath.display()
         );
     }
-    if vars.len() < tensors.len() {
+    if vars.len() + aliases.len() < tensors.len() {
         let mut unknown: Vec<&String> = tensors
             .keys()
-            .filter(|k| !vars.iter().any(|(n, _)| n == *k))
+            .filter(|k| !vars.iter().any(|(n, _)| n == *k) && !aliases.contains(k))
             .collect();
         unknown.sort();
         bail!(

@@ -26,7 +26,7 @@ use super::checkpoint::save_vars;
 use super::data::sts::{load_pairs, LabelScale, LabelTarget, StsFormat, StsPair};
 use super::step::{accumulate, checkpointed_backward};
 use super::trainer::{Evaluation, TrainTask};
-use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, LoraConfig};
+use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, AdapterKind, LoraConfig};
 use crate::config::RunConfig;
 use crate::infer::embed::{encoder_dir, l2_normalize, mean_pool, Embedder};
 use crate::model::bert::Bert;
@@ -520,7 +520,10 @@ impl TrainTask for StsTask {
                 cfg,
                 &self.base_name,
                 &self.params,
-                "FEATURE_EXTRACTION",
+                AdapterKind {
+                    task_type: "FEATURE_EXTRACTION",
+                    ensure_weight_tying: false,
+                },
             ),
             None => {
                 std::fs::create_dir_all(dir)?;
