@@ -14,8 +14,8 @@
 //! Masked rows (prompt tokens, padding) are skipped entirely: they cost no matmul.
 //! The op runs on the CPU in f32; elsewhere [`composed_linear_cross_entropy`] (today's
 //! path, the same values) is used. Both are checked against an f64 reference below.
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape};
 use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::linear::matmul_t;
@@ -303,7 +303,13 @@ impl InplaceOp2 for AddAssign {
         "add-assign"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let (src, _) = rows_of(s2, l2)?;
         let CpuStorage::F32(dst) = s1 else {
             candle_core::bail!("accumulator: expected f32 data");
@@ -360,7 +366,12 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+        d.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     }
 
     struct Case {
@@ -386,7 +397,10 @@ mod tests {
     /// Asserts that `loss_fn`'s value and gradients (hidden, weight) equal the f64
     /// reference's within `tol`.
     fn check(c: &Case, tol: f64, loss_fn: impl Fn(&Tensor, &Tensor) -> (Tensor, usize)) {
-        let (h32, w32) = (Var::from_tensor(&c.hidden).unwrap(), Var::from_tensor(&c.weight).unwrap());
+        let (h32, w32) = (
+            Var::from_tensor(&c.hidden).unwrap(),
+            Var::from_tensor(&c.weight).unwrap(),
+        );
         let to64 = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
         let (h64, w64) = (to64(&c.hidden), to64(&c.weight));
         let (loss, count) = loss_fn(h32.as_tensor(), w32.as_tensor());
@@ -429,8 +443,7 @@ mod tests {
         let c = case(11, 8, 30, &[1]);
         let h = Var::from_tensor(&c.hidden).unwrap();
         let (loss, _) =
-            linear_cross_entropy_chunked(h.as_tensor(), &c.weight, &c.targets, &c.mask, 4)
-                .unwrap();
+            linear_cross_entropy_chunked(h.as_tensor(), &c.weight, &c.targets, &c.mask, 4).unwrap();
         let g = loss.backward().unwrap();
         // Only the hidden states' gradient: none for the weight, not even a zero one.
         assert!(g.get(&c.weight).is_none());
@@ -443,10 +456,16 @@ mod tests {
         let c = case(4, 8, 10, &[]);
         let bad = Tensor::new(&[1u32, 2, 10, 3], &Device::Cpu).unwrap();
         let err = linear_cross_entropy(&c.hidden, &c.weight, &bad, &c.mask).unwrap_err();
-        assert!(err.to_string().contains("outside the vocabulary of 10"), "{err}");
+        assert!(
+            err.to_string().contains("outside the vocabulary of 10"),
+            "{err}"
+        );
         let none = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
         let err = linear_cross_entropy(&c.hidden, &c.weight, &c.targets, &none).unwrap_err();
-        assert!(err.to_string().contains("every position is masked"), "{err}");
+        assert!(
+            err.to_string().contains("every position is masked"),
+            "{err}"
+        );
     }
 
     #[test]
