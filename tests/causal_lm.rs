@@ -7,7 +7,6 @@ use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
 use ftlab::model::arch::{Weight, WeightKind, REGISTRY};
 use ftlab::model::export::model_tensors;
-use ftlab::model::gpt_neox::GptNeoxConfig;
 use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::safetensors::SafetensorsSource;
 use ftlab::model::load::RandomSource;
@@ -32,24 +31,7 @@ fn llama_cfg(attention_bias: bool, tie: bool) -> ArchConfig {
 }
 
 fn neox_cfg(parallel: bool, rotary_pct: f64) -> ArchConfig {
-    neox_cfg_tied(parallel, rotary_pct, false)
-}
-
-fn neox_cfg_tied(parallel: bool, rotary_pct: f64, tie: bool) -> ArchConfig {
-    ArchConfig::from(GptNeoxConfig {
-        vocab_size: 61,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        rotary_pct,
-        rotary_emb_base: 10_000.0,
-        layer_norm_eps: 1e-5,
-        max_position_embeddings: 64,
-        use_parallel_residual: parallel,
-        tie_word_embeddings: tie,
-        hidden_act: "gelu".into(),
-    })
+    common::tiny_neox(parallel, rotary_pct, false)
 }
 
 fn all_configs() -> Vec<(&'static str, ArchConfig)> {
@@ -59,7 +41,7 @@ fn all_configs() -> Vec<(&'static str, ArchConfig)> {
         ("qwen2 (q/k/v biases)", llama_cfg(true, false)),
         ("gpt-neox parallel residual", neox_cfg(true, 0.25)),
         ("gpt-neox sequential residual", neox_cfg(false, 1.0)),
-        ("gpt-neox tied", neox_cfg_tied(true, 0.25, true)),
+        ("gpt-neox tied", common::tiny_neox(true, 0.25, true)),
     ]
 }
 

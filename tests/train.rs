@@ -231,7 +231,6 @@ fn resume_continues_the_same_loss_curve() {
 /// the head trainable (full fine-tuning), plainly and checkpointed.
 #[test]
 fn the_fused_head_loss_equals_the_logits_path_on_every_head_kind() {
-    use ftlab::model::gpt_neox::GptNeoxConfig;
     use ftlab::model::load::RandomSource;
     use ftlab::model::ops::masked_cross_entropy;
     use ftlab::model::{ArchConfig, CausalLm};
@@ -243,22 +242,7 @@ fn the_fused_head_loss_equals_the_logits_path_on_every_head_kind() {
         c.tie_word_embeddings = tie;
         ArchConfig::from(c)
     };
-    let neox = |tie| {
-        ArchConfig::from(GptNeoxConfig {
-            vocab_size: 61,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            rotary_pct: 0.25,
-            rotary_emb_base: 10_000.0,
-            layer_norm_eps: 1e-5,
-            max_position_embeddings: 64,
-            use_parallel_residual: true,
-            tie_word_embeddings: tie,
-            hidden_act: "gelu".into(),
-        })
-    };
+    let neox = |tie| common::tiny_neox(true, 0.25, tie);
     let ids: Vec<Vec<u32>> = vec![(0..9).map(|i| (i * 7 + 3) % 61).collect(); 2];
     let labels = [0u8, 0, 0, 1, 1, 1, 1, 1, 1];
     let rows: Vec<(&[u32], &[u8])> = ids.iter().map(|r| (r.as_slice(), &labels[..])).collect();

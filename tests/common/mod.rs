@@ -144,3 +144,21 @@ pub fn render(app: &mut App, w: u16, h: u16) -> String {
     }
     out
 }
+
+/// A tiny GPT-NeoX (vocabulary 61, hidden 32, two layers).
+pub fn tiny_neox(parallel: bool, rotary_pct: f64, tie: bool) -> ftlab::model::ArchConfig {
+    ftlab::model::ArchConfig::from(ftlab::model::gpt_neox::GptNeoxConfig {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        rotary_pct,
+        rotary_emb_base: 10_000.0,
+        layer_norm_eps: 1e-5,
+        max_position_embeddings: 64,
+        use_parallel_residual: parallel,
+        tie_word_embeddings: tie,
+        hidden_act: "gelu".into(),
+    })
+}
