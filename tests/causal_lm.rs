@@ -7,8 +7,6 @@ use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
 use ftlab::model::arch::{Weight, WeightKind, REGISTRY};
 use ftlab::model::export::model_tensors;
-use ftlab::model::gemma3::{Gemma3Config, LayerKind};
-use ftlab::model::gpt_neox::GptNeoxConfig;
 use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::safetensors::SafetensorsSource;
 use ftlab::model::load::RandomSource;
@@ -33,45 +31,7 @@ fn llama_cfg(attention_bias: bool, tie: bool) -> ArchConfig {
 }
 
 fn neox_cfg(parallel: bool, rotary_pct: f64) -> ArchConfig {
-    neox_cfg_tied(parallel, rotary_pct, false)
-}
-
-fn neox_cfg_tied(parallel: bool, rotary_pct: f64, tie: bool) -> ArchConfig {
-    ArchConfig::from(GptNeoxConfig {
-        vocab_size: 61,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        rotary_pct,
-        rotary_emb_base: 10_000.0,
-        layer_norm_eps: 1e-5,
-        max_position_embeddings: 64,
-        use_parallel_residual: parallel,
-        tie_word_embeddings: tie,
-        hidden_act: "gelu".into(),
-    })
-}
-
-/// Gemma 3 with a sliding window shorter than the test sequences (local, global, local).
-fn gemma3_cfg(window: usize) -> ArchConfig {
-    ArchConfig::from(Gemma3Config {
-        vocab_size: 61,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 3,
-        num_attention_heads: 4,
-        num_key_value_heads: 1,
-        head_dim: 16,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1_000_000.0,
-        rope_local_theta: 10_000.0,
-        max_position_embeddings: 64,
-        sliding_window: window,
-        query_pre_attn_scalar: 12.0,
-        layer_types: vec![LayerKind::Sliding, LayerKind::Full, LayerKind::Sliding],
-        tie_word_embeddings: true,
-    })
+    common::tiny_neox(parallel, rotary_pct, false)
 }
 
 fn all_configs() -> Vec<(&'static str, ArchConfig)> {
@@ -81,9 +41,9 @@ fn all_configs() -> Vec<(&'static str, ArchConfig)> {
         ("qwen2 (q/k/v biases)", llama_cfg(true, false)),
         ("gpt-neox parallel residual", neox_cfg(true, 0.25)),
         ("gpt-neox sequential residual", neox_cfg(false, 1.0)),
-        ("gpt-neox tied", neox_cfg_tied(true, 0.25, true)),
-        ("gemma3 window 3", gemma3_cfg(3)),
-        ("gemma3 window 2", gemma3_cfg(2)),
+        ("gpt-neox tied", common::tiny_neox(true, 0.25, true)),
+        ("gemma3 window 3", common::tiny_gemma3(3)),
+        ("gemma3 window 2", common::tiny_gemma3(2)),
     ]
 }
 

@@ -370,6 +370,11 @@ pub trait DecoderArch: Debug + Send + Sync {
     ) -> candle_core::Result<Tensor>;
     /// Final norm and LM head: logits (b, t, vocab).
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Final-normed hidden states (b, t, h) and the dense head weight (vocab, h) when the
+    /// head is exactly their product, for the fused loss; `None` (the default) otherwise.
+    fn head_split(&self, _x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
     /// Every weight by full HF name (from the tables).
     fn weights(&self) -> Vec<Slot<Weight<'_>>>;
     fn weights_mut(&mut self) -> Vec<Slot<WeightMut<'_>>>;

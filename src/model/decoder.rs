@@ -40,6 +40,12 @@ pub trait DecoderEnds: WeightTable + Default + Clone + Debug + Send + Sync + 'st
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
     /// Final norm and LM head: logits (b, t, vocab).
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// The head split for the fused loss (`model::head_loss`): the final-normed hidden
+    /// states (b, t, h) and the dense head weight (vocab, h), where the head is exactly
+    /// `normed · weightᵀ`; `None` (the default) keeps the composed [`Self::head`].
+    fn head_split(&self, _x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
 }
 
 /// A decoder built from an architecture's ends and blocks: what every architecture
@@ -103,6 +109,10 @@ impl<E: DecoderEnds> DecoderArch for Decoder<E> {
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.ends.head(x)
+    }
+
+    fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        self.ends.head_split(x)
     }
 
     fn weights(&self) -> Vec<Slot<Weight<'_>>> {

@@ -600,6 +600,15 @@ impl DecoderEnds for Ends {
         let x = norm(x, &self.norm, self.eps)?;
         super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
     }
+
+    /// Gemma 3 has no final-logit soft-capping: the head is the plain matmul the chunked
+    /// loss (`model::head_loss`) fuses.
+    fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        let Some(w) = super::linear::dense_lm_head(self.lm_head.as_ref(), &self.embed) else {
+            return Ok(None);
+        };
+        Ok(Some((norm(x, &self.norm, self.eps)?, w)))
+    }
 }
 
 /// A loaded Gemma 3 model.

@@ -339,6 +339,13 @@ impl DecoderEnds for Ends {
         let x = self.final_norm.forward(x)?;
         super::linear::lm_head(&x, self.embed_out.as_ref(), &self.embed)
     }
+
+    fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        let Some(w) = super::linear::dense_lm_head(self.embed_out.as_ref(), &self.embed) else {
+            return Ok(None);
+        };
+        Ok(Some((self.final_norm.forward(x)?, w)))
+    }
 }
 
 /// A loaded GPT-NeoX model.

@@ -381,6 +381,13 @@ impl DecoderEnds for Ends {
         let x = ops::rms_norm(x, &self.norm, self.eps)?;
         super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
     }
+
+    fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        let Some(w) = super::linear::dense_lm_head(self.lm_head.as_ref(), &self.embed) else {
+            return Ok(None);
+        };
+        Ok(Some((ops::rms_norm(x, &self.norm, self.eps)?, w)))
+    }
 }
 
 /// A loaded LLaMA-family model.

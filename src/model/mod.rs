@@ -9,6 +9,7 @@ pub mod export;
 pub mod fused;
 pub mod gemma3;
 pub mod gpt_neox;
+pub mod head_loss;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;

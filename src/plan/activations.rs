@@ -159,22 +159,25 @@ pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize) -> f6
     2.0 * scores + n * (2.0 * s.intermediate as f64 + 3.0 * s.hidden as f64)
 }
 
-/// Elements the head keeps (`Llama::head` + `train::step::loss_from_logits` +
-/// `ops::masked_cross_entropy`), t tokens per row, t−1 scored:
-/// final norm (3h + 3 | 5h + 3) per token; logits `x·Eᵀ` V per token; for b > 1 the
-/// `narrow(1, 0, t−1).reshape(..)` of the logits is strided and copies (V per scored
-/// token); the fused `log_softmax` keeps its output, V per scored token.
-pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
-    let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
-    let v = s.vocab as f64;
-    let norm = s.final_norm_kept_per_token();
-    let copy = if b > 1 { v } else { 0.0 };
-    n * (norm + v) + scored * (copy + v)
+/// Rows of one chunk of the fused LM-head loss (`model::head_loss`), at most the scored
+/// tokens.
+fn head_chunk_rows(s: &ModelShape, scored: f64) -> f64 {
+    (crate::model::head_loss::chunk_rows(s.vocab) as f64).min(scored)
 }
 
-/// Stray gradients of the head: a frozen final norm → h (| 2h) per token. (A frozen LM
-/// head goes through the input-gradient-only custom op, and the fused log-softmax has no
-/// untracked input: nothing.)
+/// Elements the head keeps (`DecoderEnds::head_split` + `train::step::head_loss` +
+/// `model::head_loss`), t tokens per row, t−1 scored: the final norm (3h + 3 | 5h + 3)
+/// per token; for b > 1 the `narrow(1, 0, t−1).reshape(..)` of the normed states is
+/// strided and copies (h per scored token). The fused loss keeps no logits: its backward
+/// recomputes them from the hidden states and the head weight, which exist anyway.
+pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
+    let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
+    let copy = if b > 1 { s.hidden as f64 } else { 0.0 };
+    n * s.final_norm_kept_per_token() + scored * copy
+}
+
+/// Stray gradients of the head: a frozen final norm → h (| 2h) per token. (The fused
+/// loss returns no gradient for a frozen head weight: nothing.)
 pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) -> f64 {
     let n = (b * t) as f64;
     let mut e = 0.0;
@@ -185,16 +188,13 @@ pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) 
 }
 
 /// Gradients alive at once while the backward pass crosses the head, beyond the stray
-/// gradients of [`head_stray`]. `or_insert`'s zero tensors cost no resident memory (large
-/// zeroed allocations are fresh anonymous pages, resident only once written), so each
-/// accumulation costs one written tensor. Through the log-softmax, the `narrow` of the
-/// logits (whose backward `cat`s the gradient with zeros, then adds it) and the reshape,
-/// several logits-sized gradients are alive at once: in-flight, accumulated, `grad · exp`
-/// temporaries. Measured on SmolLM2 (`diagnose_ckpt_phases`): 4.4 logits-sized tensors at
-/// 4×256; we use 4.5. At the LM-head matmul: the in-flight logits gradient (+ the input
-/// gradient) and, for a trainable head, `lhs.t()·grad` (V·h) becoming the transpose
-/// node's gradient and then the table's own (2 × V·h; measured 2 V·h + 1 logits at
-/// 1×256). A frozen head's custom op makes no V·h tensor.
+/// gradients of [`head_stray`]. Inside the fused loss's backward: one chunk's recomputed
+/// logits (turned into their gradient in place) and a few hidden-sized tensors (the
+/// chunks' d hidden, their `cat`, its `index_add` into zeros, candle's accumulated copy,
+/// then the gradient through the `narrow`/reshape and the norm): 4 × (b·t·h). For a
+/// trainable head weight, the (V, h) accumulator plus one chunk's (V, h) term while it is
+/// added; then candle's `or_insert` + `add` makes the table's own gradient while the
+/// returned one is alive: 2 × V·h either way.
 pub(crate) fn head_backward_transient(
     s: &ModelShape,
     b: usize,
@@ -202,8 +202,19 @@ pub(crate) fn head_backward_transient(
     head_trainable: bool,
 ) -> f64 {
     let scored = (b * t.saturating_sub(1).max(1)) as f64;
-    let logits = scored * s.vocab as f64;
+    let chunk = head_chunk_rows(s, scored) * s.vocab as f64;
+    let hidden = (b * t * s.hidden) as f64;
     let vh = (s.vocab * s.hidden) as f64;
-    let tables = if head_trainable { 2.0 } else { 0.0 };
-    (4.5 * logits).max(tables * vh + 1.5 * logits)
+    let tables = if head_trainable { 2.0 * vh } else { 0.0 };
+    chunk + 4.0 * hidden + tables
+}
+
+/// Elements alive at the loss of a forward pass without gradients (evaluation): one
+/// chunk's logits and its per-row losses, next to the normed states (and their strided
+/// copy for b > 1).
+pub(crate) fn head_forward_transient(s: &ModelShape, b: usize, t: usize) -> f64 {
+    let scored = (b * t.saturating_sub(1).max(1)) as f64;
+    let n = (b * t) as f64;
+    let copy = if b > 1 { scored } else { 0.0 };
+    head_chunk_rows(s, scored) * s.vocab as f64 + (n + copy) * s.hidden as f64
 }

@@ -414,7 +414,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // intermediates until the end of backward.
         let kept = hidden_state + acts_blocks + head_acts;
         details.push(("kept forward intermediates".into(), kept));
-        // Phase 1: crossing the head (few param gradients yet, big logits gradients).
+        // Phase 1: crossing the head (few param gradients yet; one chunk of logits).
         let head_phase = kept + head_stray + head_transient + accum_prev;
         // Phase 2: end of backward: every gradient, every stray gradient, the embedding's
         // `index_add` making a new V×h table while the old one is alive.
@@ -442,11 +442,11 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     } else {
         // `train::step::forward_backward`, checkpointed: every block input (detached; the
         // first shares the embedding output) + the `Var` copy of the last hidden state;
-        // the head graph (logits, log-softmax) stays alive to the end because `loss` is
+        // the head graph (normed states; the fused loss keeps no logits) stays alive to the end because `loss` is
         // read after the block loop.
         let inputs = hidden_state * (s.layers as u64 + 1);
         details.push(("block inputs (checkpoints)".into(), inputs));
-        details.push(("head graph (logits, log-softmax)".into(), head_acts));
+        details.push(("head graph (final norm)".into(), head_acts));
         // Each block's intermediates are built (tracked) and freed once per forward and
         // once per recompute; glibc keeps those freed heap chunks resident (tensors under
         // its 32 MiB mmap threshold), interleaved with the live checkpoints. Measured
@@ -529,16 +529,15 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
 /// Memory of a forward pass with the loss and no gradients (evaluation, perplexity): the
 /// weights of `input`'s technique and the largest transient live set. Without a `Var`
 /// nothing is tracked, so each intermediate is freed as soon as the next op has read it;
-/// the peak is at the loss: logits, the log-softmax's `x − max` and its output (and the
-/// strided-logits copy for b > 1), or inside a block (two score tensors, a few (t, I)).
+/// the peak is at the loss (one chunk of the fused LM-head loss, see
+/// [`activations::head_forward_transient`]) or inside a block (two score tensors, a few
+/// (t, I)).
 pub fn plan_forward(input: &PlanInput) -> MemoryPlan {
     let mut p = plan(input);
     let s = &input.shape;
     let (b, t) = (input.batch_size.max(1), input.seq_len.max(1));
     let db = input.compute_dtype_bytes.max(1) as f64;
-    let scored = (b * t.saturating_sub(1).max(1)) as f64;
-    let logits = (b * t) as f64 * s.vocab as f64;
-    let head = logits + scored * if b > 1 { 3.0 } else { 2.0 } * s.vocab as f64;
+    let head = activations::head_forward_transient(s, b, t);
     let scores = (b * s.heads * t * t) as f64;
     let block =
         2.0 * scores + (b * t) as f64 * (3.0 * s.intermediate as f64 + 5.0 * s.hidden as f64);
@@ -549,6 +548,6 @@ pub fn plan_forward(input: &PlanInput) -> MemoryPlan {
     p.total = p.weights + acts + p.overhead;
     p.trainable_params = 0;
     p.label = format!("forward only, {}", input.technique.describe());
-    p.details = vec![("logits and loss (transient)".into(), acts)];
+    p.details = vec![("largest transient (loss chunk or block)".into(), acts)];
     p
 }

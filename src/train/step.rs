@@ -4,6 +4,7 @@ use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use crate::model::head_loss::linear_cross_entropy;
 use crate::model::ops::{causal_mask, masked_cross_entropy};
 use crate::model::CausalLm;
 use crate::train::data::Batch;
@@ -21,10 +22,37 @@ fn loss_from_logits(logits: &Tensor, batch: &Batch) -> Result<(Tensor, usize)> {
     )?)
 }
 
+/// Mean loss of the last hidden states `x` (b, t, h): through the fused chunked LM-head
+/// loss (`model::head_loss`) where the architecture's head is a plain dense matrix, so
+/// that no (tokens × vocab) logits are kept; otherwise through the logits.
+fn head_loss(model: &CausalLm, x: &Tensor, batch: &Batch) -> Result<(Tensor, usize)> {
+    let Some((normed, weight)) = model.head_split(x)? else {
+        return loss_from_logits(&model.head(x)?, batch);
+    };
+    let (b, t, h) = normed.dims3()?;
+    let rows = normed.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?;
+    Ok(linear_cross_entropy(
+        &rows,
+        &weight,
+        &batch.targets,
+        &batch.loss_mask,
+    )?)
+}
+
+/// The last hidden states (b, t, h) of `embeds` through every block.
+fn last_hidden(model: &CausalLm, embeds: Tensor) -> Result<Tensor> {
+    let mut x = embeds;
+    let mask = model.mask(x.dim(1)?, 0, &x)?;
+    for i in 0..model.num_blocks() {
+        x = model.block(i, &x, 0, mask.as_ref(), None)?;
+    }
+    Ok(x)
+}
+
 /// Mean loss over counted tokens, without gradients.
 pub fn eval_loss(model: &CausalLm, batch: &Batch) -> Result<(f64, usize)> {
-    let logits = model.forward(&batch.input_ids.detach(), 0, None)?.detach();
-    let (loss, n) = loss_from_logits(&logits, batch)?;
+    let x = last_hidden(model, model.embed(&batch.input_ids.detach())?)?.detach();
+    let (loss, n) = head_loss(model, &x, batch)?;
     Ok((loss.to_scalar::<f32>()? as f64, n))
 }
 
@@ -60,13 +88,8 @@ pub fn forward_backward(
         None => embeds,
     };
     if !checkpointing {
-        let mut x = embeds;
-        let t = x.dim(1)?;
-        let mask = model.mask(t, 0, &x)?;
-        for i in 0..model.num_blocks() {
-            x = model.block(i, &x, 0, mask.as_ref(), None)?;
-        }
-        let (loss, n) = loss_from_logits(&model.head(&x)?, batch)?;
+        let x = last_hidden(model, embeds)?;
+        let (loss, n) = head_loss(model, &x, batch)?;
         let store = loss.backward()?;
         accumulate(&store, params, accum)?;
         return Ok((loss.to_scalar::<f32>()? as f64, n));
@@ -81,7 +104,7 @@ pub fn forward_backward(
         &embeds,
         model.num_blocks(),
         |i, x| model.block(i, x, 0, mask.as_ref(), None),
-        |x| loss_from_logits(&model.head(x)?, batch),
+        |x| head_loss(model, x, batch),
         params,
         accum,
     )?;

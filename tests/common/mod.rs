@@ -144,3 +144,44 @@ pub fn render(app: &mut App, w: u16, h: u16) -> String {
     }
     out
 }
+
+/// A tiny GPT-NeoX (vocabulary 61, hidden 32, two layers).
+pub fn tiny_neox(parallel: bool, rotary_pct: f64, tie: bool) -> ftlab::model::ArchConfig {
+    ftlab::model::ArchConfig::from(ftlab::model::gpt_neox::GptNeoxConfig {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        rotary_pct,
+        rotary_emb_base: 10_000.0,
+        layer_norm_eps: 1e-5,
+        max_position_embeddings: 64,
+        use_parallel_residual: parallel,
+        tie_word_embeddings: tie,
+        hidden_act: "gelu".into(),
+    })
+}
+
+/// A tiny Gemma 3 (vocabulary 61, hidden 32, three layers: local, global, local) whose
+/// sliding window is shorter than the test sequences.
+pub fn tiny_gemma3(window: usize) -> ftlab::model::ArchConfig {
+    use ftlab::model::gemma3::{Gemma3Config, LayerKind};
+    ftlab::model::ArchConfig::from(Gemma3Config {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        head_dim: 16,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        rope_local_theta: 10_000.0,
+        max_position_embeddings: 64,
+        sliding_window: window,
+        query_pre_attn_scalar: 12.0,
+        layer_types: vec![LayerKind::Sliding, LayerKind::Full, LayerKind::Sliding],
+        tie_word_embeddings: true,
+    })
+}

@@ -74,6 +74,19 @@ pub fn lm_head(x: &Tensor, head: Option<&Linear>, tied_embed: &Tensor) -> Result
     }
 }
 
+/// The LM head as one dense (vocab, h) matrix — the tied embedding table, or an untied
+/// head without bias, LoRA or 4-bit storage — for the fused loss
+/// (`model::head_loss`); `None` where only [`lm_head`] computes it.
+pub fn dense_lm_head(head: Option<&Linear>, tied_embed: &Tensor) -> Option<Tensor> {
+    match head {
+        None => Some(tied_embed.clone()),
+        Some(l) => match (&l.base, &l.bias, &l.lora) {
+            (BaseWeight::Dense(w), None, None) => Some(w.clone()),
+            _ => None,
+        },
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
     base: BaseWeight,

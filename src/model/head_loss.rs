@@ -1,0 +1,477 @@
+//! The LM head's matmul and its cross entropy in one op, computed a few rows at a time
+//! (the "fused linear cross entropy" of Liger Kernel and Unsloth).
+//!
+//! Composed (`x · Wᵀ`, then `ops::masked_cross_entropy`), the logits of every scored token
+//! are materialised, and candle's autograd keeps them, their log-softmax and, in the
+//! backward pass, several logits-sized gradients: with Gemma 3's 262,144-token vocabulary
+//! a (2 × 256)-token batch has 537 MB of f32 logits per copy. Here the forward walks the
+//! counted rows in chunks (chunk × V logits at a time: matmul, log-sum-exp, picked logit)
+//! and keeps nothing but the inputs; the backward recomputes each chunk's logits, turns
+//! them into `softmax − one-hot` in place of a new tensor and produces d hidden — and,
+//! only when the weight is trainable (full fine-tuning, a trained embedding or head), d
+//! weight, accumulated chunk after chunk into one (V, h) tensor.
+//!
+//! Masked rows (prompt tokens, padding) are skipped entirely: they cost no matmul.
+//! The op runs on the CPU in f32; elsewhere [`composed_linear_cross_entropy`] (today's
+//! path, the same values) is used. Both are checked against an f64 reference below.
+use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape};
+use rayon::prelude::*;
+
+use super::linear::matmul_t;
+use super::ops::masked_cross_entropy;
+
+/// Bytes of f32 logits one chunk may hold. Large enough that a chunk's matmul re-reads
+/// the (V, h) weight for at least a few dozen rows (Gemma 3: 32 rows per read; SmolLM2:
+/// 170), small enough that the chunk's logits and their gradient stay far below the
+/// batch's logits. At 32 MiB glibc serves the buffer with `mmap` and returns it on free.
+const CHUNK_LOGITS_BYTES: usize = 32 << 20;
+/// Fewer rows than this make the matmul bound by reading the weight, not by arithmetic.
+const MIN_CHUNK_ROWS: usize = 16;
+
+/// Rows per chunk for a vocabulary of `vocab` tokens.
+pub fn chunk_rows(vocab: usize) -> usize {
+    (CHUNK_LOGITS_BYTES / (4 * vocab.max(1))).max(MIN_CHUNK_ROWS)
+}
+
+/// Mean cross entropy of `hidden · weightᵀ` over the positions whose `mask` is 1, without
+/// a (tokens × vocab) logits tensor kept for backward.
+///
+/// `hidden`: (n, h); `weight`: (V, h); `targets`: (n,) u32; `mask`: (n,) of 0/1. Returns
+/// (mean loss, number of counted tokens), like [`masked_cross_entropy`] of the logits.
+pub fn linear_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, usize)> {
+    linear_cross_entropy_chunked(hidden, weight, targets, mask, chunk_rows(weight.dim(0)?))
+}
+
+/// [`linear_cross_entropy`] with `chunk` rows per chunk.
+pub fn linear_cross_entropy_chunked(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    chunk: usize,
+) -> Result<(Tensor, usize)> {
+    let (n, h) = hidden.dims2()?;
+    let (vocab, wh) = weight.dims2()?;
+    if wh != h {
+        candle_core::bail!("LM head: hidden states have {h} features, the weight {wh}");
+    }
+    let fused = hidden.device().is_cpu()
+        && hidden.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && weight.is_contiguous();
+    if !fused {
+        return composed_linear_cross_entropy(hidden, weight, targets, mask);
+    }
+    let targets: Vec<u32> = targets.to_vec1()?;
+    let mask: Vec<f32> = mask.to_dtype(DType::F32)?.to_vec1()?;
+    if targets.len() != n || mask.len() != n {
+        candle_core::bail!(
+            "LM head loss: {n} hidden rows but {} targets and {} mask values",
+            targets.len(),
+            mask.len()
+        );
+    }
+    let counted: Vec<usize> = (0..n).filter(|&i| mask[i] != 0.0).collect();
+    let count = mask.iter().sum::<f32>() as usize;
+    if counted.is_empty() || count == 0 {
+        candle_core::bail!("no target tokens to score: every position is masked");
+    }
+    if let Some(&bad) = counted.iter().find(|&&i| targets[i] as usize >= vocab) {
+        candle_core::bail!(
+            "target token id {} (position {bad}) is outside the vocabulary of {vocab}",
+            targets[bad]
+        );
+    }
+    let op = LinearCrossEntropy {
+        rows: counted.iter().map(|&i| i as u32).collect(),
+        targets: counted.iter().map(|&i| targets[i]).collect(),
+        weights: counted.iter().map(|&i| mask[i]).collect(),
+        n,
+        count,
+        chunk: chunk.max(1),
+        loss: 0.0,
+    };
+    let loss = op.mean_loss(&hidden.detach(), &weight.detach())?;
+    let loss = hidden.apply_op2(weight, LinearCrossEntropy { loss, ..op })?;
+    Ok((loss, count))
+}
+
+/// The composed twin: the LM-head matmul, then the masked cross entropy of its logits.
+pub fn composed_linear_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, usize)> {
+    masked_cross_entropy(&matmul_t(hidden, weight)?, targets, mask)
+}
+
+/// The op. Its value is computed before it is applied ([`Self::mean_loss`], with candle's
+/// matmul on the detached inputs), so `cpu_fwd` only hands it back; `bwd` recomputes.
+#[derive(Clone)]
+struct LinearCrossEntropy {
+    /// Positions of the counted rows among the n hidden rows.
+    rows: Vec<u32>,
+    /// Their target ids and loss weights (the mask values).
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    n: usize,
+    count: usize,
+    chunk: usize,
+    loss: f32,
+}
+
+impl LinearCrossEntropy {
+    /// Chunks of the counted rows: (first index into `rows`, length).
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.rows.len())
+            .step_by(self.chunk)
+            .map(|s| (s, self.chunk.min(self.rows.len() - s)))
+    }
+
+    /// The chunk's hidden rows (c, h) and logits (c, V).
+    fn chunk_logits(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        (s, c): (usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        let idx = Tensor::from_slice(&self.rows[s..s + c], c, hidden.device())?;
+        let rows = hidden.index_select(&idx, 0)?;
+        let logits = rows.matmul(&weight.t()?)?;
+        Ok((rows, logits))
+    }
+
+    fn mean_loss(&self, hidden: &Tensor, weight: &Tensor) -> Result<f32> {
+        let mut sum = 0f64;
+        for (s, c) in self.chunks() {
+            let (_, logits) = self.chunk_logits(hidden, weight, (s, c))?;
+            let nll = logits.apply_op1_no_bwd(&RowNll {
+                targets: &self.targets[s..s + c],
+            })?;
+            let nll: Vec<f32> = nll.to_vec1()?;
+            sum += nll
+                .iter()
+                .zip(&self.weights[s..s + c])
+                .map(|(&l, &w)| l as f64 * w as f64)
+                .sum::<f64>();
+        }
+        Ok((sum / self.count as f64) as f32)
+    }
+}
+
+impl CustomOp2 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![self.loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let coef = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.count as f32;
+        let weight_grad = weight.track_op();
+        let (hidden, weight) = (hidden.detach(), weight.detach());
+        let mut dh = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        for (s, c) in self.chunks() {
+            let (rows, logits) = self.chunk_logits(&hidden, &weight, (s, c))?;
+            let scales: Vec<f32> = self.weights[s..s + c].iter().map(|w| w * coef).collect();
+            // d loss / d logits, written over the logits (no second chunk-sized tensor).
+            logits.inplace_op1(&RowGrad {
+                targets: &self.targets[s..s + c],
+                scales: &scales,
+            })?;
+            dh.push(logits.matmul(&weight)?);
+            if weight_grad {
+                let part = logits.t()?.matmul(&rows)?;
+                match &dw {
+                    Some(acc) => acc.inplace_op2(&part, &AddAssign)?,
+                    None => dw = Some(part),
+                }
+            }
+        }
+        let dh = Tensor::cat(&dh, 0)?;
+        let dh = if self.rows.len() == self.n {
+            dh
+        } else {
+            let idx = Tensor::from_slice(&self.rows, self.rows.len(), hidden.device())?;
+            Tensor::zeros(hidden.dims(), DType::F32, hidden.device())?.index_add(&idx, &dh, 0)?
+        };
+        Ok((Some(dh), dw))
+    }
+}
+
+fn rows_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("logits: expected f32 data");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("logits: expected contiguous data");
+    };
+    Ok((&v[a..b], l.shape().dims()[l.shape().rank() - 1]))
+}
+
+/// Row max and log of Σ exp(x − max): the log-sum-exp is their sum.
+fn max_and_log_sum(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|v| (v - max).exp()).sum::<f32>().ln())
+}
+
+/// (c, V) logits → (c,) negative log-likelihoods of the targets.
+struct RowNll<'a> {
+    targets: &'a [u32],
+}
+
+impl CustomOp1 for RowNll<'_> {
+    fn name(&self) -> &'static str {
+        "row-nll"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, v) = rows_of(s, l)?;
+        let out: Vec<f32> = x
+            .par_chunks_exact(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                let (max, log_sum) = max_and_log_sum(row);
+                max + log_sum - row[t as usize]
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(self.targets.len())))
+    }
+}
+
+/// In place, per row: logits → `scale · (softmax − one-hot(target))`.
+struct RowGrad<'a> {
+    targets: &'a [u32],
+    scales: &'a [f32],
+}
+
+impl candle_core::InplaceOp1 for RowGrad<'_> {
+    fn name(&self) -> &'static str {
+        "row-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::F32(x) = s else {
+            candle_core::bail!("logits: expected f32 data");
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("logits: expected contiguous data");
+        };
+        let v = l.shape().dims()[l.shape().rank() - 1];
+        x[a..b]
+            .par_chunks_exact_mut(v)
+            .zip(self.targets.par_iter().zip(self.scales.par_iter()))
+            .for_each(|(row, (&t, &scale))| {
+                let (max, log_sum) = max_and_log_sum(row);
+                let lse = max + log_sum;
+                for x in row.iter_mut() {
+                    *x = (*x - lse).exp() * scale;
+                }
+                row[t as usize] -= scale;
+            });
+        Ok(())
+    }
+}
+
+/// In place: `dst += src` (same shape, both contiguous f32).
+struct AddAssign;
+
+impl InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "add-assign"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (src, _) = rows_of(s2, l2)?;
+        let CpuStorage::F32(dst) = s1 else {
+            candle_core::bail!("accumulator: expected f32 data");
+        };
+        let Some((a, b)) = l1.contiguous_offsets() else {
+            candle_core::bail!("accumulator: expected contiguous data");
+        };
+        if b - a != src.len() {
+            candle_core::bail!("accumulator: {} values, addend {}", b - a, src.len());
+        }
+        dst[a..b]
+            .par_iter_mut()
+            .zip(src.par_iter())
+            .for_each(|(d, s)| *d += s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        // A small LCG: the values only need to be varied and reproducible.
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn tensor(shape: (usize, usize), seed: u64, scale: f32) -> Tensor {
+        Tensor::from_vec(values(shape.0 * shape.1, seed, scale), shape, &Device::Cpu).unwrap()
+    }
+
+    /// The unchunked f64 reference: logits, log-softmax, picked, masked mean.
+    fn reference(h: &Tensor, w: &Tensor, targets: &Tensor, mask: &Tensor) -> Tensor {
+        let logp = candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1);
+        let picked = logp
+            .unwrap()
+            .gather(&targets.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let mask = mask.to_dtype(DType::F64).unwrap();
+        let count = mask.sum_all().unwrap().to_scalar::<f64>().unwrap();
+        ((picked * mask).unwrap().sum_all().unwrap().neg().unwrap() / count).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
+        d.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    struct Case {
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+    }
+
+    fn case(n: usize, h: usize, vocab: usize, masked: &[usize]) -> Case {
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 37 + 5) % vocab) as u32).collect();
+        let mask: Vec<f32> = (0..n)
+            .map(|i| if masked.contains(&i) { 0.0 } else { 1.0 })
+            .collect();
+        Case {
+            hidden: tensor((n, h), 1, 2.0),
+            weight: tensor((vocab, h), 2, 1.0),
+            targets: Tensor::new(targets, &Device::Cpu).unwrap(),
+            mask: Tensor::new(mask, &Device::Cpu).unwrap(),
+        }
+    }
+
+    /// Asserts that `loss_fn`'s value and gradients (hidden, weight) equal the f64
+    /// reference's within `tol`.
+    fn check(c: &Case, tol: f64, loss_fn: impl Fn(&Tensor, &Tensor) -> (Tensor, usize)) {
+        let (h32, w32) = (
+            Var::from_tensor(&c.hidden).unwrap(),
+            Var::from_tensor(&c.weight).unwrap(),
+        );
+        let to64 = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
+        let (h64, w64) = (to64(&c.hidden), to64(&c.weight));
+        let (loss, count) = loss_fn(h32.as_tensor(), w32.as_tensor());
+        let expected = reference(h64.as_tensor(), w64.as_tensor(), &c.targets, &c.mask);
+        let counted = c.mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as usize;
+        assert_eq!(count, counted);
+        let d = max_diff(&loss, &expected);
+        assert!(d < tol, "loss differs by {d}");
+        let (g, g_ref) = (loss.backward().unwrap(), expected.backward().unwrap());
+        for (what, v32, v64) in [("hidden", &h32, &h64), ("weight", &w32, &w64)] {
+            let d = max_diff(g.get(v32).unwrap(), g_ref.get(v64).unwrap());
+            assert!(d < tol, "d {what} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn chunked_value_and_gradients_equal_the_unchunked_f64_reference() {
+        // 13 rows: chunks that divide it (1, 13), that do not (4, 5), one larger (64);
+        // with masked rows and with none.
+        for masked in [&[0usize, 3, 4, 12][..], &[]] {
+            let c = case(13, 8, 50, masked);
+            for chunk in [1, 4, 5, 13, 64] {
+                check(&c, 1e-5, |h, w| {
+                    linear_cross_entropy_chunked(h, w, &c.targets, &c.mask, chunk).unwrap()
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn the_composed_twin_equals_the_f64_reference_too() {
+        let c = case(9, 8, 40, &[2, 7]);
+        check(&c, 1e-5, |h, w| {
+            composed_linear_cross_entropy(h, w, &c.targets, &c.mask).unwrap()
+        });
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_costs_no_weight_sized_tensor() {
+        let c = case(11, 8, 30, &[1]);
+        let h = Var::from_tensor(&c.hidden).unwrap();
+        let (loss, _) =
+            linear_cross_entropy_chunked(h.as_tensor(), &c.weight, &c.targets, &c.mask, 4).unwrap();
+        let g = loss.backward().unwrap();
+        // Only the hidden states' gradient: none for the weight, not even a zero one.
+        assert!(g.get(&c.weight).is_none());
+        assert_eq!(g.get_ids().count(), 1);
+        assert_eq!(g.get(h.as_tensor()).unwrap().dims(), &[11, 8]);
+    }
+
+    #[test]
+    fn bad_targets_and_an_all_masked_batch_are_errors() {
+        let c = case(4, 8, 10, &[]);
+        let bad = Tensor::new(&[1u32, 2, 10, 3], &Device::Cpu).unwrap();
+        let err = linear_cross_entropy(&c.hidden, &c.weight, &bad, &c.mask).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the vocabulary of 10"),
+            "{err}"
+        );
+        let none = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let err = linear_cross_entropy(&c.hidden, &c.weight, &c.targets, &none).unwrap_err();
+        assert!(
+            err.to_string().contains("every position is masked"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chunks_hold_about_32_mib_of_logits() {
+        assert_eq!(chunk_rows(262_144), 32);
+        assert_eq!(chunk_rows(49_152), 170);
+        assert_eq!(chunk_rows(10_000_000), MIN_CHUNK_ROWS);
+    }
+}
