@@ -527,6 +527,47 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     }
 }
 
+#[test]
+fn the_prompt_cursor_moves_and_edits_at_its_place_in_japanese_too() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(code(KeyCode::Enter));
+    for c in "東京の天気".chars() {
+        app.on_key(key(c));
+    }
+    // Back over 天気, type は between の and 天; Delete removes 天, Backspace は again
+    // then retypes it; Home/End jump to either end.
+    for k in [KeyCode::Left, KeyCode::Left] {
+        app.on_key(code(k));
+    }
+    app.on_key(key('は'));
+    assert_eq!(app.infer.input.text(), "東京のは天気");
+    // A wide character fills two cells; the test backend writes the second as a space.
+    let s = render(&mut app, 120, 36).replace(' ', "");
+    assert!(
+        s.contains("東京のは▏天気"),
+        "the cursor is drawn where it is:\n{s}"
+    );
+    app.on_key(code(KeyCode::Delete));
+    assert_eq!(app.infer.input.text(), "東京のは気");
+    app.on_key(code(KeyCode::Home));
+    app.on_key(key('?'));
+    app.on_key(code(KeyCode::End));
+    app.on_key(code(KeyCode::Backspace));
+    app.on_key(code(KeyCode::Right));
+    app.on_key(key('は'));
+    assert_eq!(app.infer.input.text(), "?東京のはは");
+    // ? q and digits typed into the prompt are text, wherever the cursor is.
+    assert_eq!(app.tab, Tab::Infer);
+    assert!(!app.show_help);
+    match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => {
+            assert_eq!(chat_messages(job).last().unwrap().content, "?東京のはは")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn chat_messages(job: &InferJob) -> &[ChatMessage] {
     match &job.request {
         InferRequest::Chat { messages } => messages,
