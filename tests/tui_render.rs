@@ -813,6 +813,61 @@ fn help_overlay_tabs_and_quit() {
 }
 
 #[test]
+fn an_error_in_the_footer_goes_with_a_tab_change_or_the_next_action() {
+    let mut app = app_with_presets();
+    let failed = |app: &mut App| {
+        app.on_supervisor(SupervisorEvent::LaunchFailed {
+            preset: PathBuf::from("presets/broken.toml"),
+            error: "lora.r: expected an integer".into(),
+        })
+    };
+    failed(&mut app);
+    let s = render(&mut app, 140, 36);
+    assert!(s.contains("cannot launch presets/broken.toml"), "{s}");
+    // Another tab: the error was about the launch, not about this tab.
+    app.on_key(key('4'));
+    let s = render(&mut app, 140, 36);
+    assert!(
+        !s.contains("cannot launch"),
+        "stale error on the Inference tab:\n{s}"
+    );
+    // A click on a tab does the same; clicking the tab already shown keeps the message.
+    failed(&mut app);
+    render(&mut app, 140, 36);
+    let (y, x0, _, _) = *app.tab_hitboxes.iter().find(|h| h.3 == Tab::Infer).unwrap();
+    let click = |x: u16| crossterm::event::MouseEvent {
+        kind: crossterm::event::MouseEventKind::Down(crossterm::event::MouseButton::Left),
+        column: x,
+        row: y,
+        modifiers: KeyModifiers::NONE,
+    };
+    app.on_mouse(click(x0));
+    assert!(app.message.is_some(), "still on the same tab");
+    // Keys that do nothing yet (entering the prompt, typing) keep it; sending the prompt
+    // is the next action, and the error goes.
+    app.on_key(code(KeyCode::Enter));
+    app.on_key(key('h'));
+    assert!(app.message.is_some());
+    let job = match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => job.id,
+        other => panic!("{other:?}"),
+    };
+    let s = render(&mut app, 140, 36);
+    assert!(!s.contains("cannot launch"), "{s}");
+    // An error is replaced by the feedback of the next action that has some.
+    app.on_infer(InferEvent::Failed {
+        job,
+        error: "no model".into(),
+    });
+    app.on_key(code(KeyCode::Esc));
+    app.on_key(key('1'));
+    failed(&mut app);
+    app.on_key(key('l'));
+    let m = app.message.clone().unwrap_or_default();
+    assert!(m.starts_with("launched 1 run"), "{m}");
+}
+
+#[test]
 fn quitting_with_live_runs_asks_first() {
     let mut app = empty_app();
     app.runs
