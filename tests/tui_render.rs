@@ -496,7 +496,7 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 3,
-        tokens_per_sec: 9.5,
+        tokens_per_sec: Some(9.5),
         stopped: true,
         cancelled: false,
     });
@@ -673,7 +673,7 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 0,
-        tokens_per_sec: 0.0,
+        tokens_per_sec: None,
         stopped: true,
         cancelled: false,
     });
@@ -734,7 +734,7 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 3,
-        tokens_per_sec: 7.0,
+        tokens_per_sec: Some(7.0),
         stopped: true,
         cancelled: false,
     });
@@ -768,6 +768,41 @@ fn inference_settings_reject_a_missing_documents_folder() {
         "{}",
         app.infer.status
     );
+}
+
+#[test]
+fn a_cancelled_answer_shows_its_real_speed_or_none() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(code(KeyCode::Enter));
+    let mut ask = |app: &mut App| {
+        app.on_key(key('h'));
+        match app.on_key(code(KeyCode::Enter)).as_slice() {
+            [Action::Generate(job)] => job.id,
+            other => panic!("{other:?}"),
+        }
+    };
+    let job = ask(&mut app);
+    app.on_infer(InferEvent::Done {
+        job,
+        generated: 3,
+        tokens_per_sec: Some(12.5),
+        stopped: false,
+        cancelled: true,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("3 tokens · 12.5 tokens/s · cancelled"), "{s}");
+    let job = ask(&mut app);
+    app.on_infer(InferEvent::Done {
+        job,
+        generated: 0,
+        tokens_per_sec: None,
+        stopped: false,
+        cancelled: true,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("0 tokens · cancelled"), "{s}");
+    assert!(!s.contains("tokens/s"), "no speed without a token:\n{s}");
 }
 
 #[test]
