@@ -137,20 +137,17 @@ fn a_cancelled_answer_reports_its_tokens_and_their_real_speed() {
     let at = cancel_at.clone();
     let jobs = spawn(cancel.clone(), move |ev| {
         use std::sync::atomic::Ordering::SeqCst;
-        match &ev {
-            InferEvent::Token { .. } => {
-                if pieces.fetch_add(1, SeqCst) + 1 == at.load(SeqCst) {
-                    flag.store(true, SeqCst);
-                }
-            }
+        let cancel_now = match &ev {
+            InferEvent::Token { .. } => pieces.fetch_add(1, SeqCst) + 1 == at.load(SeqCst),
             // "N prompt tokens, generating…": cancel_at 0 cancels before the first token.
             InferEvent::Status { text, .. } if text.contains("generating") => {
                 pieces.store(0, SeqCst);
-                if at.load(SeqCst) == 0 {
-                    flag.store(true, SeqCst);
-                }
+                at.load(SeqCst) == 0
             }
-            _ => {}
+            _ => false,
+        };
+        if cancel_now {
+            flag.store(true, SeqCst);
         }
         let _ = tx.send(ev);
     });

@@ -775,7 +775,7 @@ fn a_cancelled_answer_shows_its_real_speed_or_none() {
     let mut app = app_with_presets();
     app.tab = Tab::Infer;
     app.on_key(code(KeyCode::Enter));
-    let mut ask = |app: &mut App| {
+    let ask = |app: &mut App| {
         app.on_key(key('h'));
         match app.on_key(code(KeyCode::Enter)).as_slice() {
             [Action::Generate(job)] => job.id,
