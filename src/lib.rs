@@ -4,7 +4,7 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 0 | `located`, `telemetry`, `builtin`, `weights_file` | located (file:line) data errors; memory samplers (NVML, `/proc`); the presets and datasets compiled into the binary; writing safetensors files |
+//! | 0 | `located`, `telemetry`, `builtin`, `files`, `weights_file` | located (file:line) data errors; memory samplers (NVML, `/proc`); the presets and datasets compiled into the binary; file writes whose errors name the file; writing safetensors files |
 //! | 1 | `model` | tensors and ops with a backward pass, the linear layer and its weight kinds (`model::linear`: frozen matmul, 4-bit codes, LoRA factors), architectures (each with one weight table, `model::arch`), loaders, export |
 //! | 2 | `adapt`, `hub`, `plan` | LoRA as a technique (PEFT targets and files, merge, 4-bit base); model specs, cache and downloads; the memory plan |
 //! | 3 | `config` | the run config (a preset with overrides) |
@@ -21,6 +21,7 @@ pub mod adapt;
 pub mod builtin;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod hub;
 pub mod infer;
 pub mod located;

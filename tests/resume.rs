@@ -1,7 +1,8 @@
 //! Runs that never lose work (issue 13), on a tiny LLaMA: a stop inside gradient
 //! accumulation resumes to the same run, the summary after a resume is the uninterrupted
 //! run's, a finished run is not resumed, and the binary stops cleanly on SIGTERM or when its
-//! reader goes away, refuses a second writer, and falls back past a broken checkpoint.
+//! reader goes away, refuses a second writer, falls back past a broken checkpoint, and
+//! reports a full disk once, naming the file.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -491,4 +492,57 @@ fn resume_two_more_from(dir: &Path, step: usize) -> String {
             .unwrap();
     assert_eq!(summary.steps, step + 2);
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ftlab train` (two steps) into a run directory where `file` is a link to /dev/full,
+/// which answers every write with ENOSPC as a full disk does. The run must fail with exit
+/// status 1 and an error that names the file, printed once.
+fn a_full_disk_at(file: &str) {
+    let full = Path::new("/dev/full");
+    assert!(
+        full.exists(),
+        "{}: needed to simulate a full disk",
+        full.display()
+    );
+    let root = tempfile::tempdir().unwrap();
+    let (preset, dir) = long_preset(root.path());
+    let target = dir.join(file);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(full, &target).unwrap();
+    let out = ftlab()
+        .args(["train"])
+        .arg(&preset)
+        .args(["--set", "train.max_steps=2", "--set", "train.save_every=0"])
+        .arg("--run-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = format!("error: {}: cannot write", target.display());
+    assert!(err.contains(&line), "the error names {file}: {err}");
+    assert_eq!(
+        err.matches("No space left on device").count(),
+        1,
+        "printed once: {err}"
+    );
+    // The run's own record of the failure names the file too (the Runs tab shows it).
+    let failed = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| EventLine::parse(l).ok())
+        .find_map(|e| match e.event {
+            TrainEvent::Error { message } => Some(message),
+            _ => None,
+        });
+    assert!(
+        failed.is_some_and(|m| m.contains(&target.display().to_string())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_full_disk_names_the_file_and_is_reported_once() {
+    a_full_disk_at("adapter/adapter_config.json");
+    a_full_disk_at("summary.json");
 }

@@ -496,7 +496,7 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 3,
-        tokens_per_sec: 9.5,
+        tokens_per_sec: Some(9.5),
         stopped: true,
         cancelled: false,
     });
@@ -523,6 +523,47 @@ fn inference_tab_streams_an_answer_and_keeps_history() {
     }
     match app.on_key(code(KeyCode::Enter)).as_slice() {
         [Action::Generate(job)] => assert_eq!(chat_messages(job).len(), 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_prompt_cursor_moves_and_edits_at_its_place_in_japanese_too() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(code(KeyCode::Enter));
+    for c in "東京の天気".chars() {
+        app.on_key(key(c));
+    }
+    // Back over 天気, type は between の and 天; Delete removes 天, Backspace は again
+    // then retypes it; Home/End jump to either end.
+    for k in [KeyCode::Left, KeyCode::Left] {
+        app.on_key(code(k));
+    }
+    app.on_key(key('は'));
+    assert_eq!(app.infer.input.text(), "東京のは天気");
+    // A wide character fills two cells; the test backend writes the second as a space.
+    let s = render(&mut app, 120, 36).replace(' ', "");
+    assert!(
+        s.contains("東京のは▏天気"),
+        "the cursor is drawn where it is:\n{s}"
+    );
+    app.on_key(code(KeyCode::Delete));
+    assert_eq!(app.infer.input.text(), "東京のは気");
+    app.on_key(code(KeyCode::Home));
+    app.on_key(key('?'));
+    app.on_key(code(KeyCode::End));
+    app.on_key(code(KeyCode::Backspace));
+    app.on_key(code(KeyCode::Right));
+    app.on_key(key('は'));
+    assert_eq!(app.infer.input.text(), "?東京のはは");
+    // ? q and digits typed into the prompt are text, wherever the cursor is.
+    assert_eq!(app.tab, Tab::Infer);
+    assert!(!app.show_help);
+    match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => {
+            assert_eq!(chat_messages(job).last().unwrap().content, "?東京のはは")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -632,7 +673,7 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 0,
-        tokens_per_sec: 0.0,
+        tokens_per_sec: None,
         stopped: true,
         cancelled: false,
     });
@@ -693,7 +734,7 @@ fn inference_search_and_rag_modes_retrieve_then_answer() {
     app.on_infer(InferEvent::Done {
         job: job.id,
         generated: 3,
-        tokens_per_sec: 7.0,
+        tokens_per_sec: Some(7.0),
         stopped: true,
         cancelled: false,
     });
@@ -727,6 +768,41 @@ fn inference_settings_reject_a_missing_documents_folder() {
         "{}",
         app.infer.status
     );
+}
+
+#[test]
+fn a_cancelled_answer_shows_its_real_speed_or_none() {
+    let mut app = app_with_presets();
+    app.tab = Tab::Infer;
+    app.on_key(code(KeyCode::Enter));
+    let ask = |app: &mut App| {
+        app.on_key(key('h'));
+        match app.on_key(code(KeyCode::Enter)).as_slice() {
+            [Action::Generate(job)] => job.id,
+            other => panic!("{other:?}"),
+        }
+    };
+    let job = ask(&mut app);
+    app.on_infer(InferEvent::Done {
+        job,
+        generated: 3,
+        tokens_per_sec: Some(12.5),
+        stopped: false,
+        cancelled: true,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("3 tokens · 12.5 tokens/s · cancelled"), "{s}");
+    let job = ask(&mut app);
+    app.on_infer(InferEvent::Done {
+        job,
+        generated: 0,
+        tokens_per_sec: None,
+        stopped: false,
+        cancelled: true,
+    });
+    let s = render(&mut app, 120, 36);
+    assert!(s.contains("0 tokens · cancelled"), "{s}");
+    assert!(!s.contains("tokens/s"), "no speed without a token:\n{s}");
 }
 
 #[test]
@@ -769,6 +845,61 @@ fn help_overlay_tabs_and_quit() {
     assert_eq!(app.tab, Tab::Compare);
     // No live run: q quits at once.
     assert_eq!(app.on_key(key('q')), vec![Action::Quit]);
+}
+
+#[test]
+fn an_error_in_the_footer_goes_with_a_tab_change_or_the_next_action() {
+    let mut app = app_with_presets();
+    let failed = |app: &mut App| {
+        app.on_supervisor(SupervisorEvent::LaunchFailed {
+            preset: PathBuf::from("presets/broken.toml"),
+            error: "lora.r: expected an integer".into(),
+        })
+    };
+    failed(&mut app);
+    let s = render(&mut app, 140, 36);
+    assert!(s.contains("cannot launch presets/broken.toml"), "{s}");
+    // Another tab: the error was about the launch, not about this tab.
+    app.on_key(key('4'));
+    let s = render(&mut app, 140, 36);
+    assert!(
+        !s.contains("cannot launch"),
+        "stale error on the Inference tab:\n{s}"
+    );
+    // A click on a tab does the same; clicking the tab already shown keeps the message.
+    failed(&mut app);
+    render(&mut app, 140, 36);
+    let (y, x0, _, _) = *app.tab_hitboxes.iter().find(|h| h.3 == Tab::Infer).unwrap();
+    let click = |x: u16| crossterm::event::MouseEvent {
+        kind: crossterm::event::MouseEventKind::Down(crossterm::event::MouseButton::Left),
+        column: x,
+        row: y,
+        modifiers: KeyModifiers::NONE,
+    };
+    app.on_mouse(click(x0));
+    assert!(app.message.is_some(), "still on the same tab");
+    // Keys that do nothing yet (entering the prompt, typing) keep it; sending the prompt
+    // is the next action, and the error goes.
+    app.on_key(code(KeyCode::Enter));
+    app.on_key(key('h'));
+    assert!(app.message.is_some());
+    let job = match app.on_key(code(KeyCode::Enter)).as_slice() {
+        [Action::Generate(job)] => job.id,
+        other => panic!("{other:?}"),
+    };
+    let s = render(&mut app, 140, 36);
+    assert!(!s.contains("cannot launch"), "{s}");
+    // An error is replaced by the feedback of the next action that has some.
+    app.on_infer(InferEvent::Failed {
+        job,
+        error: "no model".into(),
+    });
+    app.on_key(code(KeyCode::Esc));
+    app.on_key(key('1'));
+    failed(&mut app);
+    app.on_key(key('l'));
+    let m = app.message.clone().unwrap_or_default();
+    assert!(m.starts_with("launched 1 run"), "{m}");
 }
 
 #[test]

@@ -302,12 +302,11 @@ pub fn save_adapter_linears(
     };
     let tmp = dir.join(format!("{ADAPTER_WEIGHTS}.tmp"));
     crate::weights_file::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, dir.join(ADAPTER_WEIGHTS))?;
-    std::fs::write(
-        dir.join(ADAPTER_CONFIG),
+    crate::files::rename(&tmp, &dir.join(ADAPTER_WEIGHTS))?;
+    crate::files::write(
+        &dir.join(ADAPTER_CONFIG),
         serde_json::to_string_pretty(&peft)? + "\n",
-    )?;
-    Ok(())
+    )
 }
 
 /// Reads `adapter_config.json` of a PEFT adapter directory.

@@ -92,7 +92,8 @@ fn print_event(line: &EventLine) {
             "done: {reason} after {step} steps in {elapsed_secs:.1} s, peak RSS {}",
             peak_rss_bytes.map(gib).unwrap_or_else(|| "?".into())
         ),
-        TrainEvent::Error { message } => say!("error: {message}"),
+        // The error is also what the run returns, and `main` prints that: once is enough.
+        TrainEvent::Error { .. } => {}
     }
 }
 

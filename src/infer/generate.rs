@@ -30,11 +30,31 @@ pub struct GenerateStats {
 impl GenerateStats {
     /// Decode speed in generated tokens per second (after the prompt was processed).
     pub fn tokens_per_sec(&self) -> f64 {
-        if self.decode_secs > 0.0 {
-            self.generated_tokens as f64 / self.decode_secs
-        } else {
-            0.0
-        }
+        self.rate().unwrap_or(0.0)
+    }
+
+    /// [`Self::tokens_per_sec`], or None when no token was generated (there is no speed to
+    /// report, and 0.0 tokens/s would be a wrong one).
+    pub fn rate(&self) -> Option<f64> {
+        (self.generated_tokens > 0 && self.decode_secs > 0.0)
+            .then(|| self.generated_tokens as f64 / self.decode_secs)
+    }
+}
+
+/// What generation had done when the token callback stopped it (a cancelled answer, a
+/// reader gone): the context of the callback's error, so that the caller can still report
+/// the tokens produced and their real speed (`error.downcast_ref::<Interrupted>()`). The
+/// counts cover the tokens the callback accepted, timed up to the last of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted(pub GenerateStats);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation stopped after {} tokens",
+            self.0.generated_tokens
+        )
     }
 }
 
@@ -76,7 +96,8 @@ impl<'a> TextStream<'a> {
 }
 
 /// Runs generation, calling `on_token(id)` for every new token. Returns the generated
-/// ids (without the stop token) and timing.
+/// ids (without the stop token) and timing. An error from `on_token` stops generation and
+/// is returned with what was done so far as its [`Interrupted`] context.
 pub fn generate(
     model: &CausalLm,
     req: &GenerateRequest,
@@ -104,15 +125,28 @@ pub fn generate(
     let t1 = Instant::now();
     let mut stopped = false;
     let budget = req.max_new_tokens.min(max_pos - req.prompt_ids.len());
+    let stats = |generated: usize, decode_secs: f64, stopped: bool| GenerateStats {
+        prompt_tokens: req.prompt_ids.len(),
+        generated_tokens: generated,
+        prefill_secs,
+        decode_secs,
+        stopped,
+    };
+    // When the last token accepted by `on_token` was handed over.
+    let mut delivered_secs = 0.0;
     for _ in 0..budget {
         let next = sampler.sample(&logits, &context);
         if req.stop_ids.contains(&next) {
             stopped = true;
             break;
         }
+        if let Err(e) = on_token(next) {
+            let done = stats(generated.len(), delivered_secs, false);
+            return Err(e.context(Interrupted(done)));
+        }
+        delivered_secs = t1.elapsed().as_secs_f64();
         generated.push(next);
         context.push(next);
-        on_token(next)?;
         if generated.len() == budget {
             break;
         }
@@ -120,13 +154,7 @@ pub fn generate(
         let pos = context.len() - 1;
         logits = last_logits(model, &input, pos, &mut cache)?;
     }
-    let stats = GenerateStats {
-        prompt_tokens: req.prompt_ids.len(),
-        generated_tokens: generated.len(),
-        prefill_secs,
-        decode_secs: t1.elapsed().as_secs_f64(),
-        stopped,
-    };
+    let stats = stats(generated.len(), t1.elapsed().as_secs_f64(), stopped);
     Ok((generated, stats))
 }
 

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::peft::ADAPTER_WEIGHTS;
+use crate::files;
 use crate::runs::layout::RunDir;
 use crate::train::optim::Optimizer;
 
@@ -152,19 +153,18 @@ pub fn save(
 ) -> Result<()> {
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        files::remove_dir_all(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    files::create_dir_all(&tmp)?;
     save_weights(&tmp)?;
     let opt: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
     crate::weights_file::save(&opt, &tmp.join(OPTIMIZER_FILE))?;
-    std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
+    files::write(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
     // Swap in atomically so an interrupted save never leaves a half checkpoint behind.
     if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+        files::remove_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, dir)?;
-    Ok(())
+    files::rename(&tmp, dir)
 }
 
 pub fn save_vars(path: &Path, params: &[(String, Var)]) -> Result<()> {
@@ -210,4 +210,38 @@ pub fn load(
         .map_err(|e| anyhow!("{}: cannot read optimiser state: {e}", opath.display()))?;
     optimizer.load_state_tensors(&opt)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::optim::{AdamW, AdamWConfig};
+
+    /// A checkpoint write that fails for a full disk names the file: `trainer_state.json`
+    /// is made a link to /dev/full, which answers every write with ENOSPC.
+    #[test]
+    fn a_full_disk_while_checkpointing_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("step-1");
+        let var = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let opt = AdamW::new(vec![var.clone()], AdamWConfig::default()).unwrap();
+        let params = [("w".to_string(), var)];
+        let err = save(
+            &dir,
+            |d| {
+                std::os::unix::fs::symlink("/dev/full", d.join(STATE_FILE))?;
+                save_vars(&d.join(FULL_WEIGHTS), &params)
+            },
+            &opt,
+            &TrainerState::default(),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        let state = dir.with_extension("partial").join(STATE_FILE);
+        assert!(
+            msg.contains(&state.display().to_string()) && msg.contains("No space left"),
+            "{msg}"
+        );
+        assert!(!dir.exists(), "no half checkpoint in place");
+    }
 }

@@ -448,7 +448,7 @@ pub fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
         if src.is_file() {
             let dst = to.join(name);
             if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
+                crate::files::create_dir_all(parent)?;
             }
             std::fs::copy(&src, &dst)
                 .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
@@ -526,7 +526,7 @@ impl TrainTask for StsTask {
                 },
             ),
             None => {
-                std::fs::create_dir_all(dir)?;
+                crate::files::create_dir_all(dir)?;
                 save_vars(&dir.join(FULL_WEIGHTS), &self.params)?;
                 if let Some(base) = &self.base_dir {
                     copy_model_files(base, dir)?;

@@ -16,6 +16,7 @@ use super::events::{EventLine, TrainEvent};
 use super::optim::{clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use super::schedule::LrSchedule;
 use crate::config::{OptimizerKind, RunConfig};
+use crate::files;
 use crate::model::CausalLm;
 use crate::runs::layout::RunDir;
 use crate::telemetry::memory::{peak_rss_bytes, rss_bytes};
@@ -149,16 +150,19 @@ impl<T: TrainTask> Trainer<T> {
             .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
         let mut emit = |e: TrainEvent| -> Result<()> {
             let line = EventLine::now(e);
-            writeln!(metrics, "{}", serde_json::to_string(&line)?)?;
-            metrics.flush()?;
+            writeln!(metrics, "{}", serde_json::to_string(&line)?)
+                .and_then(|()| metrics.flush())
+                .with_context(|| format!("{}: cannot write", metrics_path.display()))?;
             sink(&line);
             Ok(())
         };
         let result = self.run_inner(resume, stop, &mut emit);
         if let Err(e) = &result {
-            emit(TrainEvent::Error {
+            // The error is the run's: when the disk is full its event may not be written
+            // either, and that second failure must not replace the first.
+            let _ = emit(TrainEvent::Error {
                 message: format!("{e:#}"),
-            })?;
+            });
         }
         result
     }
@@ -409,7 +413,7 @@ impl<T: TrainTask> Trainer<T> {
             peak_rss_bytes: state.peak_with_now(),
             predicted_peak_bytes: self.predicted_peak_bytes,
         };
-        std::fs::write(self.run.summary(), serde_json::to_string_pretty(&summary)?)?;
+        files::write(&self.run.summary(), serde_json::to_string_pretty(&summary)?)?;
         emit(TrainEvent::Done {
             step: state.step,
             reason,
@@ -459,7 +463,7 @@ impl<T: TrainTask> Trainer<T> {
         } else {
             self.run.model()
         };
-        std::fs::create_dir_all(&dir)?;
+        files::create_dir_all(&dir)?;
         self.task.save_weights(&dir)
     }
 }

@@ -66,7 +66,9 @@ pub struct App {
     pub runs: RunsState,
     pub compare: CompareState,
     pub infer: InferState,
-    /// A line of feedback in the footer.
+    /// A line of feedback in the footer, about the last thing done or reported. It goes
+    /// when the user moves to another tab or does something else (see [`App::apply`]), so
+    /// an error never outlives the moment it was about.
     pub message: Option<String>,
     /// Where the tab titles were last drawn (for mouse clicks).
     pub tab_hitboxes: Vec<(u16, u16, u16, Tab)>,
@@ -178,15 +180,15 @@ impl App {
                 }
                 KeyCode::Char('q') => return self.ask_quit(),
                 KeyCode::Tab => {
-                    self.tab = Tab::ALL[(self.tab.index() + 1) % 4];
+                    self.show_tab(Tab::ALL[(self.tab.index() + 1) % 4]);
                     return Vec::new();
                 }
                 KeyCode::BackTab => {
-                    self.tab = Tab::ALL[(self.tab.index() + 3) % 4];
+                    self.show_tab(Tab::ALL[(self.tab.index() + 3) % 4]);
                     return Vec::new();
                 }
                 KeyCode::Char(c @ '1'..='4') => {
-                    self.tab = Tab::ALL[c as usize - '1' as usize];
+                    self.show_tab(Tab::ALL[c as usize - '1' as usize]);
                     return Vec::new();
                 }
                 _ => {}
@@ -205,7 +207,12 @@ impl App {
     }
 
     /// Applies what a tab asked for; returns the commands among it for the event loop.
+    /// Whatever a key did replaces the footer's message: the old one (an error, say) is
+    /// about something earlier, and a new one comes with the effects when there is one.
     fn apply(&mut self, effects: Vec<Effect>) -> Vec<Action> {
+        if !effects.is_empty() {
+            self.message = None;
+        }
         let mut actions = Vec::new();
         for e in effects {
             match e {
@@ -225,7 +232,7 @@ impl App {
                         .get(&id)
                         .is_some_and(|r| self.infer.open_run(r, &models));
                     if opened {
-                        self.tab = Tab::Infer;
+                        self.show_tab(Tab::Infer);
                     } else {
                         self.message = Some("this run has no result to load yet".into());
                     }
@@ -233,6 +240,14 @@ impl App {
             }
         }
         actions
+    }
+
+    /// Shows `tab`. The footer's message was about the tab being left: it goes with it.
+    pub fn show_tab(&mut self, tab: Tab) {
+        if tab != self.tab {
+            self.message = None;
+        }
+        self.tab = tab;
     }
 
     fn ask_quit(&mut self) -> Vec<Action> {
@@ -253,7 +268,7 @@ impl App {
                     .iter()
                     .find(|(y, x0, x1, _)| m.row == *y && m.column >= *x0 && m.column < *x1)
                 {
-                    self.tab = *tab;
+                    self.show_tab(*tab);
                 }
             }
             MouseEventKind::ScrollDown => self.scroll(1),

@@ -23,6 +23,7 @@ pub fn text() -> Text<'static> {
         row("?", "this help"),
         row("q, ctrl-c", "quit (asks first while runs are live)"),
         row("mouse", "click a tab; wheel moves the selection"),
+        row("← → home end", "move the cursor in the text being typed"),
         h("Presets"),
         row("↑↓ space", "select; mark several for one launch"),
         row(

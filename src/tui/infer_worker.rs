@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 
 use crate::infer::chat_template::{ChatMessage, ChatTemplate};
+use crate::infer::generate::{GenerateStats, Interrupted};
 use crate::infer::rag::{self, RagOptions, RagPrompt, Retriever};
 use crate::infer::sampling::SamplingParams;
 use crate::infer::search::{load_encoder, Hit};
@@ -80,8 +81,11 @@ pub enum InferEvent {
     },
     Done {
         job: u64,
+        /// Tokens generated (for a cancelled answer, those produced before the cancel).
         generated: usize,
-        tokens_per_sec: f64,
+        /// Their decode speed; None when there is none to give (no token generated, or a
+        /// search, which generates nothing).
+        tokens_per_sec: Option<f64>,
         stopped: bool,
         cancelled: bool,
     },
@@ -191,7 +195,7 @@ fn run_job(
             out(InferEvent::Done {
                 job: job.id,
                 generated: 0,
-                tokens_per_sec: 0.0,
+                tokens_per_sec: None,
                 stopped: true,
                 cancelled: false,
             });
@@ -226,19 +230,20 @@ fn run_job(
                 job: job.id,
                 text: format!("{} prompt tokens, generating…", prompt.ids.len()),
             });
-            let mut pieces = 0usize;
             let result = rag::generate_answer(
                 lm,
                 &opts,
                 question,
                 hits,
                 prompt,
-                &mut emit_pieces(job.id, cancel, out, &mut pieces),
+                &mut emit_pieces(job.id, cancel, out),
             );
             finish(
                 job.id,
-                result.map(|a| (a.generated_tokens, a.tokens_per_sec, a.stopped)),
-                pieces,
+                result.map(|a| {
+                    let rate = (a.generated_tokens > 0).then_some(a.tokens_per_sec);
+                    (a.generated_tokens, rate, a.stopped)
+                }),
                 cancel,
                 out,
             )
@@ -246,12 +251,12 @@ fn run_job(
     }
 }
 
-/// Reports the end of a generation: done, cancelled (the error came from the cancel flag),
-/// or failed.
+/// Reports the end of a generation: done, cancelled (the error came from the cancel flag:
+/// the tokens produced until then and their real speed, from the error's [`Interrupted`]
+/// context), or failed. `result` is (tokens generated, their speed, stopped at end of turn).
 fn finish(
     job: u64,
-    result: Result<(usize, f64, bool)>,
-    generated_so_far: usize,
+    result: Result<(usize, Option<f64>, bool)>,
     cancel: &AtomicBool,
     out: &impl Fn(InferEvent),
 ) -> Result<()> {
@@ -263,13 +268,16 @@ fn finish(
             stopped,
             cancelled: false,
         }),
-        Err(_) if cancel.load(Ordering::SeqCst) => out(InferEvent::Done {
-            job,
-            generated: generated_so_far,
-            tokens_per_sec: 0.0,
-            stopped: false,
-            cancelled: true,
-        }),
+        Err(e) if cancel.load(Ordering::SeqCst) => {
+            let done = e.downcast_ref::<Interrupted>().map(|i| &i.0);
+            out(InferEvent::Done {
+                job,
+                generated: done.map_or(0, |s| s.generated_tokens),
+                tokens_per_sec: done.and_then(GenerateStats::rate),
+                stopped: false,
+                cancelled: true,
+            })
+        }
         Err(e) => return Err(e),
     }
     Ok(())
@@ -293,35 +301,31 @@ fn chat(
         job: job.id,
         text: format!("{} prompt tokens, generating…", prompt_ids.len()),
     });
-    let mut pieces = 0usize;
     let result = lm.stream(
         prompt_ids,
         job.max_new_tokens,
         &job.sampling,
-        &mut emit_pieces(job.id, cancel, out, &mut pieces),
+        &mut emit_pieces(job.id, cancel, out),
     );
     finish(
         job.id,
-        result.map(|(ids, stats)| (ids.len(), stats.tokens_per_sec(), stats.stopped)),
-        pieces,
+        result.map(|(ids, stats)| (ids.len(), stats.rate(), stats.stopped)),
         cancel,
         out,
     )
 }
 
 /// The callback of a streamed answer: stops when `cancel` is set, else sends each piece of
-/// text as a [`InferEvent::Token`] and counts it.
+/// text as a [`InferEvent::Token`].
 fn emit_pieces<'a>(
     job: u64,
     cancel: &'a AtomicBool,
     out: &'a impl Fn(InferEvent),
-    count: &'a mut usize,
 ) -> impl FnMut(&str) -> Result<()> + 'a {
     move |piece| {
         if cancel.load(Ordering::SeqCst) {
             anyhow::bail!("cancelled");
         }
-        *count += 1;
         out(InferEvent::Token {
             job,
             text: piece.to_string(),

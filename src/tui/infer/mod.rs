@@ -234,6 +234,7 @@ impl InferState {
             ],
             InferFocus::Prompt => vec![
                 ("enter", "send"),
+                ("←→", "move"),
                 ("esc", "leave/cancel"),
                 ("ctrl-u", "clear"),
             ],

@@ -61,17 +61,17 @@ impl InferState {
                         format!("searched in {:.2} s", cur.started.elapsed().as_secs_f64());
                     return;
                 }
-                self.last_tps = Some(tokens_per_sec);
-                self.status = format!(
-                    "{generated} tokens · {tokens_per_sec:.1} tokens/s{}",
-                    if cancelled {
-                        " · cancelled"
-                    } else if stopped {
-                        " · end of turn"
-                    } else {
-                        " · token limit"
-                    }
-                );
+                self.last_tps = tokens_per_sec;
+                let ending = if cancelled {
+                    "cancelled"
+                } else if stopped {
+                    "end of turn"
+                } else {
+                    "token limit"
+                };
+                // No token, no speed: "0 tokens · cancelled", never "0.0 tokens/s".
+                let speed = tokens_per_sec.map_or(String::new(), |r| format!(" · {r:.1} tokens/s"));
+                self.status = format!("{generated} tokens{speed} · {ending}");
             }
             InferEvent::Failed { job, error } if job == cur.job => {
                 self.streaming = None;
