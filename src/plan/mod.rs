@@ -316,7 +316,9 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     let save_params = lora.map_or(0, |l| l.modules_to_save_params);
     let frozen_base = !tech.full;
     let quant = tech.quantized_base();
-    let embeddings_trainable = tech.full;
+    // `modules_to_save` on a decoder trains a vocabulary table (the embedding, or an untied
+    // head): its gradients cost what full fine-tuning's do.
+    let embeddings_trainable = tech.full || save_params > 0;
     let trainable = if tech.full { total_params } else { 0 } + lora_params + save_params;
     let mut details = Vec::new();
 
@@ -392,7 +394,12 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     let stray_blocks: u64 = block_stray.iter().sum();
     let head_acts = bytes(activations::head_retained(s, b, t));
     let head_stray = bytes(activations::head_stray(s, b, t, frozen_base));
-    let head_transient = bytes(activations::head_backward_transient(s, b, t, tech.full));
+    let head_transient = bytes(activations::head_backward_transient(
+        s,
+        b,
+        t,
+        embeddings_trainable,
+    ));
     let block_transient = bytes(activations::block_backward_transient(s, b, t));
     let hidden_state = bytes(n * s.hidden as f64);
     let embed_grad_transient = if embeddings_trainable { bytes(vh) } else { 0 };

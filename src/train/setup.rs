@@ -68,13 +68,29 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
 
 /// The memory-plan input of a run config for a model of architecture `arch`.
 pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
+    let shape = arch.shape();
+    // A `modules_to_save` entry names a module (`embed_tokens`, `lm_head`): its weight is
+    // trained in full.
+    let saved_params = |modules: &[String]| -> u64 {
+        shape
+            .params()
+            .iter()
+            .filter(|p| {
+                let module = p.name.strip_suffix(".weight").unwrap_or(&p.name);
+                modules
+                    .iter()
+                    .any(|m| module == m || module.ends_with(&format!(".{m}")))
+            })
+            .map(|p| p.numel)
+            .sum()
+    };
     let lora = cfg.lora.as_ref().map(|l| LoraPlan {
         r: l.r,
         targets: match &l.target_modules {
             TargetModules::Preset(_) => LoraTargets::AllLinear,
             TargetModules::Names(n) => LoraTargets::Names(n.clone()),
         },
-        modules_to_save_params: 0,
+        modules_to_save_params: saved_params(&l.modules_to_save),
         dropout: l.dropout > 0.0,
     });
     let technique = Technique {
@@ -85,7 +101,7 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
     let mut input = PlanInput::new(
-        arch.shape(),
+        shape,
         cfg.train.batch_size,
         cfg.data.max_seq_len,
         technique,
