@@ -904,3 +904,25 @@ fn ftlab_sft_dataset_token_statistics() {
         }
     }
 }
+
+#[test]
+fn languages_keep_only_their_examples_and_an_empty_result_names_the_file() {
+    let text = r#"{"instruction": "a", "response": "b", "lang": "en"}
+{"instruction": "い", "response": "ろ", "lang": "ja"}
+{"instruction": "c", "response": "d"}
+{"instruction": "は", "response": "に", "lang": "ja"}
+"#;
+    let records = parse_jsonl(text, "mixed.jsonl", DataFormat::Auto).unwrap();
+    let path = std::path::Path::new("mixed.jsonl");
+    let all = ftlab::train::data::keep_languages(records.clone(), &[], path).unwrap();
+    assert_eq!(all.len(), 4);
+    let ja = ftlab::train::data::keep_languages(records.clone(), &["ja".into()], path).unwrap();
+    assert_eq!(ja.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4]);
+    let err = ftlab::train::data::keep_languages(records, &["de".into()], path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mixed.jsonl") && err.contains("\"de\"") && err.contains("en, ja"),
+        "{err}"
+    );
+}

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::infer::LanguageModel;
 use crate::model::LoadOptions;
-use crate::train::data::{load_jsonl, DataFormat};
+use crate::train::data::{keep_languages, load_jsonl, DataFormat};
 use crate::train::evaluate::answer_accuracy;
 use crate::train::sft_task::prompt_template;
 
@@ -25,6 +25,9 @@ pub struct EvalArgs {
     /// Only these categories (comma-separated), e.g. closed_qa,unanswerable.
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
+    /// Only examples whose `lang` is one of these (comma-separated), e.g. ja.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
     /// Evaluate at most N examples (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
@@ -40,7 +43,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(a) = &args.adapter {
         eprintln!("applied {}", lm.apply_run(a)?);
     }
-    let mut records = load_jsonl(&args.data, DataFormat::Auto)?;
+    let mut records = keep_languages(
+        load_jsonl(&args.data, DataFormat::Auto)?,
+        &args.languages,
+        &args.data,
+    )?;
     if args.limit > 0 {
         records.truncate(args.limit);
     }

@@ -100,12 +100,7 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         gradient_checkpointing: cfg.model.gradient_checkpointing,
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
-    let mut input = PlanInput::new(
-        shape,
-        cfg.train.batch_size,
-        cfg.data.max_seq_len,
-        technique,
-    );
+    let mut input = PlanInput::new(shape, cfg.train.batch_size, cfg.data.max_seq_len, technique);
     input.grad_accum_steps = cfg.train.grad_accum;
     input
 }

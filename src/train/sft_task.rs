@@ -2,10 +2,10 @@
 //! `TrainTask` the training loop drives.
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::data::{
-    load_jsonl, Batch, Batching, DataFormat, PromptTemplate, Record, SftConfig, SftDataset,
+    keep_languages, load_jsonl, Batch, Batching, DataFormat, PromptTemplate, SftConfig, SftDataset,
     SftTokenizer, TemplateChoice,
 };
 use std::collections::BTreeMap;
@@ -75,31 +75,6 @@ pub fn build(
         None => None,
     };
     Ok((train, eval))
-}
-
-/// The records whose `lang` field is one of `languages` (all when it is empty); a filter
-/// that keeps nothing is an error naming the file and the languages it has.
-fn keep_languages(records: Vec<Record>, languages: &[String], path: &Path) -> Result<Vec<Record>> {
-    if languages.is_empty() {
-        return Ok(records);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    let kept: Vec<Record> = records
-        .into_iter()
-        .filter(|r| {
-            let lang = r.example.extra_str("lang");
-            seen.insert(lang.unwrap_or("(none)").to_string());
-            lang.is_some_and(|l| languages.iter().any(|want| want == l))
-        })
-        .collect();
-    if kept.is_empty() {
-        bail!(
-            "{}: data.languages = {languages:?} keeps no example (the `lang` fields here: {})",
-            path.display(),
-            seen.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
-    Ok(kept)
 }
 
 /// Instruction SFT of a causal LM as a `TrainTask`.

@@ -230,6 +230,35 @@ pub fn load_jsonl(path: impl AsRef<Path>, format: DataFormat) -> Result<Vec<Reco
     load_files(&[path], format)
 }
 
+/// The records whose `lang` field is one of `languages` (all when it is empty); a filter
+/// that keeps nothing is an error naming the file and the languages it has.
+pub fn keep_languages(
+    records: Vec<Record>,
+    languages: &[String],
+    path: &Path,
+) -> Result<Vec<Record>> {
+    if languages.is_empty() {
+        return Ok(records);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let kept: Vec<Record> = records
+        .into_iter()
+        .filter(|r| {
+            let lang = r.example.extra_str("lang");
+            seen.insert(lang.unwrap_or("(none)").to_string());
+            lang.is_some_and(|l| languages.iter().any(|want| want == l))
+        })
+        .collect();
+    if kept.is_empty() {
+        bail!(
+            "{}: data.languages = {languages:?} keeps no example (the `lang` fields here: {})",
+            path.display(),
+            seen.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(kept)
+}
+
 /// Reads several JSONL files (each detected on its own with [`DataFormat::Auto`]); the
 /// problems of all files are reported together.
 pub fn load_files<P: AsRef<Path>>(paths: &[P], format: DataFormat) -> Result<Vec<Record>> {

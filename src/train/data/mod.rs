@@ -19,8 +19,8 @@ pub mod template;
 pub mod template_choice;
 
 pub use example::{
-    load_files, load_jsonl, parse_jsonl, DataError, DataFormat, Example, Problem, Record,
-    MAX_LISTED_PROBLEMS,
+    keep_languages, load_files, load_jsonl, parse_jsonl, DataError, DataFormat, Example, Problem,
+    Record, MAX_LISTED_PROBLEMS,
 };
 pub use neftune::{neftune_magnitude, neftune_noise};
 pub use sft::{
