@@ -169,10 +169,22 @@ pub enum ScheduleKind {
 pub struct TrainConfig {
     #[serde(default = "seed_default")]
     pub seed: u64,
+    /// Examples per batch; an optimiser step takes `grad_accum` batches, so the effective
+    /// batch is `batch_size × grad_accum`.
     #[serde(default = "one")]
     pub batch_size: usize,
     #[serde(default = "one")]
     pub grad_accum: usize,
+    /// Choose the micro-batch from the memory plan and the memory available before
+    /// launch, and halve it after an out-of-memory death (`train::auto_batch`): each batch
+    /// is then run as `batch_size / micro_batch_size` micro-batches, keeping the effective
+    /// batch. `false` runs whole batches, as planned, whatever the memory.
+    #[serde(default = "yes")]
+    pub auto_batch: bool,
+    /// The micro-batch actually run: a divisor of `batch_size` (unset = `batch_size`).
+    /// With `auto_batch` it is an upper bound and the run records its choice here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<usize>,
     /// Optimiser steps; 0 = run `epochs` epochs.
     #[serde(default)]
     pub max_steps: usize,
@@ -211,6 +223,23 @@ pub struct TrainConfig {
     /// Emit a step event every N steps.
     #[serde(default = "one")]
     pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// Rows per forward/backward pass: `micro_batch_size`, else the whole batch.
+    pub fn micro_batch(&self) -> usize {
+        self.micro_batch_size.unwrap_or(self.batch_size).max(1)
+    }
+
+    /// Forward/backward passes per optimiser step (each batch split into micro-batches).
+    pub fn micro_batches_per_step(&self) -> usize {
+        self.grad_accum * self.batch_size.div_ceil(self.micro_batch())
+    }
+
+    /// Examples per optimiser step, whatever the micro-batch.
+    pub fn effective_batch(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
 }
 
 fn yes() -> bool {
@@ -328,6 +357,14 @@ impl RunConfig {
         let t = &self.train;
         if t.batch_size == 0 || t.grad_accum == 0 {
             bail!("train.batch_size and train.grad_accum must be at least 1");
+        }
+        if let Some(m) = t.micro_batch_size {
+            if m == 0 || t.batch_size % m != 0 {
+                bail!(
+                    "train.micro_batch_size must divide train.batch_size ({}) so that every optimiser step sees the same examples, got {m}",
+                    t.batch_size
+                );
+            }
         }
         if t.max_steps == 0 && t.epochs == 0 {
             bail!("set train.max_steps or train.epochs");
