@@ -215,11 +215,13 @@ fn train(args: TrainArgs) -> Result<Ending> {
             .context("installing the Ctrl-C handler")?;
     }
     // The micro-batch that fits, chosen before anything loads (a run that cannot fit is
-    // refused here).
+    // refused here). It is recorded (a `batch` event, config.toml) when it changes the
+    // config: a resumed or relaunched run that keeps its micro-batch adds nothing.
     let (cfg, batch_note) = match auto_batch::choose(&cfg)? {
         Some((chosen, note)) => {
             eprintln!("{note}");
-            (chosen, Some(note))
+            let changed = chosen.train.micro_batch_size != cfg.train.micro_batch_size;
+            (chosen, changed.then_some(note))
         }
         None => (cfg, None),
     };

@@ -271,6 +271,35 @@ mod tests {
         assert_eq!(memory_death(&end(15, None, 0, &[]), (None, None)), None);
     }
 
+    /// A run directory whose config.toml has `train` settings `extra`.
+    fn run_with(extra: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "name = \"t\"\n[model]\nspec = \"smollm2\"\n[data]\ntrain = \"x.jsonl\"\n[train]\nlr = 1e-4\n{extra}\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        dir
+    }
+
+    #[test]
+    fn halving_keeps_divisors_of_the_batch_and_stops_at_one() {
+        let micro = |extra: &str| halve(run_with(extra).path()).map(|h| h.cfg.train.micro_batch());
+        assert_eq!(micro("batch_size = 8"), Ok(4));
+        assert_eq!(micro("batch_size = 8\nmicro_batch_size = 2"), Ok(1));
+        // 6 → 3 → 1: only divisors keep every step's examples.
+        assert_eq!(micro("batch_size = 6\nmicro_batch_size = 3"), Ok(1));
+        let h = halve(run_with("batch_size = 8\ngrad_accum = 2").path()).unwrap();
+        let t = &h.cfg.train;
+        assert_eq!(
+            (t.micro_batches_per_step(), t.effective_batch(), h.step),
+            (4, 16, 0)
+        );
+        let at_one = micro("batch_size = 4\nmicro_batch_size = 1").unwrap_err();
+        assert!(at_one.contains("micro-batches of 1"), "{at_one}");
+        let off = micro("batch_size = 4\nauto_batch = false").unwrap_err();
+        assert!(off.contains("auto_batch = false"), "{off}");
+    }
+
     #[test]
     fn an_event_after_half_a_line_starts_on_its_own_line() {
         let dir = tempfile::tempdir().unwrap();

@@ -559,7 +559,6 @@ fn push_tail(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::DeviceChoice;
 
     #[test]

@@ -34,9 +34,9 @@ pub fn available_ram() -> Result<Available> {
     }
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| super::memory::parse_status_kb(&t, "MemAvailable:"))
-        .map(|kb| Available {
-            bytes: kb * 1024,
+        .and_then(|t| super::memory::parse_status_kb(&t, "MemAvailable"))
+        .map(|bytes| Available {
+            bytes,
             source: "MemAvailable".into(),
         });
     let cgroup = cgroup_headroom();
