@@ -359,7 +359,7 @@ impl RunConfig {
             bail!("train.batch_size and train.grad_accum must be at least 1");
         }
         if let Some(m) = t.micro_batch_size {
-            if m == 0 || t.batch_size % m != 0 {
+            if m == 0 || !t.batch_size.is_multiple_of(m) {
                 bail!(
                     "train.micro_batch_size must divide train.batch_size ({}) so that every optimiser step sees the same examples, got {m}",
                     t.batch_size

@@ -33,7 +33,7 @@ pub struct NoFit {
 pub fn candidates(batch: usize, cap: usize) -> Vec<usize> {
     (1..=batch.min(cap).max(1))
         .rev()
-        .filter(|m| batch % m == 0)
+        .filter(|m| batch.is_multiple_of(*m))
         .collect()
 }
 
