@@ -31,6 +31,7 @@ macro_rules! serde_as_string {
 }
 pub(crate) use serde_as_string;
 
+mod batch;
 mod device;
 mod dtype;
 mod format;
@@ -223,23 +224,6 @@ pub struct TrainConfig {
     /// Emit a step event every N steps.
     #[serde(default = "one")]
     pub log_every: usize,
-}
-
-impl TrainConfig {
-    /// Rows per forward/backward pass: `micro_batch_size`, else the whole batch.
-    pub fn micro_batch(&self) -> usize {
-        self.micro_batch_size.unwrap_or(self.batch_size).max(1)
-    }
-
-    /// Forward/backward passes per optimiser step (each batch split into micro-batches).
-    pub fn micro_batches_per_step(&self) -> usize {
-        self.grad_accum * self.batch_size.div_ceil(self.micro_batch())
-    }
-
-    /// Examples per optimiser step, whatever the micro-batch.
-    pub fn effective_batch(&self) -> usize {
-        self.batch_size * self.grad_accum
-    }
 }
 
 fn yes() -> bool {

@@ -117,28 +117,37 @@ pub struct Halving {
     pub step: usize,
 }
 
+/// Why a run dead for memory is not relaunched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoRelaunch {
+    /// `train.auto_batch = false`: the run fails as it always did.
+    Off,
+    /// It cannot be made smaller (or its config cannot be read); the reason says why.
+    Cannot(String),
+}
+
 /// The smaller micro-batch for the run in `dir` after a death for memory: the largest
-/// divisor of the batch at most half the micro-batch it died with. Refused (the reason
-/// says why) when the run has `train.auto_batch = false`, is not SFT, or already ran
-/// micro-batches of 1.
-pub fn halve(dir: &Path) -> Result<Halving, String> {
+/// divisor of the batch at most half the micro-batch it died with. Refused when the run
+/// has `train.auto_batch = false`, is not SFT, or already ran micro-batches of 1.
+pub fn halve(dir: &Path) -> Result<Halving, NoRelaunch> {
     let run = RunDir::new(dir);
-    let cfg = RunConfig::load(&run.config(), &[]).map_err(|e| format!("{e:#}"))?;
+    let cfg =
+        RunConfig::load(&run.config(), &[]).map_err(|e| NoRelaunch::Cannot(format!("{e:#}")))?;
     if !cfg.train.auto_batch {
-        return Err("train.auto_batch = false".into());
+        return Err(NoRelaunch::Off);
     }
     if cfg.task != TaskKind::Sft {
-        return Err("only SFT runs are re-batched".into());
+        return Err(NoRelaunch::Cannot("only SFT runs are re-batched".into()));
     }
     let from = cfg.train.micro_batch();
     let Some(&to) = candidates(cfg.train.batch_size, from / 2)
         .first()
         .filter(|_| from > 1)
     else {
-        return Err(format!(
+        return Err(NoRelaunch::Cannot(format!(
             "it already ran micro-batches of 1, so it cannot be split further: make the run smaller (a shorter data.max_seq_len, model.gradient_checkpointing = true, LoRA or QLoRA, train.optimizer = \"adamw8bit\") or free memory, then `ftlab train --resume {}`",
             dir.display()
-        ));
+        )));
     };
     let step = checkpoint::newest_valid(&run).newest.map_or(0, |(s, _)| s);
     let mut cfg = cfg;
@@ -294,10 +303,15 @@ mod tests {
             (t.micro_batches_per_step(), t.effective_batch(), h.step),
             (4, 16, 0)
         );
-        let at_one = micro("batch_size = 4\nmicro_batch_size = 1").unwrap_err();
-        assert!(at_one.contains("micro-batches of 1"), "{at_one}");
-        let off = micro("batch_size = 4\nauto_batch = false").unwrap_err();
-        assert!(off.contains("auto_batch = false"), "{off}");
+        let at_one = micro("batch_size = 4\nmicro_batch_size = 1");
+        assert!(
+            matches!(&at_one, Err(NoRelaunch::Cannot(why)) if why.contains("micro-batches of 1")),
+            "{at_one:?}"
+        );
+        assert_eq!(
+            micro("batch_size = 4\nauto_batch = false"),
+            Err(NoRelaunch::Off)
+        );
     }
 
     #[test]

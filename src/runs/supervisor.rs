@@ -415,8 +415,8 @@ async fn run_worker(
                 args = h.worker_args(&p.dir);
             }
             // `auto_batch = false` fails as before; otherwise say why it stops here.
-            Err(why) if why.contains("auto_batch = false") => return finish(exit::outcome(&end)),
-            Err(why) => {
+            Err(exit::NoRelaunch::Off) => return finish(exit::outcome(&end)),
+            Err(exit::NoRelaunch::Cannot(why)) => {
                 return finish(RunStatus::Failed(format!("{death}; not relaunched: {why}")))
             }
         }
