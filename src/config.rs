@@ -31,6 +31,7 @@ macro_rules! serde_as_string {
 }
 pub(crate) use serde_as_string;
 
+mod batch;
 mod device;
 mod dtype;
 mod format;
@@ -173,10 +174,22 @@ pub enum ScheduleKind {
 pub struct TrainConfig {
     #[serde(default = "seed_default")]
     pub seed: u64,
+    /// Examples per batch; an optimiser step takes `grad_accum` batches, so the effective
+    /// batch is `batch_size × grad_accum`.
     #[serde(default = "one")]
     pub batch_size: usize,
     #[serde(default = "one")]
     pub grad_accum: usize,
+    /// Choose the micro-batch from the memory plan and the memory available before
+    /// launch, and halve it after an out-of-memory death (`train::auto_batch`): each batch
+    /// is then run as `batch_size / micro_batch_size` micro-batches, keeping the effective
+    /// batch. `false` runs whole batches, as planned, whatever the memory.
+    #[serde(default = "yes")]
+    pub auto_batch: bool,
+    /// The micro-batch actually run: a divisor of `batch_size` (unset = `batch_size`).
+    /// With `auto_batch` it is an upper bound and the run records its choice here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<usize>,
     /// Optimiser steps; 0 = run `epochs` epochs.
     #[serde(default)]
     pub max_steps: usize,
@@ -332,6 +345,14 @@ impl RunConfig {
         let t = &self.train;
         if t.batch_size == 0 || t.grad_accum == 0 {
             bail!("train.batch_size and train.grad_accum must be at least 1");
+        }
+        if let Some(m) = t.micro_batch_size {
+            if m == 0 || !t.batch_size.is_multiple_of(m) {
+                bail!(
+                    "train.micro_batch_size must divide train.batch_size ({}) so that every optimiser step sees the same examples, got {m}",
+                    t.batch_size
+                );
+            }
         }
         if t.max_steps == 0 && t.epochs == 0 {
             bail!("set train.max_steps or train.epochs");

@@ -123,6 +123,7 @@ fn train_stopped(
             on_stop,
         },
         predicted_peak_bytes: None,
+        batch_note: None,
     };
     let mut steps = Vec::new();
     let mut sink = |l: &EventLine| {
@@ -242,6 +243,7 @@ fn the_summary_after_a_resume_is_the_uninterrupted_runs() {
         run: RunDir::new(&dir),
         task: task(&cfg),
         predicted_peak_bytes: None,
+        batch_note: None,
     };
     let err = trainer
         .run(true, &AtomicBool::new(false), &mut |_| {})

@@ -14,8 +14,9 @@ use ftlab::infer::chat_template::ChatMessage;
 use ftlab::infer::LanguageModel;
 use ftlab::model::load::tokenizer::SpecialTokens;
 use ftlab::train::data::{
-    load_files, load_jsonl, neftune_magnitude, neftune_noise, parse_jsonl, Batching, DataError,
-    DataFormat, Example, PromptTemplate, Record, SftConfig, SftDataset, SftSample, SftTokenizer,
+    load_files, load_jsonl, neftune_magnitude, neftune_noise, parse_jsonl, Batch, Batching,
+    DataError, DataFormat, Example, PromptTemplate, Record, SftConfig, SftDataset, SftSample,
+    SftTokenizer,
 };
 use tokenizers::Tokenizer;
 
@@ -925,4 +926,44 @@ fn languages_keep_only_their_examples_and_an_empty_result_names_the_file() {
         err.contains("mixed.jsonl") && err.contains("\"de\"") && err.contains("en, ja"),
         "{err}"
     );
+}
+
+#[test]
+fn micro_batches_hold_exactly_the_rows_of_their_batch_in_every_batching() {
+    // Rows as the model sees them: each row's ids without its padding (pad 0 is no id here).
+    let rows = |b: &Batch| -> Vec<Vec<u32>> {
+        b.input_ids
+            .to_vec2::<u32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().filter(|&x| x != 0).collect())
+            .collect()
+    };
+    let lens: Vec<usize> = (0..30).map(|i| 4 + (i * 7) % 23).collect();
+    for batching in [
+        Batching::Shuffled,
+        Batching::GroupByLength,
+        Batching::Packed,
+    ] {
+        let cfg = SftConfig {
+            max_seq_len: 16,
+            batching,
+            ..Default::default()
+        };
+        let ds = SftDataset::from_samples(synthetic(&lens), 0, &cfg).unwrap();
+        let whole = ds.batches(1, 6, 3).unwrap();
+        let split = ds.split_batches(1, 6, 2, 3).unwrap();
+        assert_eq!(
+            split.len(),
+            whole.len(),
+            "{batching:?}: one group per batch"
+        );
+        for (w, micro) in whole.iter().zip(&split) {
+            assert!(micro.iter().all(|m| m.shape().0 <= 2), "{batching:?}");
+            let joined: Vec<Vec<u32>> = micro.iter().flat_map(&rows).collect();
+            assert_eq!(joined, rows(w), "{batching:?}: the batch's rows, in order");
+            let tokens: usize = micro.iter().map(|m| m.tokens).sum();
+            assert_eq!(tokens, w.tokens, "{batching:?}: the same counted targets");
+        }
+    }
 }

@@ -175,7 +175,12 @@ fn a_killed_worker_marks_its_run_failed_and_the_supervisor_goes_on() {
     let mut h = Harness::new(&runs, 1);
     h.sup.launch(LaunchRequest {
         preset: preset.clone(),
-        overrides: vec!["train.max_steps=100000".into(), "train.save_every=0".into()],
+        // auto_batch would relaunch it with a smaller micro-batch (tests/auto_batch.rs).
+        overrides: vec![
+            "train.max_steps=100000".into(),
+            "train.save_every=0".into(),
+            "train.auto_batch=false".into(),
+        ],
     });
     let id = h.queued_id();
     let pid = match h.wait_for("started", Duration::from_secs(30), |e| {

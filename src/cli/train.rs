@@ -16,6 +16,7 @@ use crate::config::{RunConfig, TaskKind};
 use crate::locations::Locations;
 use crate::runs::layout::RunDir;
 use crate::runs::lock::RunLock;
+use crate::train::auto_batch;
 use crate::train::checkpoint;
 use crate::train::events::{EventLine, TrainEvent};
 use crate::train::setup;
@@ -55,6 +56,26 @@ pub struct TrainArgs {
     /// Print events as JSON lines on stdout (for the dashboard's supervisor).
     #[arg(long)]
     pub events: bool,
+    /// With --resume: a run without a checkpoint yet starts over in its directory instead
+    /// of being refused (the supervisor's relaunch after an out-of-memory death).
+    #[arg(long, requires = "resume", hide = true)]
+    pub relaunch: bool,
+}
+
+/// Test hook (`tests/auto_batch.rs`): a worker whose micro-batch is above 1 kills itself
+/// with SIGKILL after step N, as the OOM killer would, so the supervisor's relaunch can be
+/// tested deterministically. Read nowhere else.
+pub const TEST_SIGKILL_AT_STEP: &str = "FTLAB_TEST_SIGKILL_AT_STEP";
+
+fn test_oom_kill(step: usize, micro: usize) {
+    let at = std::env::var(TEST_SIGKILL_AT_STEP)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if micro > 1 && at == Some(step) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+    }
 }
 
 fn gib(b: u64) -> String {
@@ -94,6 +115,8 @@ fn print_event(line: &EventLine) {
         ),
         // The error is also what the run returns, and `main` prints that: once is enough.
         TrainEvent::Error { .. } => {}
+        // Said before loading (`train`); the supervisor's relaunch notes are its own.
+        TrainEvent::Batch { .. } => {}
     }
 }
 
@@ -108,6 +131,10 @@ fn load_config(args: &TrainArgs) -> Result<(RunConfig, bool, PathBuf)> {
             eprintln!("warning: skipping an unreadable checkpoint: {why}");
         }
         if found.newest.is_none() {
+            if args.relaunch {
+                // Nothing saved yet: the relaunched run starts over where it was.
+                return Ok((cfg, false, PathBuf::from(".")));
+            }
             bail!("{}: no checkpoint to resume from", dir.display());
         }
         return Ok((cfg, true, PathBuf::from(".")));
@@ -188,17 +215,33 @@ fn train(args: TrainArgs) -> Result<Ending> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
+    // The micro-batch that fits, chosen before anything loads (a run that cannot fit is
+    // refused here). It is recorded (a `batch` event, config.toml) when it changes the
+    // config: a resumed or relaunched run that keeps its micro-batch adds nothing.
+    let (cfg, batch_note) = match auto_batch::choose(&cfg)? {
+        Some((chosen, note)) => {
+            eprintln!("{note}");
+            let changed = chosen.train.micro_batch_size != cfg.train.micro_batch_size;
+            (chosen, changed.then_some(note))
+        }
+        None => (cfg, None),
+    };
+    let launch = Launch {
+        resume,
+        batch_note,
+        lock,
+    };
     match cfg.task {
         TaskKind::Sft => {
             let task = SftTask::from_config(&cfg, &base)?;
             eprintln!("training set: {}", task.train.stats());
             let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
-            drive(&args, cfg, resume, task, predicted, &stop, lock)
+            drive(&args, cfg, launch, task, predicted, &stop)
         }
         TaskKind::Sts => {
             let task = StsTask::from_config(&cfg, &base)?;
             eprintln!("training set: {}", task.stats());
-            drive(&args, cfg, resume, task, None, &stop, lock)
+            drive(&args, cfg, launch, task, None, &stop)
         }
     }
 }
@@ -211,17 +254,29 @@ fn format_metrics(metrics: &std::collections::BTreeMap<String, f64>) -> String {
         .collect()
 }
 
+/// How a run starts: resumed or not, the auto batch's note, and a resumed run's lock
+/// (taken before loading).
+struct Launch {
+    resume: bool,
+    batch_note: Option<String>,
+    lock: Option<RunLock>,
+}
+
 /// Creates (and locks) the run directory and runs the trainer on `task` (any kind of
-/// training). `lock` is a resumed run's lock, taken earlier.
+/// training).
 fn drive<T: TrainTask>(
     args: &TrainArgs,
     cfg: RunConfig,
-    resume: bool,
+    launch: Launch,
     task: T,
     predicted: Option<u64>,
     stop: &AtomicBool,
-    lock: Option<RunLock>,
 ) -> Result<Ending> {
+    let Launch {
+        resume,
+        batch_note,
+        lock,
+    } = launch;
     let run = run_dir(args, &cfg)?;
     let _lock = match lock {
         Some(l) => l,
@@ -234,7 +289,8 @@ fn drive<T: TrainTask>(
     if !resume {
         std::fs::write(run.config(), cfg.to_toml()?)
             .with_context(|| format!("{}: cannot write", run.config().display()))?;
-    } else if !args.overrides.is_empty() {
+    } else if !args.overrides.is_empty() || batch_note.is_some() {
+        // `--set` overrides, or a micro-batch the auto batch chose anew.
         record_config = Some((run.config(), cfg.to_toml()?));
     }
     eprintln!("run directory: {}", run.root.display());
@@ -243,15 +299,20 @@ fn drive<T: TrainTask>(
         run,
         task,
         predicted_peak_bytes: predicted,
+        batch_note,
     };
     let events = args.events;
+    let micro = trainer.cfg.train.micro_batch();
     let mut sink = |line: &EventLine| {
+        if let TrainEvent::Step { step, .. } = &line.event {
+            test_oom_kill(*step, micro);
+        }
         if let (TrainEvent::Start { .. }, Some((path, text))) = (&line.event, record_config.take())
         {
             match std::fs::write(&path, text) {
-                Ok(()) => eprintln!("{}: recorded the --set overrides", path.display()),
+                Ok(()) => eprintln!("{}: recorded the resumed run's config", path.display()),
                 Err(e) => eprintln!(
-                    "warning: {}: cannot record the --set overrides: {e}",
+                    "warning: {}: cannot record the resumed run's config: {e}",
                     path.display()
                 ),
             }

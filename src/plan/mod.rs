@@ -16,6 +16,7 @@
 //! assert!(p.total < plan(&PlanInput::new(ModelShape::smollm2_135m(), 1, 256, Technique::baseline())).total);
 //! ```
 pub mod activations;
+pub mod fit;
 mod render;
 pub mod shape;
 

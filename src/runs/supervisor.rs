@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+pub use super::exit::failure_reason;
+use super::exit::{self, WorkerEnd};
 use super::layout::RunDir;
 use super::registry::{
     MemoryKind, MemoryPoint, RunStatus, SupervisorRecord, MEMORY_FILE, SUPERVISOR_FILE, WORKER_LOG,
@@ -358,64 +360,81 @@ fn memory_point(sample: &MemorySample, secs: f64) -> Option<MemoryPoint> {
     }
 }
 
-/// The reason a worker failed, from how it exited and the end of its stderr.
-pub fn failure_reason(status: &std::process::ExitStatus, tail: &[String]) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    let how = match (status.code(), status.signal()) {
-        (_, Some(9)) => "killed by SIGKILL (out of memory, or killed)".to_string(),
-        (_, Some(sig)) => format!("killed by signal {sig}"),
-        (Some(0), _) => "worker exited without a done event".to_string(),
-        (Some(c), _) => format!("worker exited with status {c}"),
-        (None, None) => "worker exited".to_string(),
-    };
-    // The most telling stderr lines: an `error:` line if there is one, else the last ones.
-    let lines: Vec<&String> = tail.iter().filter(|l| !l.trim().is_empty()).collect();
-    let detail = match lines.iter().rposition(|l| l.starts_with("error")) {
-        Some(i) => lines[i..]
-            .iter()
-            .take(3)
-            .map(|s| s.trim())
-            .collect::<Vec<_>>()
-            .join(" | "),
-        None => lines
-            .iter()
-            .rev()
-            .take(2)
-            .rev()
-            .map(|s| s.trim())
-            .collect::<Vec<_>>()
-            .join(" | "),
-    };
-    if detail.is_empty() {
-        how
-    } else {
-        format!("{how}: {detail}")
+/// The worker's arguments for a new run.
+fn fresh_args(p: &Pending) -> Vec<String> {
+    let mut args = vec![
+        "train".to_string(),
+        p.req.preset.display().to_string(),
+        "--run-dir".into(),
+        p.dir.display().to_string(),
+        "--events".into(),
+    ];
+    for o in &p.req.overrides {
+        args.push("--set".into());
+        args.push(o.clone());
     }
+    args
 }
 
+/// Runs the run's worker; a worker that dies for memory is relaunched from the last
+/// checkpoint with half the micro-batch (`runs::exit`), recorded as a `batch` event, until
+/// the run ends or the micro-batch cannot shrink.
 async fn run_worker(
     opts: &SupervisorOptions,
     p: Pending,
     mut stop_rx: mpsc::UnboundedReceiver<()>,
     sink: &Sink,
 ) {
-    let id = p.id.clone();
     let finish = |status: RunStatus| {
         finish_record(&p.dir, &status);
         sink(SupervisorEvent::Finished {
-            id: id.clone(),
+            id: p.id.clone(),
             status,
         });
     };
-    let mut cmd = tokio::process::Command::new(&opts.exe);
-    cmd.arg("train")
-        .arg(&p.req.preset)
-        .arg("--run-dir")
-        .arg(&p.dir)
-        .arg("--events");
-    for o in &p.req.overrides {
-        cmd.arg("--set").arg(o);
+    let mut args = fresh_args(&p);
+    loop {
+        let kills_before = crate::telemetry::available::oom_kill_count();
+        let end = match run_attempt(opts, &p, &args, &mut stop_rx, sink).await {
+            Ok(end) => end,
+            Err(e) => return finish(RunStatus::Failed(e)),
+        };
+        let kills = (kills_before, crate::telemetry::available::oom_kill_count());
+        let Some(death) = exit::memory_death(&end, kills) else {
+            return finish(exit::outcome(&end));
+        };
+        match exit::halve(&p.dir) {
+            Ok(h) => {
+                let event = h.event(&death);
+                if let Ok(line) = exit::append_event(&p.dir, event) {
+                    sink(SupervisorEvent::Event {
+                        id: p.id.clone(),
+                        line,
+                    });
+                }
+                args = h.worker_args(&p.dir);
+            }
+            // `auto_batch = false` fails as before; otherwise say why it stops here.
+            Err(exit::NoRelaunch::Off) => return finish(exit::outcome(&end)),
+            Err(exit::NoRelaunch::Cannot(why)) => {
+                return finish(RunStatus::Failed(format!("{death}; not relaunched: {why}")))
+            }
+        }
     }
+}
+
+/// One worker process: spawned with `args`, its events, stderr and memory relayed until it
+/// exits. `Err` when it cannot be started or waited for.
+async fn run_attempt(
+    opts: &SupervisorOptions,
+    p: &Pending,
+    args: &[String],
+    stop_rx: &mut mpsc::UnboundedReceiver<()>,
+    sink: &Sink,
+) -> Result<WorkerEnd, String> {
+    let id = p.id.clone();
+    let mut cmd = tokio::process::Command::new(&opts.exe);
+    cmd.args(args);
     if let Some(w) = &opts.workdir {
         cmd.current_dir(w);
     }
@@ -425,16 +444,9 @@ async fn run_worker(
         .kill_on_drop(true)
         // Its own process group: keystrokes and terminal signals of the dashboard are not its.
         .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            finish(RunStatus::Failed(format!(
-                "cannot start the worker {}: {e}",
-                opts.exe.display()
-            )));
-            return;
-        }
-    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the worker {}: {e}", opts.exe.display()))?;
     let pid = child.id().unwrap_or(0);
     sink(SupervisorEvent::Started {
         id: id.clone(),
@@ -446,7 +458,12 @@ async fn run_worker(
         .as_ref()
         .filter(|_| p.device.starts_with("cuda"))
         .cloned();
-    let mut log = std::fs::File::create(p.dir.join(WORKER_LOG)).ok();
+    // Appended: a relaunched worker's log follows the one before.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.dir.join(WORKER_LOG))
+        .ok();
     let mut mem_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -508,22 +525,16 @@ async fn run_worker(
             }
         }
     }
-    let status = match child.wait().await {
-        Ok(s) => s,
-        Err(e) => {
-            finish(RunStatus::Failed(format!("waiting for the worker: {e}")));
-            return;
-        }
-    };
-    let tail: Vec<String> = tail.into_iter().collect();
-    let outcome = match last_event {
-        Some(TrainEvent::Done { reason, .. }) if reason == "stopped" => RunStatus::Stopped,
-        Some(TrainEvent::Done { reason, .. }) => RunStatus::Done(reason),
-        Some(TrainEvent::Error { message }) => RunStatus::Failed(message),
-        _ if stops > 0 => RunStatus::Stopped,
-        _ => RunStatus::Failed(failure_reason(&status, &tail)),
-    };
-    finish(outcome);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for the worker: {e}"))?;
+    Ok(WorkerEnd {
+        status,
+        last_event,
+        stops,
+        tail: tail.into_iter().collect(),
+    })
 }
 
 fn push_tail(
@@ -548,28 +559,7 @@ fn push_tail(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::DeviceChoice;
-    use std::os::unix::process::ExitStatusExt;
-
-    #[test]
-    fn failure_reasons_name_the_signal_and_the_error_line() {
-        let killed = std::process::ExitStatus::from_raw(9);
-        let r = failure_reason(&killed, &["step 3".into()]);
-        assert!(r.starts_with("killed by SIGKILL"), "{r}");
-        let code1 = std::process::ExitStatus::from_raw(1 << 8);
-        let r = failure_reason(
-            &code1,
-            &[
-                "run directory: x".into(),
-                "error: presets/x.toml: line 3: bad".into(),
-            ],
-        );
-        assert_eq!(
-            r,
-            "worker exited with status 1: error: presets/x.toml: line 3: bad"
-        );
-    }
 
     #[test]
     fn devices_are_normalised() {

@@ -3,6 +3,7 @@
 //!
 //! A missing GPU is a normal state, not an error: [`GpuProbe::init`] returns
 //! [`GpuUnavailable`] ("no GPU: showing RAM") and [`sample`] falls back to process RAM.
+pub mod available;
 pub mod memory;
 pub mod nvml;
 pub mod throughput;

@@ -22,7 +22,8 @@ pub struct TrainerState {
     /// Optimiser steps done.
     pub step: usize,
     pub epoch: usize,
-    /// Micro-batches of `epoch` already consumed.
+    /// Batches (of `train.batch_size`) of `epoch` already consumed, whatever micro-batches
+    /// they were run as: a resume with another micro-batch continues at the same example.
     pub batch_in_epoch: usize,
     pub best_eval_loss: Option<f64>,
     /// The best evaluation's score (lower is better; `best_eval_loss` is its loss).

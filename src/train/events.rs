@@ -58,6 +58,20 @@ pub enum TrainEvent {
     Error {
         message: String,
     },
+    /// The micro-batch the run trains with, chosen at launch from the memory plan and the
+    /// memory available, or halved after an out-of-memory death (the supervisor's
+    /// relaunch). The effective batch (examples per optimiser step) never changes.
+    Batch {
+        /// The step the run continues from.
+        step: usize,
+        batch_size: usize,
+        micro_batch: usize,
+        /// Forward/backward passes per optimiser step (grad_accum × batch_size / micro_batch).
+        micro_batches_per_step: usize,
+        effective_batch: usize,
+        /// Why: the prediction against the memory available, or the out-of-memory death.
+        reason: String,
+    },
 }
 
 /// A line of `metrics.jsonl`: the event plus schema version and wall-clock time.

@@ -1,4 +1,5 @@
 //! The training engine: data, optimisers, schedules, checkpointing and the loop.
+pub mod auto_batch;
 pub mod checkpoint;
 pub mod data;
 pub mod evaluate;

@@ -100,8 +100,14 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         gradient_checkpointing: cfg.model.gradient_checkpointing,
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
-    let mut input = PlanInput::new(shape, cfg.train.batch_size, cfg.data.max_seq_len, technique);
-    input.grad_accum_steps = cfg.train.grad_accum;
+    // Memory follows the micro-batch actually run, not the batch it is a part of.
+    let mut input = PlanInput::new(
+        shape,
+        cfg.train.micro_batch(),
+        cfg.data.max_seq_len,
+        technique,
+    );
+    input.grad_accum_steps = cfg.train.micro_batches_per_step();
     input
 }
 
@@ -113,9 +119,13 @@ pub fn plan_for(cfg: &RunConfig) -> Result<MemoryPlan> {
             cfg.name
         );
     }
+    Ok(plan(&plan_input(cfg, &arch_of(cfg)?)))
+}
+
+/// The architecture of `cfg`'s model, from its metadata (no weights are loaded).
+pub fn arch_of(cfg: &RunConfig) -> Result<ArchConfig> {
     let resolved = crate::hub::resolve(&cfg.model.spec)?;
-    let arch = crate::model::causal::arch_config_of(&resolved.source)?;
-    Ok(plan(&plan_input(cfg, &arch)))
+    crate::model::causal::arch_config_of(&resolved.source)
 }
 
 /// The predicted peak memory (bytes) of training `cfg` on `model`.

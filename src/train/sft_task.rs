@@ -119,6 +119,15 @@ impl TrainTask for SftTask {
     fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>> {
         self.train.batches(epoch, batch_size, seed)
     }
+    fn split_batches(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+        micro: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<Batch>>> {
+        self.train.split_batches(epoch, batch_size, micro, seed)
+    }
 
     fn forward_backward(
         &self,

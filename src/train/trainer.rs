@@ -35,6 +35,25 @@ pub trait TrainTask {
     fn eval_len(&self) -> usize;
     /// Micro-batches of one epoch, deterministic in (epoch, seed).
     fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Self::Batch>>;
+    /// The batches of one epoch, each cut into micro-batches of at most `micro` rows, so
+    /// that an optimiser step sees the same examples whatever the micro-batch. A task that
+    /// cannot cut its batches runs them whole and refuses a smaller `micro`.
+    fn split_batches(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+        micro: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<Self::Batch>>> {
+        if micro < batch_size {
+            bail!("this kind of run trains whole batches only: train.micro_batch_size ({micro}) must equal train.batch_size ({batch_size})");
+        }
+        Ok(self
+            .batches(epoch, batch_size, seed)?
+            .into_iter()
+            .map(|b| vec![b])
+            .collect())
+    }
     /// Forward and backward of one micro-batch, adding into `accum` (aligned with
     /// `params`). Returns the mean loss and the number of tokens processed.
     fn forward_backward(
@@ -88,6 +107,12 @@ pub struct Summary {
     pub mean_tokens_per_sec: f64,
     pub peak_rss_bytes: Option<u64>,
     pub predicted_peak_bytes: Option<u64>,
+    /// Rows per forward/backward pass and passes per optimiser step (absent in summaries
+    /// written before micro-batches existed).
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
+    #[serde(default)]
+    pub micro_batches_per_step: Option<usize>,
 }
 
 pub struct Trainer<T: TrainTask> {
@@ -95,6 +120,9 @@ pub struct Trainer<T: TrainTask> {
     pub run: RunDir,
     pub task: T,
     pub predicted_peak_bytes: Option<u64>,
+    /// Why the run's micro-batch is what it is (`train::auto_batch`); given, it is
+    /// recorded as a `batch` event after the start event.
+    pub batch_note: Option<String>,
 }
 
 fn trainable_count(params: &[(String, Var)]) -> usize {
@@ -240,17 +268,30 @@ impl<T: TrainTask> Trainer<T> {
             predicted_peak_bytes: self.predicted_peak_bytes,
             resumed_from_step: state.step,
         })?;
+        if let Some(reason) = &self.batch_note {
+            emit(TrainEvent::Batch {
+                step: state.step,
+                batch_size: t.batch_size,
+                micro_batch: t.micro_batch(),
+                micro_batches_per_step: t.micro_batches_per_step(),
+                effective_batch: t.effective_batch(),
+                reason: reason.clone(),
+            })?;
+        }
+        let micro = t.micro_batch();
         let start = Instant::now();
         let base_elapsed = state.elapsed_secs;
         let mut reason = "completed".to_string();
         let mut accum: Vec<Option<Tensor>> = vec![None; self.task.params().len()];
+        // Batches (of `t.batch_size`) and micro-batches taken in this optimiser step.
+        let mut batches_in_step = 0usize;
         let mut micro_in_step = 0usize;
         let mut step_loss = 0.0;
         let mut step_tokens = 0usize;
         let mut step_start = Instant::now();
         if !resume && t.eval_on_start {
             // The untrained model's level, so the eval curve starts where training does.
-            if let Some(ev) = self.task.evaluate(t.batch_size, t.seed)? {
+            if let Some(ev) = self.task.evaluate(micro, t.seed)? {
                 state.best_eval_score = Some(ev.score);
                 state.best_eval_loss = Some(ev.loss);
                 state.best_eval_metrics = ev.metrics.clone();
@@ -266,31 +307,35 @@ impl<T: TrainTask> Trainer<T> {
         }
         self.task.set_training(true);
         'outer: while state.step < total_steps {
-            let batches = self.task.batches(state.epoch, t.batch_size, t.seed)?;
+            let batches = self
+                .task
+                .split_batches(state.epoch, t.batch_size, micro, t.seed)?;
             while state.batch_in_epoch < batches.len() {
-                if stop.load(Ordering::SeqCst) {
-                    // A stop inside gradient accumulation drops the half step (its
-                    // gradient is not applied), so its micro-batches are not consumed
-                    // either: a resume replays them and takes the same step.
-                    state.batch_in_epoch -= micro_in_step;
-                    reason = "stopped".into();
-                    break 'outer;
-                }
-                let batch = &batches[state.batch_in_epoch];
-                let noise_seed = t.seed ^ ((state.step as u64) << 20) ^ micro_in_step as u64;
-                let (loss, n) = self.task.forward_backward(batch, noise_seed, &mut accum)?;
-                if !loss.is_finite() {
-                    bail!(
-                        "loss became {loss} at step {}: stopping (lower the learning rate?)",
-                        state.step + 1
-                    );
+                for batch in &batches[state.batch_in_epoch] {
+                    if stop.load(Ordering::SeqCst) {
+                        // A stop inside gradient accumulation drops the half step (its
+                        // gradient is not applied), so its batches are not consumed
+                        // either: a resume replays them and takes the same step.
+                        state.batch_in_epoch -= batches_in_step;
+                        reason = "stopped".into();
+                        break 'outer;
+                    }
+                    let noise_seed = t.seed ^ ((state.step as u64) << 20) ^ micro_in_step as u64;
+                    let (loss, n) = self.task.forward_backward(batch, noise_seed, &mut accum)?;
+                    if !loss.is_finite() {
+                        bail!(
+                            "loss became {loss} at step {}: stopping (lower the learning rate?)",
+                            state.step + 1
+                        );
+                    }
+                    micro_in_step += 1;
+                    step_loss += loss;
+                    step_tokens += n;
                 }
                 state.batch_in_epoch += 1;
-                micro_in_step += 1;
-                step_loss += loss;
-                step_tokens += n;
+                batches_in_step += 1;
                 let epoch_done = state.batch_in_epoch == batches.len();
-                if micro_in_step < t.grad_accum && !epoch_done {
+                if batches_in_step < t.grad_accum && !epoch_done {
                     continue;
                 }
                 // One optimiser step over the accumulated micro-batches.
@@ -334,6 +379,7 @@ impl<T: TrainTask> Trainer<T> {
                     })?;
                 }
                 micro_in_step = 0;
+                batches_in_step = 0;
                 step_loss = 0.0;
                 step_tokens = 0;
                 let last = state.step == total_steps;
@@ -343,7 +389,7 @@ impl<T: TrainTask> Trainer<T> {
                 let mut improved = false;
                 if eval_now {
                     self.task.set_training(false);
-                    if let Some(ev) = self.task.evaluate(t.batch_size, t.seed)? {
+                    if let Some(ev) = self.task.evaluate(micro, t.seed)? {
                         improved = state.best_eval_score.is_none_or(|b| ev.score < b);
                         if improved {
                             state.best_eval_score = Some(ev.score);
@@ -412,6 +458,8 @@ impl<T: TrainTask> Trainer<T> {
             },
             peak_rss_bytes: state.peak_with_now(),
             predicted_peak_bytes: self.predicted_peak_bytes,
+            micro_batch: Some(t.micro_batch()),
+            micro_batches_per_step: Some(t.micro_batches_per_step()),
         };
         files::write(&self.run.summary(), serde_json::to_string_pretty(&summary)?)?;
         emit(TrainEvent::Done {

@@ -103,6 +103,7 @@ pub fn run_trainer<T: TrainTask>(
         run: RunDir::new(dir),
         task,
         predicted_peak_bytes: None,
+        batch_note: None,
     };
     let stop = AtomicBool::new(false);
     let mut sink = |l: &EventLine| on_event(l, &stop);

@@ -19,7 +19,7 @@ pub mod record;
 pub mod status;
 
 pub use memory::{MemoryKind, MemoryPoint};
-pub use record::{DoneInfo, RunRecord, StartInfo, StepPoint};
+pub use record::{BatchNote, DoneInfo, RunRecord, StartInfo, StepPoint};
 pub use status::{RunStatus, SupervisorRecord};
 // The supervisor writes these files; their names belong to the run layout.
 pub use crate::runs::layout::{MEMORY_FILE, SUPERVISOR_FILE, WORKER_LOG};

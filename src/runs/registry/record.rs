@@ -70,6 +70,29 @@ pub struct RunRecord {
     /// Last lines of the worker's stderr (live runs; for a failure's detail).
     pub log_tail: Vec<String>,
     pub supervisor: Option<SupervisorRecord>,
+    /// The latest `batch` event: the micro-batch chosen at launch or after an
+    /// out-of-memory relaunch, and why.
+    pub batch: Option<BatchNote>,
+}
+
+/// Facts from a `batch` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNote {
+    pub step: usize,
+    pub micro_batch: usize,
+    pub micro_batches_per_step: usize,
+    pub effective_batch: usize,
+    pub reason: String,
+}
+
+impl BatchNote {
+    /// "micro-batch 2 × 4 = 8 per step: REASON".
+    pub fn line(&self) -> String {
+        format!(
+            "micro-batch {} × {} = {} per step: {}",
+            self.micro_batch, self.micro_batches_per_step, self.effective_batch, self.reason
+        )
+    }
 }
 
 impl RunRecord {
@@ -91,6 +114,7 @@ impl RunRecord {
             error: None,
             log_tail: Vec::new(),
             supervisor: None,
+            batch: None,
         }
     }
 
@@ -185,6 +209,22 @@ impl RunRecord {
             TrainEvent::Error { message } => {
                 self.error = Some(message.clone());
                 self.status = RunStatus::Failed(message.clone());
+            }
+            TrainEvent::Batch {
+                step,
+                micro_batch,
+                micro_batches_per_step,
+                effective_batch,
+                reason,
+                ..
+            } => {
+                self.batch = Some(BatchNote {
+                    step: *step,
+                    micro_batch: *micro_batch,
+                    micro_batches_per_step: *micro_batches_per_step,
+                    effective_batch: *effective_batch,
+                    reason: reason.clone(),
+                });
             }
         }
     }

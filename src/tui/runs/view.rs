@@ -149,6 +149,12 @@ fn header_lines(app: &App, r: &RunRecord) -> Vec<Line<'static>> {
         format::opt_bytes(app.runs.predicted_peak(r))
     ));
     lines.push(Line::from(now.join(" · ")));
+    if let Some(b) = &r.batch {
+        lines.push(Line::from(Span::styled(
+            b.line(),
+            Style::default().fg(Color::Yellow),
+        )));
+    }
     match &r.status {
         RunStatus::Failed(reason) => lines.push(Line::from(Span::styled(
             format!("failed: {reason}"),

@@ -219,7 +219,24 @@ impl SftDataset {
 
     /// Every batch of an epoch, on the dataset's device. Deterministic in `(epoch, seed)`.
     pub fn batches(&self, epoch: usize, batch_size: usize, seed: u64) -> Result<Vec<Batch>> {
-        if batch_size == 0 {
+        Ok(self
+            .split_batches(epoch, batch_size, batch_size, seed)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Every batch of an epoch (as [`SftDataset::batches`] makes them) cut into
+    /// micro-batches of at most `micro` rows, in order: the same examples per batch
+    /// whatever the micro-batch, each micro-batch padded only to its own longest row.
+    pub fn split_batches(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+        micro: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<Batch>>> {
+        if batch_size == 0 || micro == 0 {
             bail!("batch_size must be at least 1");
         }
         match self.batching {
@@ -230,13 +247,18 @@ impl SftDataset {
                     .map(|(a, b)| (a.as_slice(), b.as_slice()))
                     .collect();
                 rows.chunks(batch_size)
-                    .map(|chunk| Batch::from_rows(chunk, self.pad_id, &self.device))
+                    .map(|batch| {
+                        batch
+                            .chunks(micro)
+                            .map(|chunk| Batch::from_rows(chunk, self.pad_id, &self.device))
+                            .collect()
+                    })
                     .collect()
             }
             _ => self
                 .batch_plan(epoch, batch_size, seed)
                 .iter()
-                .map(|idx| self.make_batch(idx))
+                .map(|idx| idx.chunks(micro).map(|c| self.make_batch(c)).collect())
                 .collect(),
         }
     }

@@ -1,0 +1,126 @@
+//! `train.auto_batch`: before a run loads anything, the largest micro-batch whose predicted
+//! whole-process peak (the memory plan, loading and evaluation included) fits in the
+//! memory available, with [`fit::SAFETY_MARGIN`]. Each batch of `train.batch_size` is then
+//! run as `batch_size / micro` micro-batches whose gradients accumulate, so an optimiser
+//! step still sees the preset's `batch_size × grad_accum` examples (the same ones, in the
+//! same order) and loss curves stay comparable with the preset's. Only divisors of the
+//! batch are candidates, which keeps that product exact.
+//!
+//! The step's gradient is the mean of the micro-batches' mean-token losses, as with
+//! `grad_accum` today; it equals the whole batch's only when the micro-batches count the
+//! same number of target tokens.
+use anyhow::{bail, Result};
+
+use super::setup::{arch_of, plan_input};
+use crate::config::{RunConfig, TaskKind};
+use crate::model::ArchConfig;
+use crate::plan::fit::{self, fit_micro_batch, with_margin, Fit, NoFit};
+use crate::plan::{plan, plan_forward};
+use crate::telemetry::available::{available_ram, Available};
+
+/// `cfg` with its micro-batch set to `micro` (a divisor of the batch).
+pub fn with_micro_batch(cfg: &RunConfig, micro: usize) -> RunConfig {
+    let mut c = cfg.clone();
+    c.train.micro_batch_size = Some(micro);
+    c
+}
+
+/// The predicted peak of the whole process at `cfg`'s micro-batch: loading, the training
+/// step and evaluation, whichever is highest.
+pub fn predicted_process_peak(cfg: &RunConfig, arch: &ArchConfig) -> u64 {
+    let input = plan_input(cfg, arch);
+    plan(&input)
+        .expected_peak(true)
+        .max(plan_forward(&input).total)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// How `cfg` batches: "micro-batch 2 × 4 per step = 8 examples per step (batch 4 ×
+/// grad_accum 2)".
+pub fn describe(cfg: &RunConfig) -> String {
+    let t = &cfg.train;
+    format!(
+        "micro-batch {} × {} per step = {} examples per step (batch {} × grad_accum {})",
+        t.micro_batch(),
+        t.micro_batches_per_step(),
+        t.effective_batch(),
+        t.batch_size,
+        t.grad_accum
+    )
+}
+
+/// Chooses the micro-batch of `cfg` against `available` (RAM today; a GPU run passes
+/// NVML's free device memory). The micro-batch never exceeds the one `cfg` already has
+/// (a resumed run keeps a micro-batch the supervisor halved). Returns the config to run
+/// (its choice recorded in `train.micro_batch_size`) and the line that says why; nothing
+/// fitting is an error saying predicted against available and what to change.
+pub fn choose_for(
+    cfg: &RunConfig,
+    arch: &ArchConfig,
+    available: &Available,
+) -> Result<(RunConfig, String)> {
+    let t = &cfg.train;
+    let cap = t.micro_batch();
+    let fitted = fit_micro_batch(t.batch_size, cap, available.bytes, |m| {
+        predicted_process_peak(&with_micro_batch(cfg, m), arch)
+    });
+    let room = format!("{} available ({})", mib(available.bytes), available.source);
+    match fitted {
+        Ok(Fit {
+            micro_batch,
+            predicted,
+        }) => {
+            let chosen = with_micro_batch(cfg, micro_batch);
+            let why = if micro_batch == cap {
+                format!(
+                    "predicted peak {} (+{:.0} % margin) fits in {room}",
+                    mib(predicted),
+                    fit::SAFETY_MARGIN * 100.0
+                )
+            } else {
+                let above = predicted_process_peak(&with_micro_batch(cfg, cap), arch);
+                format!(
+                    "micro-batch {cap} would need {} with the {:.0} % margin, {room}; micro-batch {micro_batch} is predicted at {}",
+                    mib(with_margin(above)),
+                    fit::SAFETY_MARGIN * 100.0,
+                    mib(predicted)
+                )
+            };
+            Ok((chosen.clone(), format!("auto batch: {}: {why}", describe(&chosen))))
+        }
+        Err(NoFit {
+            predicted,
+            available: _,
+        }) => bail!(
+            "`{}` does not fit in memory: even micro-batch 1 is predicted at {} ({} with the {:.0} % margin) and {room}. Free memory or raise the limit, or make the run smaller: a shorter data.max_seq_len, model.gradient_checkpointing = true, LoRA or QLoRA ([lora], model.quant = \"nf4\"), train.optimizer = \"adamw8bit\"; train.auto_batch = false runs it anyway",
+            cfg.name,
+            mib(predicted),
+            mib(with_margin(predicted)),
+            fit::SAFETY_MARGIN * 100.0
+        ),
+    }
+}
+
+/// [`choose_for`] with the model's plan read from its metadata (nothing loads) and the RAM
+/// available now. `None` when `train.auto_batch` is off (the config runs as it is) or the
+/// run has no memory plan (STS).
+pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
+    if !cfg.train.auto_batch || cfg.task != TaskKind::Sft {
+        return Ok(None);
+    }
+    let arch = arch_of(cfg)?;
+    let available = match available_ram() {
+        Ok(a) => a,
+        Err(e) => {
+            let note = format!(
+                "auto batch: {}: the available memory is unknown ({e:#})",
+                describe(cfg)
+            );
+            return Ok(Some((cfg.clone(), note)));
+        }
+    };
+    choose_for(cfg, &arch, &available).map(Some)
+}
