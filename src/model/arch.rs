@@ -177,7 +177,7 @@ impl Slot<WeightMut<'_>> {
                 WeightKind::Linear {
                     in_f, out_f, bias, ..
                 },
-            ) => *l = pb.linear(name, in_f, out_f, bias)?,
+            ) => *l = pb.block_linear(name, in_f, out_f, bias)?,
             (WeightMut::OptLinear(l), WeightKind::Head { vocab, hidden }) => {
                 *l = if tied {
                     None

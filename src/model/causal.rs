@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::arch::{self, ArchConfig, DecoderArch, Slot, Weight, WeightKind, WeightMut};
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{Linear, Quant4Kind};
 use super::llama::model_type_of;
 use super::load::gguf::GgufFile;
 use super::load::safetensors::SafetensorsSource;
@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Base weights become `Var`s (full fine-tuning) instead of frozen tensors.
     pub trainable: bool,
+    /// Block linear weights stored in 4 bits as they are read (kind, double quantisation).
+    pub quant4: Option<(Quant4Kind, bool)>,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +56,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             trainable: false,
+            quant4: None,
         }
     }
 }
@@ -71,7 +74,8 @@ impl CausalLm {
         cfg: &ArchConfig,
         opts: &LoadOptions,
     ) -> Result<LoadedCausalLm> {
-        let mut pb = ParamBuilder::new(src, &opts.device, opts.dtype, opts.trainable);
+        let mut pb = ParamBuilder::new(src, &opts.device, opts.dtype, opts.trainable)
+            .with_quant4(opts.quant4);
         let model = CausalLm(cfg.build(&mut pb)?);
         Ok(LoadedCausalLm {
             model,

@@ -37,17 +37,20 @@ pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool)
 
 /// Loads the model of `cfg` ready to train, with the language side (tokenizer, template).
 pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
+    // A 4-bit base is quantised tensor by tensor while loading: the dense model is never
+    // held in memory.
+    let quant4 = match cfg.model.quant {
+        QuantKind::None => None,
+        QuantKind::Nf4 => Some((Quant4Kind::Nf4, cfg.model.double_quant)),
+        QuantKind::Fp4 => Some((Quant4Kind::Fp4, cfg.model.double_quant)),
+    };
     let opts = LoadOptions {
         device: candle_core::Device::Cpu,
         dtype: cfg.model.dtype.dtype(),
         trainable: cfg.lora.is_none(),
+        quant4,
     };
     let mut lm = LanguageModel::load_spec(&cfg.model.spec, &opts)?;
-    match cfg.model.quant {
-        QuantKind::None => {}
-        QuantKind::Nf4 => quantize_base(&mut lm.model, Quant4Kind::Nf4, cfg.model.double_quant)?,
-        QuantKind::Fp4 => quantize_base(&mut lm.model, Quant4Kind::Fp4, cfg.model.double_quant)?,
-    }
     let params = match &cfg.lora {
         Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device, cfg.train.seed)?,
         None => std::mem::take(&mut lm.params),

@@ -382,6 +382,7 @@ impl StsTask {
             device: Device::Cpu,
             dtype: cfg.model.dtype.dtype(),
             trainable: cfg.lora.is_none(),
+            quant4: None,
         };
         let (mut embedder, mut params) = Embedder::from_dir_with_params(&dir, &opts)
             .with_context(|| format!("loading the encoder `{}`", cfg.model.spec))?;

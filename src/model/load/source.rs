@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::model::linear::{BaseWeight, Linear};
+use crate::model::linear::{BaseWeight, Linear, Quant4Kind, Quant4Tensor};
 
 /// How a parameter is initialised when a source has no stored value (tests, new heads).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,6 +107,8 @@ pub struct ParamBuilder<'a> {
     dtype: DType,
     trainable: bool,
     params: Vec<(String, Var)>,
+    /// Block linear weights stored in 4 bits as they are read (QLoRA; double quantisation).
+    quant4: Option<(Quant4Kind, bool)>,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -117,7 +119,15 @@ impl<'a> ParamBuilder<'a> {
             dtype,
             trainable,
             params: Vec::new(),
+            quant4: None,
         }
+    }
+
+    /// Stores every block linear weight in 4 bits as soon as it is read, so that loading
+    /// never holds the dense model (what decides whether a large QLoRA fits at all).
+    pub fn with_quant4(mut self, quant4: Option<(Quant4Kind, bool)>) -> Self {
+        self.quant4 = quant4;
+        self
     }
 
     pub fn device(&self) -> &Device {
@@ -170,6 +180,23 @@ impl<'a> ParamBuilder<'a> {
             None
         };
         Ok(Linear::new(BaseWeight::Dense(w), b))
+    }
+
+    /// A linear layer inside a block: [`Self::linear`], then 4-bit when the builder says so
+    /// (frozen: a quantised weight is never a `Var`).
+    pub fn block_linear(
+        &mut self,
+        prefix: &str,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let mut l = self.linear(prefix, in_f, out_f, bias)?;
+        if let Some((kind, double_quant)) = self.quant4 {
+            let q = Quant4Tensor::quantize(&l.base().dense()?.detach(), kind, double_quant)?;
+            l.set_base(BaseWeight::Quant4(std::sync::Arc::new(q)));
+        }
+        Ok(l)
     }
 
     /// The trainable parameters created so far, by name.
