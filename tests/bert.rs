@@ -55,6 +55,7 @@ fn every_parameter_gets_a_gradient() {
         device: dev.clone(),
         dtype: DType::F32,
         trainable: true,
+        quant4: None,
     };
     let loaded = Bert::build(&RandomSource::new(1.0), &tiny_config(), &opts).unwrap();
     // 5 (embeddings) + 16 per layer
