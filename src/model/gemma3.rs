@@ -271,21 +271,11 @@ impl Gemma3Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0
-            || self.num_key_value_heads == 0
-            || !self
-                .num_attention_heads
-                .is_multiple_of(self.num_key_value_heads)
-        {
-            bail!(
-                "invalid head counts: {} attention heads, {} key/value heads",
-                self.num_attention_heads,
-                self.num_key_value_heads
-            );
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("head_dim {} must be even for RoPE", self.head_dim);
-        }
+        super::llama::check_heads(
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )?;
         if self.layer_types.len() != self.num_hidden_layers {
             bail!(
                 "layer_types lists {} layers but num_hidden_layers is {}",
@@ -452,12 +442,8 @@ impl Attention {
         pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, heads: usize| {
-            y.reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let t = x.dim(1)?;
+        let split = |y: Tensor, heads: usize| ops::split_heads(&y, heads, self.head_dim);
         let rope = self.local_rope.as_ref().unwrap_or(pos.rope);
         let q = norm(
             &split(self.q_proj.forward(x)?, self.n_head)?,
@@ -497,13 +483,7 @@ impl Attention {
             None
         };
         let mask = own_mask.as_ref().or(pos.mask);
-        let n_rep = self.n_head / self.n_kv_head;
-        let k = ops::repeat_kv(&k, n_rep)?;
-        let v = ops::repeat_kv(&v, n_rep)?;
-        let y = ops::attention_scaled(&q, &k, &v, mask, self.scale)?;
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_head * self.head_dim))?;
+        let y = ops::grouped_attention(&q, &k, &v, mask, self.scale)?;
         self.o_proj.forward(&y)
     }
 }

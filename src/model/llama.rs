@@ -173,22 +173,11 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0
-            || self.num_key_value_heads == 0
-            || !self
-                .num_attention_heads
-                .is_multiple_of(self.num_key_value_heads)
-        {
-            bail!(
-                "invalid head counts: {} attention heads, {} key/value heads",
-                self.num_attention_heads,
-                self.num_key_value_heads
-            );
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("head_dim {} must be even for RoPE", self.head_dim);
-        }
-        Ok(())
+        check_heads(
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+        )
     }
 
     pub fn shape(&self) -> ModelShape {
@@ -278,12 +267,7 @@ impl Attention {
         pos: Positions<'_>,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, heads: usize| {
-            y.reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |y: Tensor, heads: usize| ops::split_heads(&y, heads, self.head_dim);
         let q = split(self.q_proj.forward(x)?, self.n_head)?;
         let k = split(self.k_proj.forward(x)?, self.n_kv_head)?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_head)?;
@@ -293,13 +277,8 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let n_rep = self.n_head / self.n_kv_head;
-        let k = ops::repeat_kv(&k, n_rep)?;
-        let v = ops::repeat_kv(&v, n_rep)?;
-        let y = ops::attention(&q, &k, &v, pos.mask)?;
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_head * self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y = ops::grouped_attention(&q, &k, &v, pos.mask, scale)?;
         self.o_proj.forward(&y)
     }
 }
@@ -392,6 +371,17 @@ impl DecoderEnds for Ends {
 
 /// A loaded LLaMA-family model.
 pub type Llama = Decoder<Ends>;
+
+/// Grouped-query attention's head counts and a RoPE-able head size.
+pub(crate) fn check_heads(heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        bail!("invalid head counts: {heads} attention heads, {kv_heads} key/value heads");
+    }
+    if !head_dim.is_multiple_of(2) {
+        bail!("head_dim {head_dim} must be even for RoPE");
+    }
+    Ok(())
+}
 
 pub(crate) fn model_type_of(v: &serde_json::Value) -> Result<String> {
     v.get("model_type")

@@ -189,6 +189,32 @@ pub fn attention_scaled(
     probs.matmul(&v.contiguous()?)
 }
 
+/// (b, t, heads·d) → (b, heads, t, d), contiguous: a projection's output split into heads.
+pub fn split_heads(y: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, t, _) = y.dims3()?;
+    y.reshape((b, t, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Grouped-query attention: q (b, h, t, d) over k/v (b, kv, s, d) with h a multiple of kv,
+/// scores scaled by `scale`; the heads merged back to (b, t, h·d).
+pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let n_rep = h / k.dim(1)?;
+    let k = repeat_kv(k, n_rep)?;
+    let v = repeat_kv(v, n_rep)?;
+    attention_scaled(q, &k, &v, mask, scale)?
+        .transpose(1, 2)?
+        .reshape((b, t, h * d))
+}
+
 /// Repeats key/value heads for grouped-query attention: (b, kv, s, d) → (b, kv·n_rep, s, d).
 pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     if n_rep == 1 {
