@@ -60,6 +60,19 @@ fn ids(b: usize, t: usize) -> Tensor {
     Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
 }
 
+/// A gradient that did not arrive or is zero everywhere.
+fn no_gradient(g: Option<&Tensor>) -> bool {
+    g.is_none_or(|g| {
+        g.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+    })
+}
+
 #[test]
 fn every_trainable_variable_receives_a_nonzero_gradient() {
     for (name, cfg) in all_configs() {
@@ -80,17 +93,7 @@ fn every_trainable_variable_receives_a_nonzero_gradient() {
         let missing: Vec<&str> = loaded
             .params
             .iter()
-            .filter(|(_, var)| {
-                grads.get(var).is_none_or(|g| {
-                    g.abs()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                        == 0.0
-                })
-            })
+            .filter(|(_, var)| no_gradient(grads.get(var)))
             .map(|(n, _)| n.as_str())
             .collect();
         assert!(missing.is_empty(), "{name}: no gradient for {missing:?}");
@@ -295,17 +298,7 @@ fn every_gemma3_technique_gives_each_trainable_variable_a_gradient() {
         let missing: Vec<&str> = vars
             .iter()
             .zip(&accum)
-            .filter(|(_, g)| {
-                g.as_ref().is_none_or(|g| {
-                    g.abs()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                        == 0.0
-                })
-            })
+            .filter(|(_, g)| no_gradient(g.as_ref()))
             .map(|((n, _), _)| n.as_str())
             .collect();
         assert!(missing.is_empty(), "{name}: no gradient for {missing:?}");

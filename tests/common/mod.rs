@@ -186,3 +186,12 @@ pub fn tiny_gemma3(window: usize) -> ftlab::model::ArchConfig {
         tie_word_embeddings: true,
     })
 }
+
+/// A JSON array of token ids (a reference fixture's).
+pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}

@@ -118,6 +118,14 @@ impl Linear {
         self.base = base;
     }
 
+    /// Replaces the base weight by its 4-bit quantisation (the bias and any LoRA adapter
+    /// are kept). The dense weight is dropped unless referenced elsewhere.
+    pub fn quantize_base(&mut self, kind: Quant4Kind, double_quant: bool) -> Result<()> {
+        let q = Quant4Tensor::quantize(&self.base().dense()?.detach(), kind, double_quant)?;
+        self.set_base(BaseWeight::Quant4(std::sync::Arc::new(q)));
+        Ok(())
+    }
+
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

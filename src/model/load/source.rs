@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::model::linear::{BaseWeight, Linear, Quant4Kind, Quant4Tensor};
+use crate::model::linear::{BaseWeight, Linear, Quant4Kind};
 
 /// How a parameter is initialised when a source has no stored value (tests, new heads).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,8 +193,7 @@ impl<'a> ParamBuilder<'a> {
     ) -> Result<Linear> {
         let mut l = self.linear(prefix, in_f, out_f, bias)?;
         if let Some((kind, double_quant)) = self.quant4 {
-            let q = Quant4Tensor::quantize(&l.base().dense()?.detach(), kind, double_quant)?;
-            l.set_base(BaseWeight::Quant4(std::sync::Arc::new(q)));
+            l.quantize_base(kind, double_quant)?;
         }
         Ok(l)
     }
