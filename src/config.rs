@@ -38,7 +38,7 @@ mod format;
 mod sts;
 mod template;
 mod toml_error;
-pub use device::DeviceChoice;
+pub use device::{cuda_built, device_name, DeviceChoice, CUDA_BUILD_HINT};
 pub use dtype::ComputeDtype;
 pub use format::FormatChoice;
 pub use sts::LabelScale;
@@ -103,7 +103,8 @@ pub struct ModelConfig {
     /// Compute dtype: f32 (CPU), bf16 or f16 (CUDA).
     #[serde(default)]
     pub dtype: ComputeDtype,
-    /// `auto`, `cpu`, `cuda` or `cuda:N` (today it only picks the supervisor's queue).
+    /// `auto` (the default: CUDA when built in and present, else the CPU), `cpu`, `cuda`
+    /// or `cuda:N`.
     #[serde(default)]
     pub device: DeviceChoice,
 }
@@ -546,7 +547,7 @@ lr = 1e-4
         assert_eq!(RunConfig::from_toml_str(&written).unwrap(), cfg);
         let defaults = RunConfig::from_toml_str(PRESET).unwrap();
         assert_eq!(defaults.model.dtype, ComputeDtype::F32);
-        assert_eq!(defaults.model.device, DeviceChoice::Cpu);
+        assert_eq!(defaults.model.device, DeviceChoice::Auto);
         assert_eq!(defaults.data.template, TemplateChoice::default());
     }
 

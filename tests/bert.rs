@@ -205,6 +205,9 @@ fn zero_sentences_is_a_usage_error() {
         sentences: vec![],
         file: None,
         json: false,
+        device: ftlab::cli::device::DeviceArgs {
+            device: ftlab::config::DeviceChoice::Cpu,
+        },
     };
     let err = ftlab::cli::embed::run(args).unwrap_err().to_string();
     assert!(err.contains("no sentences"), "{err}");

@@ -243,7 +243,7 @@ fn document_folders_load_and_chunk_back_to_their_text() {
 }
 
 fn minilm() -> Embedder {
-    load_encoder("minilm").unwrap().0
+    load_encoder("minilm", &Default::default()).unwrap().0
 }
 
 #[derive(serde::Deserialize)]

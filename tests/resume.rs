@@ -90,7 +90,7 @@ fn accum_setup(extra: &str) -> (tempfile::TempDir, RunConfig) {
 }
 
 fn task(cfg: &RunConfig) -> SftTask {
-    SftTask::from_config(cfg, Path::new(".")).unwrap()
+    SftTask::from_config(cfg, Path::new("."), &candle_core::Device::Cpu).unwrap()
 }
 
 /// Step losses of a run (or a resumed session) and its summary.

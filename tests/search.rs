@@ -180,7 +180,7 @@ fn minilm_text_index_round_trip() {
             text: t.to_string(),
         })
         .collect();
-    let (encoder, desc) = load_encoder("minilm").unwrap();
+    let (encoder, desc) = load_encoder("minilm", &Default::default()).unwrap();
     let (mut index, _) = SearchIndex::build(
         &encoder,
         "minilm",
@@ -198,7 +198,7 @@ fn minilm_text_index_round_trip() {
     assert_eq!(hits[0].source, "doc0", "{hits:?}");
     assert_eq!(hits.len(), 3);
     assert!(hits[0].score > hits[1].score);
-    let reopened = Searcher::open(dir.path()).unwrap();
+    let reopened = Searcher::open(dir.path(), &Default::default()).unwrap();
     let again = reopened.search("a kitten napping on the couch", 3).unwrap();
     assert_eq!(hits, again);
     assert!(err_text(reopened.search("  ", 3)).contains("empty"));

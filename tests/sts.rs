@@ -391,7 +391,7 @@ fn train(
     cfg: &RunConfig,
     dir: &Path,
 ) -> (f64, Vec<(usize, f64, f64)>, ftlab::train::trainer::Summary) {
-    let task = StsTask::from_config(cfg, Path::new(".")).unwrap();
+    let task = StsTask::from_config(cfg, Path::new("."), &candle_core::Device::Cpu).unwrap();
     let before = task.evaluate(32, 0).unwrap().unwrap();
     let mut evals = Vec::new();
     let summary = common::run_trainer(cfg, task, dir, false, |l, _| {
@@ -443,7 +443,7 @@ fn sts_loss_falls_on_a_tiny_model_and_results_load_back() {
         let best_spearman = summary.best_eval_metrics["spearman"];
         // The run directory loads as an encoder (its best checkpoint) and reproduces the
         // best evaluation.
-        let (enc, desc) = load_encoder(&dir.to_string_lossy()).unwrap();
+        let (enc, desc) = load_encoder(&dir.to_string_lossy(), &Default::default()).unwrap();
         assert!(desc.contains("best"), "{desc}");
         let pairs = ftlab::train::data::sts::load_pairs(&data, StsFormat::Auto).unwrap();
         let d = StsData::new(pairs, enc.tokenizer(), 64, enc.device()).unwrap();

@@ -25,7 +25,8 @@ fn run_training(
     resume: bool,
     stop_at: Option<usize>,
 ) -> (Summary, Vec<(usize, f64)>, f64) {
-    let task = SftTask::from_config(cfg, std::path::Path::new(".")).unwrap();
+    let task =
+        SftTask::from_config(cfg, std::path::Path::new("."), &candle_core::Device::Cpu).unwrap();
     let initial = task.evaluate(4, 0).unwrap().unwrap().loss;
     let mut steps = Vec::new();
     let summary = common::run_trainer(cfg, task, dir, resume, |l, stop| {
@@ -91,7 +92,7 @@ fn every_technique_lowers_the_eval_loss_of_a_tiny_model() {
 #[test]
 fn checkpointed_gradients_equal_plain_gradients() {
     let (_root, cfg) = tiny_setup("");
-    let (lm, tm) = setup::prepare(&cfg).unwrap();
+    let (lm, tm) = setup::prepare(&cfg, &candle_core::Device::Cpu).unwrap();
     let (train, _) = sft_task::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
     let batch = &train.batches(0, 4, 1).unwrap()[0];
     let mut plain = vec![None; tm.params.len()];

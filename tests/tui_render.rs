@@ -66,6 +66,7 @@ fn start(total: usize) -> TrainEvent {
         eval_examples: 32,
         predicted_peak_bytes: Some(900 << 20),
         resumed_from_step: 0,
+        device: "cpu".into(),
     }
 }
 

@@ -54,6 +54,65 @@ pub struct BenchResult {
     pub predicted_peak_bytes: Option<u64>,
     pub trainable_params: usize,
     pub total_params: usize,
+    /// Where it computed (`cpu`, `cuda:N`) and so what the peaks measure: process RAM
+    /// (VmHWM) on the CPU, the process's GPU memory (NVML, sampled) on a GPU.
+    #[serde(default)]
+    pub device: String,
+    /// Whether the generic path was forced on the CPU (`FTLAB_KERNELS=generic`).
+    #[serde(default)]
+    pub generic_kernels: bool,
+}
+
+impl BenchResult {
+    /// `VRAM` or `RAM`: what the peak columns measure.
+    pub fn memory_kind(&self) -> &'static str {
+        if self.device.starts_with("cuda") {
+            "VRAM"
+        } else {
+            "RAM"
+        }
+    }
+}
+
+/// The high-water mark of the memory a bench worker computes in: VmHWM on the CPU, the
+/// process's NVML usage on a GPU.
+enum Peak {
+    Ram,
+    Gpu(crate::telemetry::gpu_peak::GpuPeak),
+}
+
+impl Peak {
+    fn for_device(device: &candle_core::Device) -> Result<Self> {
+        if device.is_cpu() {
+            return Ok(Self::Ram);
+        }
+        let index = match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id as u32,
+            _ => 0,
+        };
+        let probe = crate::telemetry::GpuProbe::init_index(index)
+            .map_err(|e| anyhow::anyhow!("measuring GPU memory: {e}"))?;
+        Ok(Self::Gpu(crate::telemetry::gpu_peak::GpuPeak::start(
+            std::sync::Arc::new(probe),
+            std::process::id(),
+        )))
+    }
+
+    fn peak(&self) -> u64 {
+        match self {
+            Self::Ram => crate::telemetry::memory::peak_rss_bytes(None).unwrap_or(0),
+            Self::Gpu(g) => g.peak(),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Self::Ram => {
+                crate::telemetry::memory::reset_peak().ok();
+            }
+            Self::Gpu(g) => g.reset(),
+        }
+    }
 }
 
 fn overrides(args: &BenchArgs) -> Vec<String> {
@@ -69,10 +128,11 @@ fn overrides(args: &BenchArgs) -> Vec<String> {
 }
 
 fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
-    use crate::telemetry::memory::{peak_rss_bytes, reset_peak};
     let mut cfg = RunConfig::load(preset, &overrides(args))?;
     cfg.data.eval = None;
-    let (lm, mut tm) = setup::prepare(&cfg)?;
+    let device = cfg.model.device.resolve()?;
+    let peak = Peak::for_device(&device)?;
+    let (lm, mut tm) = setup::prepare(&cfg, &device)?;
     // Train mode, as in a real run (LoRA dropout is active).
     tm.model.set_training(true);
     let (train, _) = sft_task::build(
@@ -90,8 +150,8 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
             args.steps + 1
         );
     }
-    let load_peak = peak_rss_bytes(None).unwrap_or(0);
-    reset_peak().ok();
+    let load_peak = peak.peak();
+    peak.reset();
     let vars: Vec<Var> = tm.params.iter().map(|(_, v)| v.clone()).collect();
     let mut opt: Box<dyn Optimizer> = match cfg.train.optimizer {
         OptimizerKind::Adamw => Box::new(AdamW::new(vars, AdamWConfig::default())?),
@@ -114,6 +174,7 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
         let (_, scale) = clip_grad_norm(&accum, 1.0)?;
         opt.step(&accum, 1e-5, scale)?;
         drop(accum);
+        device.synchronize()?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -128,10 +189,12 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
         step_secs,
         tokens_per_sec: (args.batch_size * args.seq_len) as f64 / step_secs,
         load_peak_bytes: load_peak,
-        train_peak_bytes: peak_rss_bytes(None).unwrap_or(0),
+        train_peak_bytes: peak.peak(),
         predicted_peak_bytes: predicted,
         trainable_params: tm.params.iter().map(|(_, v)| v.elem_count()).sum(),
         total_params: tm.total_params,
+        device: crate::config::device_name(&device),
+        generic_kernels: crate::model::generic::generic_kernels(&device),
     })
 }
 
@@ -192,9 +255,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         results.push(r);
     }
     if !args.json {
+        let first = results.first();
         println!(
-            "batch {} × seq {}, {} timed steps after 1 warm-up, each technique in its own process",
-            args.batch_size, args.seq_len, args.steps
+            "batch {} × seq {}, {} timed steps after 1 warm-up, each technique in its own process, on {}{}; peaks are {}",
+            args.batch_size,
+            args.seq_len,
+            args.steps,
+            first.map_or("?", |r| r.device.as_str()),
+            if first.is_some_and(|r| r.generic_kernels && r.device == "cpu") {
+                " (generic kernels)"
+            } else {
+                ""
+            },
+            first.map_or("RAM", |r| r.memory_kind()),
         );
         println!(
             "{:<34} {:>8} {:>9} {:>15} {:>15} {:>15} {:>12}",

@@ -6,7 +6,6 @@ use candle_core::Tensor;
 
 use crate::hub::{self, ModelSource};
 use crate::infer::embed::{cosine_matrix, Embedder};
-use crate::model::LoadOptions;
 
 /// Sentences embedded per forward pass.
 const BATCH: usize = 32;
@@ -24,6 +23,8 @@ pub struct EmbedArgs {
     /// Print the embeddings and the similarity matrix as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -44,7 +45,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             path.display()
         ),
     };
-    let embedder = Embedder::from_dir(&dir, &LoadOptions::default())?;
+    let embedder = Embedder::from_dir(&dir, &args.device.load_options()?)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let mut chunks = Vec::new();
     for chunk in refs.chunks(BATCH) {

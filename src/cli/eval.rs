@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::infer::LanguageModel;
-use crate::model::LoadOptions;
 use crate::train::data::{keep_languages, load_jsonl, DataFormat};
 use crate::train::evaluate::answer_accuracy;
 use crate::train::sft_task::prompt_template;
@@ -36,10 +35,12 @@ pub struct EvalArgs {
     /// Print the result (with every sample) as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let mut lm = LanguageModel::load_spec(&args.model, &args.device.load_options()?)?;
     if let Some(a) = &args.adapter {
         eprintln!("applied {}", lm.apply_run(a)?);
     }

@@ -8,7 +8,6 @@ use super::input::read_utf8_file;
 use crate::infer::chat_template::ChatMessage;
 use crate::infer::sampling::SamplingParams;
 use crate::infer::LanguageModel;
-use crate::model::LoadOptions;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -68,6 +67,8 @@ pub struct GenerateArgs {
     pub max_new_tokens: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -77,7 +78,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with --prompt TEXT or --prompt-file FILE"),
     };
     args.sampling.params().validate()?;
-    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let opts = args.device.load_options()?;
+    let mut lm = LanguageModel::load_spec(&args.model, &opts)?;
     if let Some(a) = &args.adapter {
         eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
     }
@@ -104,12 +106,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     )?;
     writeln!(out)?;
     eprintln!(
-        "[ftlab] {} prompt tokens, {} new tokens in {:.2} s: {:.1} tokens/s (prompt processed in {:.2} s){}",
+        "[ftlab] {} prompt tokens, {} new tokens in {:.2} s: {:.1} tokens/s (prompt processed in {:.2} s) on {}{}",
         stats.prompt_tokens,
         stats.generated_tokens,
         stats.decode_secs,
         stats.tokens_per_sec(),
         stats.prefill_secs,
+        crate::config::device_name(&opts.device),
         if stats.stopped { ", stopped at end of turn" } else { "" }
     );
     Ok(())

@@ -63,6 +63,8 @@ pub struct BuildArgs {
     /// Chunk overlap in characters (folder input).
     #[arg(long, default_value_t = SplitConfig::default().chunk_overlap)]
     pub chunk_overlap: usize,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,7 +109,7 @@ fn build(args: BuildArgs) -> Result<()> {
     };
     let docs = read_corpus(&args.input, &split)?;
     let t = Instant::now();
-    let (encoder, desc) = load_encoder(&args.model)?;
+    let (encoder, desc) = load_encoder(&args.model, &args.device.load_options()?)?;
     eprintln!(
         "[ftlab] {} documents from {}; encoder: {desc} (loaded in {:.1} s)",
         docs.len(),

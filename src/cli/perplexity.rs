@@ -6,7 +6,6 @@ use anyhow::Result;
 use super::input::read_utf8_file;
 use crate::infer::perplexity::perplexity;
 use crate::infer::LanguageModel;
-use crate::model::LoadOptions;
 
 #[derive(clap::Args, Debug)]
 pub struct PerplexityArgs {
@@ -25,11 +24,13 @@ pub struct PerplexityArgs {
     /// Window advance; tokens in the overlap serve as context only.
     #[arg(long, default_value_t = 256)]
     pub stride: usize,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = read_utf8_file(&args.file)?;
-    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let mut lm = LanguageModel::load_spec(&args.model, &args.device.load_options()?)?;
     if let Some(a) = &args.adapter {
         eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
     }

@@ -13,7 +13,6 @@ use crate::infer::sampling::SamplingParams;
 use crate::infer::search::{load_encoder, Hit};
 use crate::infer::split::SplitConfig;
 use crate::infer::LanguageModel;
-use crate::model::LoadOptions;
 
 #[derive(clap::Args, Debug)]
 pub struct RagArgs {
@@ -72,6 +71,8 @@ pub struct RagArgs {
     pub json: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 fn print_chunks(hits: &[Hit]) {
@@ -136,14 +137,15 @@ fn load(args: &RagArgs, sampling: SamplingParams, max_new_tokens: usize) -> Resu
         max_new_tokens,
         sampling,
     };
-    let (encoder, desc) = load_encoder(&args.embed_model)?;
+    let load = args.device.load_options()?;
+    let (encoder, desc) = load_encoder(&args.embed_model, &load)?;
     let retriever = Retriever::from_dir(encoder, &args.docs, &split)?;
     eprintln!(
         "[ftlab] {} chunks from {}; encoder: {desc}",
         retriever.chunks.len(),
         args.docs.display()
     );
-    let mut lm = LanguageModel::load_spec(&args.model, &LoadOptions::default())?;
+    let mut lm = LanguageModel::load_spec(&args.model, &load)?;
     if let Some(a) = &args.adapter {
         eprintln!("[ftlab] applied {}", lm.apply_run(a)?);
     }

@@ -21,6 +21,8 @@ pub struct SearchArgs {
     /// Print the hits as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 /// One line per hit: rank, score, source and the text on one line (shortened).
@@ -45,7 +47,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     if args.query.trim().is_empty() {
         bail!("the query is empty: usage: ftlab search --index INDEX \"query\" -k 5");
     }
-    let mut searcher = Searcher::open(&args.index)?;
+    let mut searcher = Searcher::open(&args.index, &args.device.load_options()?)?;
     if let Some(ef) = args.ef {
         searcher.index.vectors.set_ef_search(ef);
     }

@@ -30,12 +30,14 @@ pub struct StsEvalArgs {
     /// Print the metrics as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: super::device::DeviceArgs,
 }
 
 pub fn run(args: StsEvalArgs) -> Result<()> {
     let format: StsFormat = args.format.parse()?;
     let pairs = load_pairs(&args.data, format)?;
-    let (encoder, desc) = load_encoder(&args.model)?;
+    let (encoder, desc) = load_encoder(&args.model, &args.device.load_options()?)?;
     let scale = match args.label_scale.as_str() {
         "signed" => LabelScale::Signed,
         "unit" => LabelScale::Unit,

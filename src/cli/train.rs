@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{RunConfig, TaskKind};
+use crate::config::{device_name, RunConfig, TaskKind};
 use crate::locations::Locations;
 use crate::runs::layout::RunDir;
 use crate::runs::lock::RunLock;
@@ -91,9 +91,9 @@ macro_rules! say {
 
 fn print_event(line: &EventLine) {
     match &line.event {
-        TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, .. } => {
+        TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, device, .. } => {
             say!(
-                "run {run}: {technique}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
+                "run {run}: {technique} on {device}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
                 100.0 * *trainable_params as f64 / (*total_params).max(1) as f64
             );
             if let Some(p) = predicted_peak_bytes {
@@ -199,6 +199,8 @@ fn train(args: TrainArgs) -> Result<Ending> {
         None => None,
     };
     let (cfg, resume, base) = load_config(&args)?;
+    // A device this binary cannot use is refused before anything loads.
+    cfg.model.device.check_available()?;
     if let Some(d) = &args.run_dir {
         if !resume && RunDir::new(d).metrics().exists() {
             bail!(
@@ -231,15 +233,17 @@ fn train(args: TrainArgs) -> Result<Ending> {
         batch_note,
         lock,
     };
+    let device = cfg.model.device.resolve()?;
+    eprintln!("device: {}", device_name(&device));
     match cfg.task {
         TaskKind::Sft => {
-            let task = SftTask::from_config(&cfg, &base)?;
+            let task = SftTask::from_config(&cfg, &base, &device)?;
             eprintln!("training set: {}", task.train.stats());
             let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
             drive(&args, cfg, launch, task, predicted, &stop)
         }
         TaskKind::Sts => {
-            let task = StsTask::from_config(&cfg, &base)?;
+            let task = StsTask::from_config(&cfg, &base, &device)?;
             eprintln!("training set: {}", task.stats());
             drive(&args, cfg, launch, task, None, &stop)
         }

@@ -61,7 +61,7 @@ pub fn run() -> Result<()> {
         &paths.runs_root,
     );
     opts.max_concurrent_per_device = app.runs.max_concurrent;
-    opts.gpu = probe;
+    opts.gpu = probe.map(|p| p as Arc<dyn crate::telemetry::GpuMemory>);
     let sup = {
         let tx = tx.clone();
         Supervisor::start(opts, rt.handle(), move |ev| {

@@ -1,20 +1,29 @@
-//! `model.device`: the one device choice of a run (`auto` | `cpu` | `cuda` | `cuda:N`).
+//! `model.device` and `--device`: the one device choice of a run or a command (`auto` |
+//! `cpu` | `cuda` | `cuda:N`), resolved once when it starts ([`DeviceChoice::resolve`]) and
+//! passed down; nothing below picks a device by itself.
 //!
-//! Today every run computes on the CPU and the choice only picks the supervisor's queue
-//! ([`DeviceChoice::queue_key`]). It is a plain string in TOML (serde goes through
-//! `FromStr` / `Display`), so presets read as before and `to_toml` writes the value back as
-//! it was spelled (`cuda` stays `cuda`, it does not become `cuda:0`).
+//! `auto` (the default) is the first CUDA device when this binary was built with CUDA
+//! (`--features cuda`) and a device answers, else the CPU. `cuda` on a binary built
+//! without CUDA fails at once, before anything loads, with the command that builds one.
+//! The choice is a plain string in TOML (serde goes through `FromStr` / `Display`), so
+//! `to_toml` writes the value back as it was spelled (`cuda` stays `cuda`).
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
+use candle_core::Device;
+
+/// The command that builds ftlab with CUDA, for error messages.
+pub const CUDA_BUILD_HINT: &str =
+    "cargo install --path . --features cuda (needs the CUDA toolkit; \
+     scripts/cuda/build.sh installs one from PyPI and builds without a GPU)";
 
 /// Where a run computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// Whatever the machine offers (resolved when the run starts).
-    Auto,
+    /// The first CUDA device when there is one (and the binary has CUDA), else the CPU.
     #[default]
+    Auto,
     Cpu,
     /// `cuda` (`None`: the default GPU, ordinal 0) or `cuda:N`.
     Cuda(Option<usize>),
@@ -25,12 +34,68 @@ impl DeviceChoice {
     pub const ALLOWED: &'static str = "auto, cpu, cuda or cuda:N";
 
     /// The supervisor's queue of runs that share this device: `cuda` and `cuda:0` are one
-    /// queue.
+    /// queue, and so is `auto` where it means the GPU (a CUDA build).
     pub fn queue_key(self) -> String {
         match self {
             Self::Cuda(n) => format!("cuda:{}", n.unwrap_or(0)),
-            other => other.to_string(),
+            Self::Auto if cuda_built() => "cuda:0".to_string(),
+            Self::Auto => "cpu".to_string(),
+            Self::Cpu => "cpu".to_string(),
         }
+    }
+
+    /// Whether this choice can mean a GPU (so its memory is GPU memory).
+    pub fn may_be_gpu(self) -> bool {
+        match self {
+            Self::Cuda(_) => true,
+            Self::Auto => cuda_built(),
+            Self::Cpu => false,
+        }
+    }
+
+    /// Refuses at once what this binary cannot do (`cuda` without CUDA compiled in),
+    /// before anything loads.
+    pub fn check_available(self) -> Result<()> {
+        if let Self::Cuda(_) = self {
+            if !cuda_built() {
+                bail!(
+                    "device `{self}`: this ftlab was built without CUDA; build it with: {CUDA_BUILD_HINT}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The candle device: `cuda[:N]` must answer (its error says why not); `auto` takes
+    /// CUDA device 0 when it answers and the CPU otherwise.
+    pub fn resolve(self) -> Result<Device> {
+        self.check_available()?;
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                let n = n.unwrap_or(0);
+                Device::new_cuda(n).map_err(|e| anyhow!("device `cuda:{n}`: {e}"))
+            }
+            Self::Auto if cuda_built() => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+            Self::Auto => Ok(Device::Cpu),
+        }
+    }
+}
+
+/// Whether this binary was built with CUDA.
+pub fn cuda_built() -> bool {
+    cfg!(feature = "cuda")
+}
+
+/// How a resolved device is named in events, logs and the dashboard: `cpu`, `cuda:N`.
+pub fn device_name(dev: &Device) -> String {
+    match dev {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => match dev.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cuda".to_string(),
+        },
+        Device::Metal(_) => "metal".to_string(),
     }
 }
 
@@ -98,6 +163,30 @@ mod tests {
     fn cuda_and_cuda_0_share_a_queue() {
         let key = |s: &str| s.parse::<DeviceChoice>().unwrap().queue_key();
         assert_eq!(key("cuda:0"), key("cuda"));
-        assert_eq!(key("auto"), "auto");
+        let auto = if cuda_built() { "cuda:0" } else { "cpu" };
+        assert_eq!(key("auto"), auto);
+    }
+
+    #[test]
+    fn auto_and_cpu_resolve_and_a_cpu_build_refuses_cuda_with_the_build_command() {
+        assert!(DeviceChoice::Cpu.resolve().unwrap().is_cpu());
+        assert_eq!(DeviceChoice::default(), DeviceChoice::Auto);
+        if cuda_built() {
+            return;
+        }
+        assert!(DeviceChoice::Auto.resolve().unwrap().is_cpu());
+        for d in ["cuda", "cuda:1", "gpu"] {
+            let err = d
+                .parse::<DeviceChoice>()
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("built without CUDA") && err.contains("--features cuda"),
+                "{err}"
+            );
+        }
+        assert_eq!(device_name(&Device::Cpu), "cpu");
     }
 }

@@ -7,10 +7,14 @@
 //! - [`log_softmax`]: of the LM head's logits (vocabulary-sized rows). Composed, it keeps
 //!   the shifted logits, their exponentials and the result; fused, the result only.
 //!
-//! Both fall back to the composed ops (same values) where the kernel does not apply (a
-//! device other than the CPU, a dtype other than f32, a mask that is not one `(t, s)` matrix).
-//! Their gradients are checked against the composed ops in the tests below.
+//! Both use their generic definitions (`generic_*`: computed outside autograd, backward
+//! in tensor ops, the same memory kept) where the kernel does not apply (a device other
+//! than the CPU, a dtype other than f32, a mask that is not one `(t, s)` matrix, the
+//! generic path forced). Kernels and generic twins are checked against the f64 composed
+//! ops in the tests below.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+use super::generic::{attach1, generic_kernels};
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -93,7 +97,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
 /// `softmax(scale · scores + mask)` over the last dimension. `scores`: (…, t, s); `mask`:
 /// additive, broadcastable to `scores` (0 or −∞ entries).
 pub fn scaled_masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
-    let fused = scores.device().is_cpu()
+    let fused = !generic_kernels(scores.device())
         && scores.dtype() == DType::F32
         && scores.rank() >= 2
         && mask.is_none_or(|m| {
@@ -119,12 +123,28 @@ pub fn scaled_masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64)
             .contiguous()?
             .apply_op2(&mask, ScaledMaskedSoftmax { scale });
     }
-    let x = (scores * scale)?;
+    generic_scaled_masked_softmax(scores, mask, scale)
+}
+
+/// The generic definition of [`scaled_masked_softmax`]: the probabilities are computed
+/// outside autograd (candle's softmax kernel of the device), and only they are kept for
+/// the backward `scale · p ⊙ (g − Σ g ⊙ p)`.
+pub fn generic_scaled_masked_softmax(
+    scores: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let x = (scores.detach() * scale)?;
     let x = match mask {
-        Some(m) => x.broadcast_add(m)?,
+        Some(m) => x.broadcast_add(&m.detach())?,
         None => x,
     };
-    candle_nn::ops::softmax(&x, D::Minus1)
+    let probs = candle_nn::ops::softmax_last_dim(&x.contiguous()?)?;
+    drop(x);
+    attach1("scaled-masked-softmax", scores, &probs, move |_, p, g| {
+        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
+        (g.broadcast_sub(&dot)? * p)? * scale
+    })
 }
 
 struct LogSoftmax;
@@ -157,13 +177,26 @@ impl CustomOp1 for LogSoftmax {
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 1 {
+    if !generic_kernels(x.device()) && x.dtype() == DType::F32 && x.rank() >= 1 {
         return x.contiguous()?.apply_op1(LogSoftmax);
     }
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
+    generic_log_softmax(x)
+}
+
+/// The generic definition of [`log_softmax`]: computed outside autograd, the result is
+/// all the backward `g − exp(y) · Σ g` keeps.
+pub fn generic_log_softmax(x: &Tensor) -> Result<Tensor> {
+    let y = {
+        let x = x.detach();
+        let max = x.max_keepdim(D::Minus1)?;
+        let shifted = x.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        shifted.broadcast_sub(&lse)?
+    };
+    attach1("log-softmax", x, &y, |_, y, g| {
+        let sum = g.sum_keepdim(D::Minus1)?;
+        g.sub(&y.exp()?.broadcast_mul(&sum)?)
+    })
 }
 
 #[cfg(test)]
@@ -251,6 +284,13 @@ mod tests {
 
     #[test]
     fn fused_softmax_values_and_gradients_equal_the_f64_composed_ops() {
+        for generic in [false, true] {
+            crate::model::generic::with_generic_kernels(generic, check_softmax);
+        }
+    }
+
+    /// The kernel or (forced) its generic twin against the f64 reference.
+    fn check_softmax() {
         for (mask, t, s) in [(true, 5, 5), (true, 3, 7), (false, 4, 6)] {
             let m = mask.then(|| causal(t, s));
             let y = check_against_f64(
@@ -295,13 +335,17 @@ mod tests {
 
     #[test]
     fn fused_log_softmax_values_and_gradients_equal_the_f64_composed_ops() {
-        check_against_f64(
-            &(randn(&[6, 50], 3) * 8.0).unwrap(),
-            &randn(&[6, 50], 4),
-            |x| log_softmax(x).unwrap(),
-            |x| candle_nn::ops::log_softmax(x, D::Minus1).unwrap(),
-            1e-5,
-            1e-5,
-        );
+        for generic in [false, true] {
+            crate::model::generic::with_generic_kernels(generic, || {
+                check_against_f64(
+                    &(randn(&[6, 50], 3) * 8.0).unwrap(),
+                    &randn(&[6, 50], 4),
+                    |x| log_softmax(x).unwrap(),
+                    |x| candle_nn::ops::log_softmax(x, D::Minus1).unwrap(),
+                    1e-5,
+                    1e-5,
+                )
+            });
+        }
     }
 }

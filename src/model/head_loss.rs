@@ -12,12 +12,15 @@
 //! weight, accumulated chunk after chunk into one (V, h) tensor.
 //!
 //! Masked rows (prompt tokens, padding) are skipped entirely: they cost no matmul.
-//! The op runs on the CPU in f32; elsewhere [`composed_linear_cross_entropy`] (today's
-//! path, the same values) is used. Both are checked against an f64 reference below.
-use candle_core::Tensor;
+//! The op runs on the CPU in f32. Its generic definition (the same chunks with tensor ops,
+//! on any device and in any dtype; on the CPU when the generic path is forced) keeps the
+//! same: the inputs only. [`composed_linear_cross_entropy`] is the plain twin. All are
+//! checked against an f64 reference below.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape};
+use candle_core::{Device, Tensor, D};
 use rayon::prelude::*;
 
+use super::generic::{attach2, generic_kernels};
 use super::linear::matmul_t;
 use super::ops::masked_cross_entropy;
 
@@ -61,11 +64,10 @@ pub fn linear_cross_entropy_chunked(
     if wh != h {
         candle_core::bail!("LM head: hidden states have {h} features, the weight {wh}");
     }
-    let fused = hidden.device().is_cpu()
-        && hidden.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && weight.is_contiguous();
-    if !fused {
+    let generic = generic_kernels(hidden.device());
+    let fused =
+        hidden.dtype() == DType::F32 && weight.dtype() == DType::F32 && weight.is_contiguous();
+    if !fused && !generic {
         return composed_linear_cross_entropy(hidden, weight, targets, mask);
     }
     let targets: Vec<u32> = targets.to_vec1()?;
@@ -97,6 +99,9 @@ pub fn linear_cross_entropy_chunked(
         chunk: chunk.max(1),
         loss: 0.0,
     };
+    if generic {
+        return Ok((op.generic(hidden, weight)?, count));
+    }
     let loss = op.mean_loss(&hidden.detach(), &weight.detach())?;
     let loss = hidden.apply_op2(weight, LinearCrossEntropy { loss, ..op })?;
     Ok((loss, count))
@@ -163,6 +168,80 @@ impl LinearCrossEntropy {
                 .sum::<f64>();
         }
         Ok((sum / self.count as f64) as f32)
+    }
+}
+
+/// The generic definition: the same chunks, with tensor ops on the device of the inputs.
+impl LinearCrossEntropy {
+    /// The chunk's row positions, target ids (c, 1) and loss weights (c, 1) on `dev`.
+    fn chunk_tensors(&self, (s, c): (usize, usize), dev: &Device) -> Result<[Tensor; 3]> {
+        Ok([
+            Tensor::from_slice(&self.rows[s..s + c], c, dev)?,
+            Tensor::from_slice(&self.targets[s..s + c], (c, 1), dev)?,
+            Tensor::from_slice(&self.weights[s..s + c], (c, 1), dev)?,
+        ])
+    }
+
+    /// The chunk's hidden rows (c, h) and its f32 logits (c, V) minus their row max.
+    fn shifted_logits(
+        hidden: &Tensor,
+        weight: &Tensor,
+        idx: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let rows = hidden.index_select(idx, 0)?;
+        let logits = rows.matmul(&weight.t()?)?.to_dtype(DType::F32)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        Ok((rows, logits.broadcast_sub(&max)?, max))
+    }
+
+    /// The mean loss as a scalar tensor of the device, attached to `hidden` and `weight`
+    /// with a backward that recomputes each chunk's logits.
+    fn generic(self, hidden: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let dev = hidden.device().clone();
+        let (h, w) = (hidden.detach(), weight.detach());
+        let mut sum = Tensor::zeros((), DType::F32, &dev)?;
+        for chunk in self.chunks() {
+            let [idx, targets, weights] = self.chunk_tensors(chunk, &dev)?;
+            let (_, shifted, _) = Self::shifted_logits(&h, &w, &idx)?;
+            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let nll = (lse - shifted.gather(&targets, 1)?)?;
+            sum = (sum + (nll * weights)?.sum_all()?)?;
+        }
+        let loss = (sum / self.count as f64)?;
+        let weight_grad = weight.track_op();
+        attach2(
+            "linear-cross-entropy",
+            hidden,
+            weight,
+            &loss,
+            move |h, w, _, g| {
+                let coef = (g.to_dtype(DType::F32)? / self.count as f64)?;
+                let dev = h.device();
+                let mut dh = Tensor::zeros(h.dims(), h.dtype(), dev)?;
+                let mut dw = None::<Tensor>;
+                for chunk in self.chunks() {
+                    let [idx, targets, weights] = self.chunk_tensors(chunk, dev)?;
+                    let (rows, shifted, _) = Self::shifted_logits(h, w, &idx)?;
+                    let probs = candle_nn::ops::softmax_last_dim(&shifted)?;
+                    drop(shifted);
+                    let minus_one = Tensor::full(-1f32, (chunk.1, 1), dev)?;
+                    let scale = weights.broadcast_mul(&coef)?;
+                    let dlogits = probs
+                        .scatter_add(&targets, &minus_one, 1)?
+                        .broadcast_mul(&scale)?
+                        .to_dtype(h.dtype())?;
+                    dh = dh.index_add(&idx, &dlogits.matmul(w)?, 0)?;
+                    if weight_grad {
+                        let part = dlogits.t()?.matmul(&rows)?;
+                        dw = Some(match dw {
+                            Some(acc) => (acc + part)?,
+                            None => part,
+                        });
+                    }
+                }
+                Ok((Some(dh), dw))
+            },
+        )
     }
 }
 
@@ -331,6 +410,7 @@ impl InplaceOp2 for AddAssign {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::generic::with_generic_kernels;
     use candle_core::{Device, Var, D};
 
     fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -420,13 +500,18 @@ mod tests {
     fn chunked_value_and_gradients_equal_the_unchunked_f64_reference() {
         // 13 rows: chunks that divide it (1, 13), that do not (4, 5), one larger (64);
         // with masked rows and with none.
-        for masked in [&[0usize, 3, 4, 12][..], &[]] {
-            let c = case(13, 8, 50, masked);
-            for chunk in [1, 4, 5, 13, 64] {
-                check(&c, 1e-5, |h, w| {
-                    linear_cross_entropy_chunked(h, w, &c.targets, &c.mask, chunk).unwrap()
-                });
-            }
+        // The CPU kernel, then its generic twin.
+        for generic in [false, true] {
+            with_generic_kernels(generic, || {
+                for masked in [&[0usize, 3, 4, 12][..], &[]] {
+                    let c = case(13, 8, 50, masked);
+                    for chunk in [1, 4, 5, 13, 64] {
+                        check(&c, 1e-5, |h, w| {
+                            linear_cross_entropy_chunked(h, w, &c.targets, &c.mask, chunk).unwrap()
+                        });
+                    }
+                }
+            });
         }
     }
 
@@ -440,15 +525,20 @@ mod tests {
 
     #[test]
     fn a_frozen_weight_gets_no_gradient_and_costs_no_weight_sized_tensor() {
-        let c = case(11, 8, 30, &[1]);
-        let h = Var::from_tensor(&c.hidden).unwrap();
-        let (loss, _) =
-            linear_cross_entropy_chunked(h.as_tensor(), &c.weight, &c.targets, &c.mask, 4).unwrap();
-        let g = loss.backward().unwrap();
-        // Only the hidden states' gradient: none for the weight, not even a zero one.
-        assert!(g.get(&c.weight).is_none());
-        assert_eq!(g.get_ids().count(), 1);
-        assert_eq!(g.get(h.as_tensor()).unwrap().dims(), &[11, 8]);
+        for generic in [false, true] {
+            with_generic_kernels(generic, || {
+                let c = case(11, 8, 30, &[1]);
+                let h = Var::from_tensor(&c.hidden).unwrap();
+                let (loss, _) =
+                    linear_cross_entropy_chunked(h.as_tensor(), &c.weight, &c.targets, &c.mask, 4)
+                        .unwrap();
+                let g = loss.backward().unwrap();
+                // Only the hidden states' gradient: none for the weight, not even a zero one.
+                assert!(g.get(&c.weight).is_none());
+                assert_eq!(g.get_ids().count(), 1);
+                assert_eq!(g.get(h.as_tensor()).unwrap().dims(), &[11, 8]);
+            });
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod export;
 pub mod fused;
 pub mod gemma3;
+pub mod generic;
 pub mod gpt_neox;
 pub mod head_loss;
 pub mod kv_cache;

@@ -26,7 +26,7 @@ use super::registry::{
     MemoryKind, MemoryPoint, RunStatus, SupervisorRecord, MEMORY_FILE, SUPERVISOR_FILE, WORKER_LOG,
 };
 use crate::config::RunConfig;
-use crate::telemetry::{self, GpuProbe, MemorySample};
+use crate::telemetry::{self, GpuMemory, MemorySample};
 use crate::train::events::{EventLine, TrainEvent};
 
 /// How many stderr lines are kept for a failure's reason.
@@ -97,8 +97,8 @@ pub struct SupervisorOptions {
     pub max_concurrent_per_device: usize,
     /// Memory sampling period.
     pub sample_every: Duration,
-    /// NVML probe for runs on a GPU; `None` on machines without one.
-    pub gpu: Option<Arc<GpuProbe>>,
+    /// GPU memory readings (NVML) for runs on a GPU; `None` on machines without one.
+    pub gpu: Option<Arc<dyn GpuMemory>>,
 }
 
 impl SupervisorOptions {
@@ -332,6 +332,12 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// The GPU readings to take for a run on `device` (`cuda:N`, or a queue key): none for a
+/// run on the CPU, whose memory is its RAM even on a machine with a GPU.
+fn gpu_for_device(gpu: Option<&Arc<dyn GpuMemory>>, device: &str) -> Option<Arc<dyn GpuMemory>> {
+    gpu.filter(|_| device.starts_with("cuda")).cloned()
+}
+
 fn memory_point(sample: &MemorySample, secs: f64) -> Option<MemoryPoint> {
     match sample {
         MemorySample::Gpu {
@@ -453,11 +459,9 @@ async fn run_attempt(
         pid,
     });
     let started = Instant::now();
-    let gpu = opts
-        .gpu
-        .as_ref()
-        .filter(|_| p.device.starts_with("cuda"))
-        .cloned();
+    // GPU memory for a run on the GPU: its queue says so before it starts; its start event
+    // says where it really computes (`auto` on a machine without a usable GPU is the CPU).
+    let mut gpu = gpu_for_device(opts.gpu.as_ref(), &p.device);
     // Appended: a relaunched worker's log follows the one before.
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -486,6 +490,11 @@ async fn run_attempt(
                         }
                         match EventLine::parse(&l) {
                             Ok(ev) => {
+                                if let TrainEvent::Start { device, .. } = &ev.event {
+                                    if !device.is_empty() {
+                                        gpu = gpu_for_device(opts.gpu.as_ref(), device);
+                                    }
+                                }
                                 if matches!(ev.event, TrainEvent::Done { .. } | TrainEvent::Error { .. }) {
                                     last_event = Some(ev.event.clone());
                                 }
@@ -559,7 +568,68 @@ fn push_tail(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::DeviceChoice;
+    use crate::telemetry::GpuUnavailable;
+
+    /// A stand-in for NVML: one process listed with its usage, or a failing device.
+    struct FakeGpu {
+        pid: u32,
+        process: u64,
+        used: u64,
+        total: u64,
+        broken: bool,
+    }
+
+    impl GpuMemory for FakeGpu {
+        fn device_memory(&self) -> Result<(u64, u64), GpuUnavailable> {
+            if self.broken {
+                return Err(GpuUnavailable::new("GPU is lost"));
+            }
+            Ok((self.used, self.total))
+        }
+        fn process_memory(&self, pid: u32) -> Option<u64> {
+            (pid == self.pid).then_some(self.process)
+        }
+    }
+
+    fn fake(pid: u32, broken: bool) -> Arc<dyn GpuMemory> {
+        Arc::new(FakeGpu {
+            pid,
+            process: 3 << 30,
+            used: 5 << 30,
+            total: 24 << 30,
+            broken,
+        })
+    }
+
+    /// What the Runs tab's memory chart gets for a run: VRAM of the run's process with the
+    /// device's capacity for a run on the GPU; the device's used memory where NVML does
+    /// not list the process; RAM for a run on the CPU, and when the GPU stops answering.
+    #[test]
+    fn gpu_runs_are_sampled_as_vram_and_cpu_runs_as_ram() {
+        let me = std::process::id();
+        let gpu = fake(me, false);
+        assert!(gpu_for_device(Some(&gpu), "cpu").is_none());
+        let on_gpu = gpu_for_device(Some(&gpu), "cuda:0").expect("a GPU run is sampled on the GPU");
+        let point = |g: Option<&Arc<dyn GpuMemory>>| {
+            memory_point(&telemetry::sample(Some(me), g.map(|g| g.as_ref())), 1.0).unwrap()
+        };
+        let p = point(Some(&on_gpu));
+        assert_eq!(p.kind, MemoryKind::GpuProcess);
+        assert_eq!((p.bytes, p.capacity), (3 << 30, Some(24 << 30)));
+
+        let elsewhere = fake(me + 1, false);
+        let p = point(Some(&elsewhere));
+        assert_eq!(p.kind, MemoryKind::GpuDevice);
+        assert_eq!((p.bytes, p.capacity), (5 << 30, Some(24 << 30)));
+
+        for g in [None, Some(fake(me, true))] {
+            let p = point(g.as_ref());
+            assert_eq!(p.kind, MemoryKind::Ram);
+            assert!(p.bytes > 0 && p.capacity.is_none());
+        }
+    }
 
     #[test]
     fn devices_are_normalised() {

@@ -4,12 +4,13 @@
 //! A missing GPU is a normal state, not an error: [`GpuProbe::init`] returns
 //! [`GpuUnavailable`] ("no GPU: showing RAM") and [`sample`] falls back to process RAM.
 pub mod available;
+pub mod gpu_peak;
 pub mod memory;
 pub mod nvml;
 pub mod throughput;
 
 pub use memory::{peak_rss_bytes, reset_peak, reset_peak_of, rss_bytes};
-pub use nvml::{GpuProbe, GpuUnavailable};
+pub use nvml::{GpuMemory, GpuProbe, GpuUnavailable};
 pub use throughput::ThroughputMeter;
 
 /// One reading of a run's memory, saying honestly what was measured.
@@ -86,7 +87,7 @@ impl MemorySample {
 /// pid, else the whole device); pass a probe only for runs that compute on that GPU — a
 /// CPU run on a GPU machine should pass `None` so that its RAM is what is shown. A failed
 /// GPU query falls back to RAM, and a failed RAM read gives `Unavailable`.
-pub fn sample(pid: Option<u32>, gpu: Option<&GpuProbe>) -> MemorySample {
+pub fn sample(pid: Option<u32>, gpu: Option<&dyn GpuMemory>) -> MemorySample {
     if let Some(probe) = gpu {
         if let Ok((used, total)) = probe.device_memory() {
             let own = pid.unwrap_or_else(std::process::id);

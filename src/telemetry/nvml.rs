@@ -51,6 +51,23 @@ fn describe(e: &NvmlError) -> String {
     }
 }
 
+/// Where GPU memory readings come from: NVML ([`GpuProbe`]), or a stand-in in tests.
+pub trait GpuMemory: Send + Sync {
+    /// (used, total) bytes of device memory, all processes together.
+    fn device_memory(&self) -> Result<(u64, u64), GpuUnavailable>;
+    /// Device memory held by process `pid`, when the driver reports it.
+    fn process_memory(&self, pid: u32) -> Option<u64>;
+}
+
+impl GpuMemory for GpuProbe {
+    fn device_memory(&self) -> Result<(u64, u64), GpuUnavailable> {
+        GpuProbe::device_memory(self)
+    }
+    fn process_memory(&self, pid: u32) -> Option<u64> {
+        GpuProbe::process_memory(self, pid)
+    }
+}
+
 /// One NVIDIA device, queried through NVML.
 pub struct GpuProbe {
     nvml: Nvml,

@@ -18,6 +18,9 @@ pub enum TrainEvent {
         eval_examples: usize,
         predicted_peak_bytes: Option<u64>,
         resumed_from_step: usize,
+        /// Where the run computes: `cpu` or `cuda:N` (empty in runs of older versions).
+        #[serde(default)]
+        device: String,
     },
     Step {
         step: usize,

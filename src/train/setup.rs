@@ -1,6 +1,7 @@
 //! Turning a run config into a trainable model: load, quantise the frozen base (QLoRA),
 //! attach adapters (LoRA) or make everything trainable (full fine-tuning).
 use anyhow::Result;
+use candle_core::Device;
 
 use super::trainer::TrainModel;
 use crate::adapt::peft::apply_lora;
@@ -35,8 +36,9 @@ pub fn quantize_base(model: &mut CausalLm, kind: Quant4Kind, double_quant: bool)
     Ok(())
 }
 
-/// Loads the model of `cfg` ready to train, with the language side (tokenizer, template).
-pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
+/// Loads the model of `cfg` onto `device` ready to train, with the language side
+/// (tokenizer, template).
+pub fn prepare(cfg: &RunConfig, device: &Device) -> Result<(LanguageModel, TrainModel)> {
     // A 4-bit base is quantised tensor by tensor while loading: the dense model is never
     // held in memory.
     let quant4 = match cfg.model.quant {
@@ -45,7 +47,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<(LanguageModel, TrainModel)> {
         QuantKind::Fp4 => Some((Quant4Kind::Fp4, cfg.model.double_quant)),
     };
     let opts = LoadOptions {
-        device: candle_core::Device::Cpu,
+        device: device.clone(),
         dtype: cfg.model.dtype.dtype(),
         trainable: cfg.lora.is_none(),
         quant4,

@@ -10,7 +10,7 @@ use super::data::{
 };
 use std::collections::BTreeMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 use super::checkpoint::{save_vars, FULL_WEIGHTS};
 use super::data::neftune_noise;
@@ -87,9 +87,9 @@ pub struct SftTask {
 }
 
 impl SftTask {
-    /// Loads the model and the data of a run config.
-    pub fn from_config(cfg: &RunConfig, base: &Path) -> Result<Self> {
-        let (lm, tm) = setup::prepare(cfg)?;
+    /// Loads the model (onto `device`) and the data of a run config.
+    pub fn from_config(cfg: &RunConfig, base: &Path, device: &Device) -> Result<Self> {
+        let (lm, tm) = setup::prepare(cfg, device)?;
         let (train, eval) = build(&cfg.data, &lm, base)?;
         Ok(Self {
             tm,

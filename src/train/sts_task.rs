@@ -375,11 +375,11 @@ pub struct StsTask {
 
 impl StsTask {
     /// Loads the encoder of `cfg` (with LoRA adapters or fully trainable) and its pairs.
-    pub fn from_config(cfg: &RunConfig, _base: &Path) -> Result<Self> {
+    pub fn from_config(cfg: &RunConfig, _base: &Path, device: &Device) -> Result<Self> {
         cfg.validate_sts()?;
         let dir = encoder_dir(&cfg.model.spec)?;
         let opts = LoadOptions {
-            device: Device::Cpu,
+            device: device.clone(),
             dtype: cfg.model.dtype.dtype(),
             trainable: cfg.lora.is_none(),
             quant4: None,

@@ -15,7 +15,7 @@ use super::checkpoint::{self, TrainerState};
 use super::events::{EventLine, TrainEvent};
 use super::optim::{clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use super::schedule::LrSchedule;
-use crate::config::{OptimizerKind, RunConfig};
+use crate::config::{device_name, OptimizerKind, RunConfig};
 use crate::files;
 use crate::model::CausalLm;
 use crate::runs::layout::RunDir;
@@ -267,6 +267,11 @@ impl<T: TrainTask> Trainer<T> {
             eval_examples: self.task.eval_len(),
             predicted_peak_bytes: self.predicted_peak_bytes,
             resumed_from_step: state.step,
+            device: self
+                .task
+                .params()
+                .first()
+                .map_or_else(|| "cpu".to_string(), |(_, v)| device_name(v.device())),
         })?;
         if let Some(reason) = &self.batch_note {
             emit(TrainEvent::Batch {

@@ -102,9 +102,27 @@ struct Loaded {
     lm: Option<(String, Option<PathBuf>, LanguageModel)>,
     /// (encoder spec, documents folder, chunks embedded by that encoder)
     retriever: Option<(String, PathBuf, Retriever)>,
+    /// Where models load: `auto` (the GPU of a CUDA build, else the CPU), resolved on
+    /// first use.
+    device: Option<candle_core::Device>,
 }
 
 impl Loaded {
+    fn load_options(&mut self) -> Result<LoadOptions> {
+        let device = match &self.device {
+            Some(d) => d.clone(),
+            None => {
+                let d = crate::config::DeviceChoice::Auto.resolve()?;
+                self.device = Some(d.clone());
+                d
+            }
+        };
+        Ok(LoadOptions {
+            device,
+            ..LoadOptions::default()
+        })
+    }
+
     fn lm(
         &mut self,
         job: u64,
@@ -114,11 +132,16 @@ impl Loaded {
         let fresh = !matches!(&self.lm, Some((m, a, _)) if *m == t.model && *a == t.adapter);
         if fresh {
             self.lm = None;
+            let opts = self.load_options()?;
             out(InferEvent::Status {
                 job,
-                text: format!("loading {}…", t.model),
+                text: format!(
+                    "loading {} on {}…",
+                    t.model,
+                    crate::config::device_name(&opts.device)
+                ),
             });
-            let mut lm = LanguageModel::load_spec(&t.model, &LoadOptions::default())?;
+            let mut lm = LanguageModel::load_spec(&t.model, &opts)?;
             if let Some(a) = &t.adapter {
                 let what = lm.apply_run(a)?;
                 out(InferEvent::Status {
@@ -145,7 +168,8 @@ impl Loaded {
                 job,
                 text: format!("loading encoder {encoder}…"),
             });
-            let (enc, desc) = load_encoder(encoder)?;
+            let opts = self.load_options()?;
+            let (enc, desc) = load_encoder(encoder, &opts)?;
             out(InferEvent::Status {
                 job,
                 text: format!("embedding the documents of {} with {desc}…", docs.display()),

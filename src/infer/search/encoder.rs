@@ -14,8 +14,12 @@ use crate::runs::layout::{encoder_result, EncoderResult};
 /// fully fine-tuned checkpoint directory, a PEFT adapter directory (on its base model), or
 /// an STS run directory — its `best/` checkpoint (the best held-out Spearman), else
 /// `adapter/`, else `model/`. Returns the encoder and a description of what was loaded.
-pub fn load_encoder(spec: &str) -> Result<(Embedder, String)> {
-    let opts = LoadOptions::default();
+pub fn load_encoder(spec: &str, opts: &LoadOptions) -> Result<(Embedder, String)> {
+    let opts = LoadOptions {
+        trainable: false,
+        quant4: None,
+        ..opts.clone()
+    };
     let path = Path::new(spec);
     match encoder_result(path) {
         EncoderResult::Adapter(dir) => load_adapter_encoder(&dir, &opts),

@@ -42,10 +42,10 @@ pub struct Searcher {
 }
 
 impl Searcher {
-    /// Loads `dir` and the model recorded in it.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Loads `dir` and the model recorded in it (with `opts`: its device).
+    pub fn open(dir: &Path, opts: &crate::model::LoadOptions) -> Result<Self> {
         let index = SearchIndex::load(dir)?;
-        let (encoder, desc) = load_encoder(&index.meta.model)
+        let (encoder, desc) = load_encoder(&index.meta.model, opts)
             .with_context(|| format!("loading the index's model `{}`", index.meta.model))?;
         Self::new(index, encoder, desc)
     }

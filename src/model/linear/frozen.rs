@@ -12,13 +12,15 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::quant4::Quant4Tensor;
+use crate::model::generic::{attach1, generic_kernels};
 
 /// x (rows, in) · dequant(W)ᵀ → (rows, out), differentiable with respect to x only.
 ///
-/// On the CPU this is a custom op that never keeps a dequantised copy. On other devices
-/// it falls back to dequantise + matmul: correct (gradients flow to x, none to W), but
-/// the dequantised weight lives in the autograd graph until backward, so the memory
-/// saving is lost there until device kernels are written.
+/// Only the 4-bit codes are kept between forward and backward, on every device: on the
+/// CPU by a custom op that dequantises into a scratch buffer; elsewhere (and on the CPU
+/// when the generic path is forced) by the generic definition, which dequantises with
+/// tensor ops from codes kept on the device, inside the forward and again inside the
+/// backward ([`generic_quant_matmul_t`]).
 pub fn quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
     let (out_f, in_f) = w.dims();
     let (_rows, k) = x.dims2()?;
@@ -27,10 +29,8 @@ pub fn quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
             "quant_matmul_t: x has {k} features, the 4-bit weight ({out_f}, {in_f}) expects {in_f}"
         );
     }
-    if !x.device().is_cpu() {
-        // Fallback (no CUDA/Metal kernels yet): a dense temporary, see the doc comment.
-        let wd = w.dequantize(x.dtype(), x.device())?;
-        return x.matmul(&wd.t()?);
+    if generic_kernels(x.device()) {
+        return generic_quant_matmul_t(x, w);
     }
     x.apply_op1(QuantMatmul {
         w: Frozen::Quant4(w.clone()),
@@ -48,12 +48,36 @@ pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if k != in_f {
         bail!("frozen_matmul_t: x has {k} features, the weight ({out_f}, {in_f}) expects {in_f}");
     }
-    if !x.device().is_cpu() || x.dtype() != w.dtype() {
+    if x.dtype() != w.dtype() {
         return x.matmul(&w.t()?);
+    }
+    if generic_kernels(x.device()) {
+        return generic_frozen_matmul_t(x, w);
     }
     x.apply_op1(QuantMatmul {
         w: Frozen::Dense(w.contiguous()?),
         mode: Mode::XWt,
+    })
+}
+
+/// The generic definition of [`frozen_matmul_t`]: x · Wᵀ computed outside autograd, with
+/// the backward g · W. The graph keeps x and a reference to W, never a gradient for W.
+pub fn generic_frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let w = w.detach();
+    let y = x.detach().matmul(&w.t()?)?;
+    attach1("frozen-matmul-t", x, &y, move |_, _, g| g.matmul(&w))
+}
+
+/// The generic definition of [`quant_matmul_t`]: dequantise on x's device with tensor
+/// ops, multiply, drop the dense weight; the backward dequantises again.
+pub fn generic_quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
+    let y = {
+        let dense = w.dequantize_on(x.dtype(), x.device())?;
+        x.detach().matmul(&dense.t()?)?
+    };
+    let w = w.clone();
+    attach1("frozen-4bit-matmul-t", x, &y, move |_, _, g| {
+        g.matmul(&w.dequantize_on(g.dtype(), g.device())?)
     })
 }
 

@@ -298,6 +298,84 @@ pub struct Quant4Tensor {
     pub dtype: DType,
     /// Device of the weight that was quantised (the codes themselves live in host memory).
     pub device: Device,
+    /// The codes as tensors on the device that computes with them (the generic path, see
+    /// [`Quant4Tensor::dequantize_on`]), made on first use.
+    device_codes: std::sync::OnceLock<DeviceCodes>,
+}
+
+/// 4-bit codes as tensors on one device: what the generic dequantisation reads.
+#[derive(Clone)]
+struct DeviceCodes {
+    /// Two codes per byte, as `packed`, u8.
+    packed: Tensor,
+    /// The 16 code values, f32.
+    table: Tensor,
+    absmax: DeviceAbsmax,
+}
+
+#[derive(Clone)]
+enum DeviceAbsmax {
+    /// (blocks, 1) f32.
+    F32(Tensor),
+    /// u8 codes `q + 127` (groups, 256), padded with the code of the offset; f32 steps
+    /// (groups, 1); the offset; the number of blocks.
+    Double {
+        codes: Tensor,
+        steps: Tensor,
+        offset: f32,
+        len: usize,
+    },
+}
+
+impl DeviceCodes {
+    fn new(q: &Quant4Tensor, dev: &Device) -> Result<Self> {
+        let absmax = match &q.absmax {
+            Absmax::F32(v) => DeviceAbsmax::F32(Tensor::from_slice(v, (v.len(), 1), dev)?),
+            Absmax::Double {
+                codes,
+                scales,
+                offset,
+                len,
+            } => {
+                let groups = scales.len();
+                let mut shifted = vec![DQ_LEVELS as u8; groups * DQ_BLOCK_SIZE];
+                for (d, &c) in shifted.iter_mut().zip(&codes[..*len]) {
+                    *d = (c as i16 + DQ_LEVELS as i16) as u8;
+                }
+                DeviceAbsmax::Double {
+                    codes: Tensor::from_vec(shifted, (groups, DQ_BLOCK_SIZE), dev)?,
+                    steps: Tensor::from_vec(q.absmax.dq_steps(), (groups, 1), dev)?,
+                    offset: *offset,
+                    len: *len,
+                }
+            }
+        };
+        Ok(Self {
+            packed: Tensor::from_slice(&q.packed, q.packed.len(), dev)?,
+            table: Tensor::from_slice(q.kind.code(), 16, dev)?,
+            absmax,
+        })
+    }
+
+    /// The absmax constants (blocks, 1), decoded as [`Absmax::values`] does (the same f32
+    /// operations in the same order, so the same bits).
+    fn absmax(&self) -> Result<Tensor> {
+        match &self.absmax {
+            DeviceAbsmax::F32(t) => Ok(t.clone()),
+            DeviceAbsmax::Double {
+                codes,
+                steps,
+                offset,
+                len,
+            } => (codes.to_dtype(DType::F32)? - DQ_LEVELS as f64)?
+                .broadcast_mul(steps)?
+                .affine(1.0, *offset as f64)?
+                .relu()?
+                .flatten_all()?
+                .narrow(0, 0, *len)?
+                .reshape((*len, 1)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Quant4Tensor {
@@ -360,6 +438,7 @@ impl Quant4Tensor {
             block_size: BLOCK_SIZE,
             dtype: w.dtype(),
             device: w.device().clone(),
+            device_codes: std::sync::OnceLock::new(),
         })
     }
 
@@ -427,6 +506,38 @@ impl Quant4Tensor {
         Tensor::from_vec(buf, self.shape, &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(device)
+    }
+
+    /// The dequantised weight (out, in) computed with tensor ops on `device` from codes
+    /// kept there (copied on first use): the generic twin of [`Self::dequantize_into`],
+    /// with the same values, for devices without a CPU kernel (and the CPU when the
+    /// generic path is forced). Only the codes stay on the device between calls.
+    pub fn dequantize_on(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        let codes = match self.device_codes.get() {
+            Some(c) if c.packed.device().same_device(device) => c.clone(),
+            // Kept for the first device asked for (a model computes on one device).
+            _ => {
+                let c = DeviceCodes::new(self, device)?;
+                let _ = self.device_codes.set(c.clone());
+                c
+            }
+        };
+        let bytes = codes.packed.to_dtype(DType::F32)?;
+        let hi = (&bytes / 16.0)?.floor()?;
+        let lo = (&bytes - (&hi * 16.0)?)?;
+        let idx = Tensor::stack(&[hi, lo], 1)?
+            .flatten_all()?
+            .to_dtype(DType::U32)?;
+        let blocks = self.packed.len() * 2 / self.block_size;
+        codes
+            .table
+            .index_select(&idx, 0)?
+            .reshape((blocks, self.block_size))?
+            .broadcast_mul(&codes.absmax()?)?
+            .flatten_all()?
+            .narrow(0, 0, self.numel())?
+            .reshape(self.shape)?
+            .to_dtype(dtype)
     }
 
     /// Bytes held: packed codes plus the (possibly double-quantised) absmax constants.

@@ -487,6 +487,7 @@ mod tests {
                 eval_examples: 1,
                 predicted_peak_bytes: Some(4096),
                 resumed_from_step: 0,
+                device: "cpu".into(),
             },
             100.0,
         ));

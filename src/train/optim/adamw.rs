@@ -6,6 +6,8 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::model::generic::generic_kernels;
+
 use super::{
     adamw_f32_kernel, check_float_vars, check_known_keys, check_step_args, step_key,
     tensor_to_f32_vec, tensor_u64, u64_tensor, update_host, AdamScalars, Optimizer,
@@ -133,7 +135,7 @@ impl Optimizer for AdamW {
             slot.step += 1;
             let sc = AdamScalars::new(&cfg, lr, grad_scale, slot.step);
             let var = &slot.var;
-            if var.device().is_cpu() {
+            if !generic_kernels(var.device()) {
                 let n = var.elem_count();
                 let state = slot.state.get_or_insert_with(|| Moments::Host {
                     m: vec![0f32; n],
@@ -154,7 +156,7 @@ impl Optimizer for AdamW {
                 let Some(Moments::Device { m, v }) = &mut slot.state else {
                     bail!("AdamW: variable {i} moved between devices")
                 };
-                device_update(var, grad, m, v, &cfg, lr, grad_scale, slot.step)
+                super::device::adamw_update(var, grad, m, v, &sc)
                     .with_context(|| format!("AdamW update of variable {i}"))?;
             }
         }
@@ -219,7 +221,7 @@ impl Optimizer for AdamW {
                         );
                     }
                     let n = slot.var.elem_count();
-                    let state = if slot.var.device().is_cpu() {
+                    let state = if !generic_kernels(slot.var.device()) {
                         Moments::Host {
                             m: tensor_to_f32_vec(m, n, &km)?,
                             v: tensor_to_f32_vec(v, n, &kv)?,
@@ -247,43 +249,4 @@ impl Optimizer for AdamW {
     fn step_count(&self) -> u64 {
         self.step
     }
-}
-
-/// Allocating fallback for variables that are not on the CPU (same formulas).
-#[allow(clippy::too_many_arguments)]
-fn device_update(
-    var: &Var,
-    grad: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    cfg: &AdamWConfig,
-    lr: f64,
-    grad_scale: f64,
-    t: u64,
-) -> Result<()> {
-    ensure!(
-        grad.dims() == var.dims(),
-        "gradient shape {:?} does not match variable shape {:?}",
-        grad.dims(),
-        var.dims()
-    );
-    let t = t.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - cfg.beta1.powi(t);
-    let bc2 = 1.0 - cfg.beta2.powi(t);
-    let g = grad
-        .to_device(var.device())?
-        .to_dtype(DType::F32)?
-        .affine(grad_scale, 0.0)?;
-    let new_m = (m.affine(cfg.beta1, 0.0)? + g.affine(1.0 - cfg.beta1, 0.0)?)?;
-    let new_v = (v.affine(cfg.beta2, 0.0)? + g.sqr()?.affine(1.0 - cfg.beta2, 0.0)?)?;
-    let denom = new_v.sqrt()?.affine(1.0 / bc2.sqrt(), cfg.eps)?;
-    let p = var
-        .as_tensor()
-        .to_dtype(DType::F32)?
-        .affine(1.0 - lr * cfg.weight_decay, 0.0)?;
-    let p = (p - (new_m.div(&denom)?).affine(lr / bc1, 0.0)?)?;
-    var.set(&p.to_dtype(var.dtype())?)?;
-    *m = new_m;
-    *v = new_v;
-    Ok(())
 }

@@ -17,9 +17,9 @@
 //!
 //! Paging: bitsandbytes' "paged" optimisers put state in CUDA unified memory that
 //! spills to host RAM under GPU memory pressure. That is **not implemented** here: on
-//! the CPU the 8-bit state simply lives in RAM. Variables on another device are staged
-//! through host memory every step (their 8-bit state is always host-resident), which is
-//! correct but slow.
+//! the CPU the 8-bit state simply lives in RAM. Variables on another device keep their
+//! 8-bit state on that device and are updated there with tensor ops (`device::DeviceQ8`,
+//! the generic definition, also used on the CPU when the generic path is forced).
 
 use std::collections::HashMap;
 
@@ -27,15 +27,27 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
+use super::device::DeviceQ8;
 use super::qmap::{signed_map, unsigned_map};
 use super::{
     adamw_f32_kernel, check_float_vars, check_known_keys, check_step_args, step_key,
     tensor_to_f32_vec, tensor_u64, u64_tensor, update_host, AdamScalars, AdamWConfig, Optimizer,
 };
+use crate::model::generic::generic_kernels;
 
 enum State8 {
     /// Small variables: plain f32 moments.
-    F32 { m: Vec<f32>, v: Vec<f32> },
+    F32 {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// The generic definitions' state, on the variable's device: f32 moments of small
+    /// variables, blockwise 8-bit ones of the others.
+    DeviceF32 {
+        m: Tensor,
+        v: Tensor,
+    },
+    DeviceQ8(DeviceQ8),
     /// Blockwise-quantised moments.
     Q8 {
         m_q: Vec<u8>,
@@ -132,8 +144,20 @@ impl AdamW8bit {
             .sum()
     }
 
-    fn new_state(&self, n: usize) -> State8 {
-        if self.quantizes(n) {
+    fn new_state(&self, var: &Var) -> Result<State8> {
+        let n = var.elem_count();
+        let dev = var.device();
+        if generic_kernels(dev) {
+            return Ok(if self.quantizes(n) {
+                State8::DeviceQ8(DeviceQ8::zeros(n, self.block_size, dev)?)
+            } else {
+                State8::DeviceF32 {
+                    m: Tensor::zeros(var.shape(), DType::F32, dev)?,
+                    v: Tensor::zeros(var.shape(), DType::F32, dev)?,
+                }
+            });
+        }
+        Ok(if self.quantizes(n) {
             let nb = self.n_blocks(n);
             State8::Q8 {
                 m_q: vec![signed_map().zero_index(); n],
@@ -146,7 +170,7 @@ impl AdamW8bit {
                 m: vec![0f32; n],
                 v: vec![0f32; n],
             }
-        }
+        })
     }
 }
 
@@ -159,7 +183,7 @@ impl Optimizer for AdamW8bit {
         for (i, grad) in grads.iter().enumerate() {
             let Some(grad) = grad else { continue };
             if self.slots[i].state.is_none() {
-                let st = self.new_state(self.slots[i].var.elem_count());
+                let st = self.new_state(&self.slots[i].var)?;
                 self.slots[i].state = Some(st);
             }
             let slot = &mut self.slots[i];
@@ -178,6 +202,8 @@ impl Optimizer for AdamW8bit {
                 } => update_host(var, grad, |p, g| {
                     adamw8bit_kernel(p, g, m_q, v_q, m_absmax, v_absmax, bs, &sc)
                 }),
+                State8::DeviceF32 { m, v } => super::device::adamw_update(var, grad, m, v, &sc),
+                State8::DeviceQ8(q) => q.update(var, grad, &sc),
             };
             res.with_context(|| format!("AdamW8bit update of variable {i}"))?;
         }
@@ -196,6 +222,8 @@ impl Optimizer for AdamW8bit {
                     m_absmax,
                     v_absmax,
                 }) => m_q.len() + v_q.len() + 4 * (m_absmax.len() + v_absmax.len()),
+                Some(State8::DeviceF32 { m, v }) => 4 * (m.elem_count() + v.elem_count()),
+                Some(State8::DeviceQ8(q)) => q.bytes(),
             })
             .sum()
     }
@@ -228,6 +256,17 @@ impl Optimizer for AdamW8bit {
                         format!("{i}.v_absmax"),
                         Tensor::from_slice(v_absmax, v_absmax.len(), &cpu)?,
                     ));
+                }
+                State8::DeviceF32 { m, v } => {
+                    out.push((format!("{i}.m"), m.clone()));
+                    out.push((format!("{i}.v"), v.clone()));
+                }
+                State8::DeviceQ8(q) => {
+                    let [m_q, m_absmax, v_q, v_absmax] = q.parts(shape)?;
+                    out.push((format!("{i}.m_q"), m_q));
+                    out.push((format!("{i}.m_absmax"), m_absmax));
+                    out.push((format!("{i}.v_q"), v_q));
+                    out.push((format!("{i}.v_absmax"), v_absmax));
                 }
             }
         }
@@ -281,11 +320,26 @@ impl Optimizer for AdamW8bit {
                     tensor_to_f32_vec(get(s).expect("presence checked"), nb, &key(s))
                         .context("absmax length mismatch (different block_size?)")
                 };
-                State8::Q8 {
-                    m_q: codes("m_q")?,
-                    v_q: codes("v_q")?,
-                    m_absmax: absmax("m_absmax")?,
-                    v_absmax: absmax("v_absmax")?,
+                let (m_q, v_q) = (codes("m_q")?, codes("v_q")?);
+                let (m_absmax, v_absmax) = (absmax("m_absmax")?, absmax("v_absmax")?);
+                let dev = slot.var.device();
+                if generic_kernels(dev) {
+                    let cpu = Device::Cpu;
+                    State8::DeviceQ8(DeviceQ8::from_parts(
+                        &Tensor::from_vec(m_q, n, &cpu)?,
+                        &Tensor::from_vec(v_q, n, &cpu)?,
+                        &Tensor::from_vec(m_absmax, nb, &cpu)?,
+                        &Tensor::from_vec(v_absmax, nb, &cpu)?,
+                        self.block_size,
+                        dev,
+                    )?)
+                } else {
+                    State8::Q8 {
+                        m_q,
+                        v_q,
+                        m_absmax,
+                        v_absmax,
+                    }
                 }
             } else {
                 ensure!(
@@ -293,9 +347,16 @@ impl Optimizer for AdamW8bit {
                     "variable {i} ({n} elements) needs f32 state (m, v); checkpoint has \
                      {present:?} (different min_8bit_size?)"
                 );
-                State8::F32 {
-                    m: tensor_to_f32_vec(get("m").expect("checked"), n, &key("m"))?,
-                    v: tensor_to_f32_vec(get("v").expect("checked"), n, &key("v"))?,
+                let m = tensor_to_f32_vec(get("m").expect("checked"), n, &key("m"))?;
+                let v = tensor_to_f32_vec(get("v").expect("checked"), n, &key("v"))?;
+                let dev = slot.var.device();
+                if generic_kernels(dev) {
+                    State8::DeviceF32 {
+                        m: Tensor::from_vec(m, slot.var.shape(), dev)?,
+                        v: Tensor::from_vec(v, slot.var.shape(), dev)?,
+                    }
+                } else {
+                    State8::F32 { m, v }
                 }
             };
             new_states.push((var_step, Some(state)));

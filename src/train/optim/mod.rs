@@ -18,6 +18,7 @@
 mod adamw;
 mod adamw8bit;
 mod clip;
+mod device;
 pub mod qmap;
 
 pub use adamw::{AdamW, AdamWConfig};

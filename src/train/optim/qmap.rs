@@ -154,6 +154,11 @@ impl QuantMap {
         c
     }
 
+    /// The midpoints between neighbouring codes (the last one +∞).
+    pub fn midpoints(&self) -> [f32; 256] {
+        self.mid
+    }
+
     /// Index of the code equal to 0.
     pub fn zero_index(&self) -> u8 {
         self.zero

@@ -1,0 +1,29 @@
+//! `--device`, shared by every command that loads a model: resolved once here and passed
+//! down in the load options.
+use anyhow::Result;
+
+use crate::config::DeviceChoice;
+use crate::model::LoadOptions;
+
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// Where to compute: auto (CUDA when this ftlab is built with it and a GPU answers,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+impl DeviceArgs {
+    /// Load options for a frozen model on the chosen device (refused at once, before
+    /// anything loads, when this binary cannot use it).
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: self.device.resolve()?,
+            ..LoadOptions::default()
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! The optimisers' generic definitions: the AdamW update, and the blockwise 8-bit state of
+//! AdamW8bit, written with candle tensor ops, so that the parameters, the gradients and
+//! the state stay on the variable's device (no copy through host memory). They compute
+//! what the CPU kernels (`adamw_f32_kernel`, `adamw8bit_kernel`) compute, in the same f32
+//! operations; tests compare them.
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use super::qmap::{signed_map, unsigned_map, QuantMap};
+use super::AdamScalars;
+
+/// `g · grad_scale` in f32 on `dev`.
+fn scaled_grad(var: &Var, grad: &Tensor, s: &AdamScalars) -> Result<Tensor> {
+    ensure!(
+        grad.dims() == var.dims(),
+        "gradient shape {:?} does not match variable shape {:?}",
+        grad.dims(),
+        var.dims()
+    );
+    Ok(grad
+        .to_device(var.device())?
+        .to_dtype(DType::F32)?
+        .affine(s.grad_scale as f64, 0.0)?)
+}
+
+/// `p ← p·decay − step_size · m / (√v · inv_sqrt_bc2 + eps)`, written into `var`.
+fn apply(var: &Var, p: &Tensor, m: &Tensor, v: &Tensor, s: &AdamScalars) -> Result<()> {
+    let denom = v.sqrt()?.affine(s.inv_sqrt_bc2 as f64, s.eps as f64)?;
+    let step = (m / denom)?.affine(s.step_size as f64, 0.0)?;
+    let p = (p.affine(s.decay as f64, 0.0)? - step)?;
+    var.set(&p.reshape(var.shape())?.to_dtype(var.dtype())?)?;
+    Ok(())
+}
+
+/// One AdamW update with f32 moments `m`, `v` on the variable's device (replaced, not
+/// mutated, so a clone taken for a checkpoint stays a snapshot).
+pub(crate) fn adamw_update(
+    var: &Var,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    s: &AdamScalars,
+) -> Result<()> {
+    let g = scaled_grad(var, grad, s)?;
+    let new_m = (m.affine(s.beta1 as f64, 0.0)? + g.affine(s.one_minus_beta1 as f64, 0.0)?)?;
+    let new_v =
+        (v.affine(s.beta2 as f64, 0.0)? + g.sqr()?.affine(s.one_minus_beta2 as f64, 0.0)?)?;
+    let p = var.as_tensor().to_dtype(DType::F32)?;
+    apply(var, &p, &new_m, &new_v, s)?;
+    *m = new_m;
+    *v = new_v;
+    Ok(())
+}
+
+/// A dynamic map's codes and midpoints as device tensors.
+struct MapTensors {
+    code: Tensor,
+    /// 256 midpoints, the last +∞.
+    mid: Tensor,
+}
+
+impl MapTensors {
+    fn new(map: &QuantMap, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            code: Tensor::from_slice(&map.code, 256, dev)?,
+            mid: Tensor::from_slice(&map.midpoints(), 256, dev)?,
+        })
+    }
+
+    /// Values of u8 codes (any shape) as f32.
+    fn decode(&self, q: &Tensor) -> Result<Tensor> {
+        let flat = q.flatten_all()?.to_dtype(DType::U32)?;
+        Ok(self.code.index_select(&flat, 0)?.reshape(q.shape())?)
+    }
+
+    /// The index of the code nearest to each value of `x` (ties to the lower code), as
+    /// [`QuantMap::quantize`]: the number of midpoints below x, by binary search (eight
+    /// gathers of the midpoint table).
+    fn quantize(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.shape().clone();
+        let x = x.flatten_all()?;
+        let mut idx = x.zeros_like()?;
+        for step in [128f64, 64., 32., 16., 8., 4., 2., 1.] {
+            let probe = (&idx + (step - 1.0))?.to_dtype(DType::U32)?;
+            let below = self.mid.index_select(&probe, 0)?.lt(&x)?;
+            idx = (idx + (below.to_dtype(DType::F32)? * step)?)?;
+        }
+        Ok(idx.reshape(shape)?)
+    }
+
+    /// [`QuantMap::quantize_signed`]: a negative value never gets a non-negative code.
+    fn quantize_signed(&self, x: &Tensor) -> Result<Tensor> {
+        let idx = self.quantize(x)?;
+        let code = self
+            .code
+            .index_select(&idx.flatten_all()?.to_dtype(DType::U32)?, 0)?;
+        let fix = (x.flatten_all()?.lt(0f64)?.to_dtype(DType::F32)?
+            * code.ge(0f64)?.to_dtype(DType::F32)?)?;
+        Ok((idx.flatten_all()? - fix)?.reshape(x.shape())?)
+    }
+}
+
+/// 8-bit AdamW state of one variable on its device: u8 codes (blocks, block size), the
+/// last block padded, and one f32 absmax per block (blocks, 1).
+#[derive(Clone)]
+pub(crate) struct DeviceQ8 {
+    pub m_q: Tensor,
+    pub v_q: Tensor,
+    pub m_absmax: Tensor,
+    pub v_absmax: Tensor,
+}
+
+impl DeviceQ8 {
+    /// Zero moments for `n` elements in blocks of `bs`.
+    pub fn zeros(n: usize, bs: usize, dev: &Device) -> Result<Self> {
+        let nb = n.div_ceil(bs);
+        let fill = |c: u8| Tensor::full(c, (nb, bs), dev);
+        Ok(Self {
+            m_q: fill(signed_map().zero_index())?,
+            v_q: fill(unsigned_map().zero_index())?,
+            m_absmax: Tensor::zeros((nb, 1), DType::F32, dev)?,
+            v_absmax: Tensor::zeros((nb, 1), DType::F32, dev)?,
+        })
+    }
+
+    /// From the checkpoint layout (codes of the variable's shape, absmax per block).
+    pub fn from_parts(
+        m_q: &Tensor,
+        v_q: &Tensor,
+        m_absmax: &Tensor,
+        v_absmax: &Tensor,
+        bs: usize,
+        dev: &Device,
+    ) -> Result<Self> {
+        let n = m_q.elem_count();
+        let nb = n.div_ceil(bs);
+        let pad = |q: &Tensor, zero: u8| -> Result<Tensor> {
+            let q = q.to_device(dev)?.flatten_all()?;
+            let q = if nb * bs > n {
+                Tensor::cat(&[q, Tensor::full(zero, nb * bs - n, dev)?], 0)?
+            } else {
+                q
+            };
+            Ok(q.reshape((nb, bs))?)
+        };
+        let absmax = |a: &Tensor| -> Result<Tensor> {
+            Ok(a.to_device(dev)?.to_dtype(DType::F32)?.reshape((nb, 1))?)
+        };
+        Ok(Self {
+            m_q: pad(m_q, signed_map().zero_index())?,
+            v_q: pad(v_q, unsigned_map().zero_index())?,
+            m_absmax: absmax(m_absmax)?,
+            v_absmax: absmax(v_absmax)?,
+        })
+    }
+
+    /// The checkpoint layout: (m_q, m_absmax, v_q, v_absmax), codes of `shape`.
+    pub fn parts(&self, shape: &candle_core::Shape) -> Result<[Tensor; 4]> {
+        let n = shape.elem_count();
+        let codes = |q: &Tensor| -> Result<Tensor> {
+            Ok(q.flatten_all()?.narrow(0, 0, n)?.reshape(shape)?)
+        };
+        Ok([
+            codes(&self.m_q)?,
+            self.m_absmax.flatten_all()?,
+            codes(&self.v_q)?,
+            self.v_absmax.flatten_all()?,
+        ])
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.m_q.elem_count() + self.v_q.elem_count() + 4 * 2 * self.m_absmax.elem_count()
+    }
+
+    /// One step of blockwise 8-bit AdamW (see `adamw8bit` for the recipe): dequantise,
+    /// update the moments in f32, update the parameter from the unquantised moments,
+    /// requantise against the new block absmax.
+    pub fn update(&mut self, var: &Var, grad: &Tensor, s: &AdamScalars) -> Result<()> {
+        let dev = var.device();
+        let (nb, bs) = self.m_q.dims2()?;
+        let n = var.elem_count();
+        let padded = |t: Tensor| -> Result<Tensor> {
+            let t = t.flatten_all()?;
+            let t = if nb * bs > n {
+                Tensor::cat(&[t, Tensor::zeros(nb * bs - n, DType::F32, dev)?], 0)?
+            } else {
+                t
+            };
+            Ok(t.reshape((nb, bs))?)
+        };
+        let (smap, umap) = (
+            MapTensors::new(signed_map(), dev)?,
+            MapTensors::new(unsigned_map(), dev)?,
+        );
+        let g = padded(scaled_grad(var, grad, s)?)?;
+        let m_old = smap.decode(&self.m_q)?.broadcast_mul(&self.m_absmax)?;
+        let v_old = umap.decode(&self.v_q)?.broadcast_mul(&self.v_absmax)?;
+        let m = (m_old.affine(s.beta1 as f64, 0.0)? + g.affine(s.one_minus_beta1 as f64, 0.0)?)?;
+        let v = (v_old.affine(s.beta2 as f64, 0.0)?
+            + g.sqr()?.affine(s.one_minus_beta2 as f64, 0.0)?)?;
+        drop((m_old, v_old, g));
+        let p = padded(var.as_tensor().to_dtype(DType::F32)?)?;
+        let narrow = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_all()?.narrow(0, 0, n)?) };
+        apply(var, &narrow(&p)?, &narrow(&m)?, &narrow(&v)?, s)?;
+        let new_am = m.abs()?.max_keepdim(D::Minus1)?;
+        let new_av = v.max_keepdim(D::Minus1)?;
+        // 1/absmax, 0 for an all-zero block (whose values are all 0: code of 0).
+        let inv = |a: &Tensor| -> Result<Tensor> {
+            let nonzero = a.gt(0f64)?.to_dtype(DType::F32)?;
+            Ok(((a + nonzero.affine(-1.0, 1.0)?)?.recip()? * nonzero)?)
+        };
+        let m_norm = m.broadcast_mul(&inv(&new_am)?)?;
+        let v_norm = v.broadcast_mul(&inv(&new_av)?)?;
+        self.m_q = smap.quantize_signed(&m_norm)?.to_dtype(DType::U8)?;
+        self.v_q = umap.quantize(&v_norm)?.to_dtype(DType::U8)?;
+        self.m_absmax = new_am;
+        self.v_absmax = new_av;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_quantisation_equals_the_lookup_table() {
+        let dev = Device::Cpu;
+        // Every midpoint, its neighbours, the codes, 0, ±1, out of range, NaN.
+        for map in [signed_map(), unsigned_map()] {
+            let mut xs = vec![0.0f32, -0.0, 1.0, -1.0, 1.5, -1.5, 1e-9, -1e-9, f32::NAN];
+            for k in 0..255 {
+                let m = (map.code[k] + map.code[k + 1]) / 2.0;
+                xs.extend([m, f32::from_bits(m.to_bits() + 1), map.code[k]]);
+                if m != 0.0 {
+                    xs.push(f32::from_bits(m.to_bits() - 1));
+                }
+            }
+            let t = MapTensors::new(map, &dev).unwrap();
+            let x = Tensor::from_slice(&xs, xs.len(), &dev).unwrap();
+            let plain: Vec<u8> = t
+                .quantize(&x)
+                .unwrap()
+                .to_dtype(DType::U8)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let signed: Vec<u8> = t
+                .quantize_signed(&x)
+                .unwrap()
+                .to_dtype(DType::U8)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (i, &v) in xs.iter().enumerate() {
+                assert_eq!(plain[i], map.quantize(v), "quantize({v:e})");
+                if v != 0.0 && !v.is_nan() {
+                    assert_eq!(signed[i], map.quantize_signed(v), "quantize_signed({v:e})");
+                }
+            }
+        }
+    }
+}
