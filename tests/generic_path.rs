@@ -184,12 +184,10 @@ fn run_steps(opt: &mut dyn Optimizer, vars: &[Var], steps: std::ops::Range<u64>)
                     .unwrap();
                 let g = (g * (1.0 + s as f64)).unwrap();
                 Some(if i == 0 {
-                    g.flatten_all()
-                        .unwrap()
-                        .slice_assign(
-                            &[0..256],
-                            &Tensor::zeros(256, DType::F32, &Device::Cpu).unwrap(),
-                        )
+                    let g = g.flatten_all().unwrap();
+                    let zero = Tensor::zeros(256, DType::F32, &Device::Cpu).unwrap();
+                    let rest = g.narrow(0, 256, g.elem_count() - 256).unwrap();
+                    Tensor::cat(&[zero, rest], 0)
                         .unwrap()
                         .reshape(v.shape())
                         .unwrap()

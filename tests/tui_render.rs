@@ -113,6 +113,7 @@ fn running_run(dir: &Path, steps: usize, total: usize) -> RunRecord {
             kind: MemoryKind::Ram,
             peak: Some((610 + 5 * i) << 20),
             capacity: None,
+            device_used: None,
         });
     }
     r.pid = Some(4242);
@@ -307,6 +308,7 @@ fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
             kind: MemoryKind::GpuProcess,
             peak: None,
             capacity: Some(80 << 30),
+            device_used: Some((5 + i) << 30),
         })
         .collect();
     app.runs.upsert(r);
@@ -315,6 +317,11 @@ fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
     assert!(s.contains("GPU: NVIDIA H100"), "{s}");
     assert!(s.contains("GPU memory, this run (NVML)"), "{s}");
     assert!(s.contains("of 80.00 GiB"), "the device total:\n{s}");
+    assert!(
+        s.contains("GPU used 14.00 GiB"),
+        "the device's used memory:\n{s}"
+    );
+    assert!(s.contains("capacity 80.00 GiB"), "the capacity line:\n{s}");
     assert!(!s.contains("no GPU"), "{s}");
 }
 

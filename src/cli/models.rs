@@ -1,5 +1,10 @@
 //! `ftlab models fetch|list`.
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::infer::LanguageModel;
+use crate::model::LoadOptions;
 
 use crate::hub;
 
@@ -12,13 +17,56 @@ pub enum ModelsCmd {
     },
     /// Show cached models
     List,
+    /// Write a model of random weights: the shape of a real one where its weights cannot
+    /// go (memory and speed checks on a GPU machine without network)
+    Random {
+        /// The HF model folder to write (config.json, tokenizer, model.safetensors)
+        out: PathBuf,
+        /// Copy the architecture and tokenizer of this model (a default name, a .gguf, an
+        /// HF folder). Without it, OUT must already hold config.json and the tokenizer
+        /// files (written by `--like … --no-weights`): only the weights are written.
+        #[arg(long)]
+        like: Option<String>,
+        /// With --like: write config.json and the tokenizer only.
+        #[arg(long, requires = "like")]
+        no_weights: bool,
+    },
 }
 
 pub fn run(cmd: ModelsCmd) -> Result<()> {
     match cmd {
         ModelsCmd::Fetch { names } => fetch(names),
         ModelsCmd::List => list(),
+        ModelsCmd::Random {
+            out,
+            like,
+            no_weights,
+        } => random(&out, like.as_deref(), no_weights),
     }
+}
+
+fn random(out: &Path, like: Option<&str>, no_weights: bool) -> Result<()> {
+    use crate::model::export::write_config_and_tokenizer;
+    let arch = match like {
+        Some(spec) => {
+            let lm = LanguageModel::load_spec(spec, &LoadOptions::default())?;
+            let arch = lm.model.config().clone();
+            write_config_and_tokenizer(out, &arch, lm.text_side())?;
+            arch
+        }
+        None => crate::model::causal::read_hf_causal_config(out).with_context(|| {
+            format!(
+                "{}: no model config to fill with random weights (write one with --like MODEL --no-weights)",
+                out.display()
+            )
+        })?,
+    };
+    if !no_weights {
+        let weights = crate::model::tiny::random_weights(&arch)?;
+        crate::weights_file::save(&weights, &out.join("model.safetensors"))?;
+    }
+    println!("{}", out.display());
+    Ok(())
 }
 
 fn fetch(names: Vec<String>) -> Result<()> {

@@ -29,6 +29,13 @@ pub fn write_hf_dir(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     crate::weights_file::save(tensors, &dir.join("model.safetensors"))?;
+    write_config_and_tokenizer(dir, cfg, text)
+}
+
+/// The files of an HF model directory but its weights: config.json, tokenizer.json,
+/// tokenizer_config.json.
+pub fn write_config_and_tokenizer(dir: &Path, cfg: &ArchConfig, text: TextSide<'_>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut config = cfg.hf_config();
     let fields = config
         .as_object_mut()

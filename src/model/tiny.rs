@@ -32,16 +32,21 @@ pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
 /// Writes a random LLaMA with `cfg` and the tokenizer, special tokens and chat template of
 /// `text` (e.g. SmolLM2's) to `dir`.
 pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text: TextSide<'_>) -> Result<()> {
+    let arch = ArchConfig::from(cfg.clone());
+    write_hf_dir(dir, &arch, &random_weights(&arch)?, text)
+}
+
+/// Every weight of a model of architecture `arch`, random (the architecture's own
+/// initialisation), by HF tensor name.
+pub fn random_weights(arch: &ArchConfig) -> Result<HashMap<String, Tensor>> {
     let opts = LoadOptions {
         trainable: true,
         ..LoadOptions::default()
     };
-    let arch = ArchConfig::from(cfg.clone());
-    let loaded = CausalLm::build(&RandomSource::new(1.0), &arch, &opts)?;
-    let tensors: HashMap<String, Tensor> = loaded
+    let loaded = CausalLm::build(&RandomSource::new(1.0), arch, &opts)?;
+    Ok(loaded
         .params
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    write_hf_dir(dir, &arch, &tensors, text)
+        .collect())
 }

@@ -57,6 +57,35 @@ pub const HEAP_SLACK: f64 = 0.3;
 /// weights — the dense copy is returned to the system, so none.
 pub const QUANT_LOAD_RESIDUE: f64 = 0.0;
 
+/// Device memory a CUDA process holds before any tensor: the context, the loaded kernel
+/// modules (candle's PTX, cuBLAS) and cuBLAS's workspace. Not measured by ftlab yet (no
+/// GPU was at hand); PyTorch and candle processes commonly show 300–600 MiB in
+/// `nvidia-smi` before their first tensor. `scripts/gpu-check.sh` prints the measured
+/// figure beside this one.
+pub const CUDA_CONTEXT: u64 = 512 << 20;
+
+/// What the plan predicts: process RAM of a CPU run, or device memory of a CUDA run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlanDevice {
+    #[default]
+    Cpu,
+    /// Device memory as NVML reports it for the process: the CUDA context instead of the
+    /// process baseline; candle's stream-ordered allocator reuses freed blocks, so none of
+    /// glibc's freed-chunk slack; the generic (tensor-op) 4-bit dequantisation's
+    /// transients; loading puts only the final weights on the device.
+    Cuda,
+}
+
+impl PlanDevice {
+    /// `VRAM` or `RAM`.
+    pub fn memory(self) -> &'static str {
+        match self {
+            PlanDevice::Cpu => "RAM",
+            PlanDevice::Cuda => "VRAM",
+        }
+    }
+}
+
 /// Which parameters train and how the base is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Technique {
@@ -200,6 +229,8 @@ pub struct PlanInput {
     /// earlier micro-batches are alive during each later backward pass.
     pub grad_accum_steps: usize,
     pub technique: Technique,
+    /// RAM of a CPU run or VRAM of a CUDA run.
+    pub device: PlanDevice,
 }
 
 impl PlanInput {
@@ -212,6 +243,7 @@ impl PlanInput {
             compute_dtype_bytes: 4,
             grad_accum_steps: 1,
             technique,
+            device: PlanDevice::Cpu,
         }
     }
 }
@@ -238,6 +270,8 @@ pub struct MemoryPlan {
     pub label: String,
     /// Sub-items behind the components (name, bytes), for a detail view.
     pub details: Vec<(String, u64)>,
+    /// What is predicted: process RAM (CPU) or device memory (CUDA).
+    pub device: PlanDevice,
 }
 
 impl MemoryPlan {
@@ -406,16 +440,21 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     let embed_grad_transient = if embeddings_trainable { bytes(vh) } else { 0 };
     let accum_prev = if input.grad_accum_steps > 1 { grads } else { 0 };
 
-    // Activation-shaped transients of the 4-bit custom op: one dequantised weight at a time.
+    let cuda = input.device == PlanDevice::Cuda;
+    // Activation-shaped transients of the 4-bit custom op: one dequantised weight at a time
+    // (on a GPU, the generic dequantisation's tensors: the codes as f32, the two nibbles,
+    // the indices and the values, about four weight-sized f32 tensors at once).
     let dequant_scratch = if quant {
         linears
             .iter()
-            .map(|l| f32b((l.in_f * l.out_f) as f64))
+            .map(|l| f32b((l.in_f * l.out_f) as f64) * if cuda { 4 } else { 1 })
             .max()
             .unwrap_or(0)
     } else {
         0
     };
+    // Freed chunks glibc keeps resident; a CUDA stream-ordered pool reuses them.
+    let malloc_slack = if cuda { 0.0 } else { 1.0 };
 
     let (gradients, dynamic) = if !tech.gradient_checkpointing {
         // `train::step::forward_backward`, plain: the loss owns every block's
@@ -431,7 +470,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // activations and new stray gradients stay allocated around them, so glibc cannot
         // reuse or return all of the freed chunks: measured (`diagnose_plain_phases`) 0.25-
         // 0.33 × each block's kept (non-score) activations stay resident by the end.
-        let heap_slack = bytes(HEAP_SLACK * n * per_token_sum);
+        let heap_slack = bytes(malloc_slack * HEAP_SLACK * n * per_token_sum);
         details.push(("freed gradients kept by malloc".into(), heap_slack));
         let end_phase = kept
             + grads
@@ -461,11 +500,12 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // (`diagnose_ckpt_phases`): about one block's intermediates after the forward,
         // two during the backward over the blocks.
         let one_block = block_acts.iter().copied().max().unwrap_or(0);
-        details.push((
-            "freed block intermediates kept by malloc".into(),
-            2 * one_block,
-        ));
-        let head_phase = inputs + head_acts + head_stray + head_transient + accum_prev + one_block;
+        let kept_free = (malloc_slack * 2.0 * one_block as f64) as u64;
+        if kept_free > 0 {
+            details.push(("freed block intermediates kept by malloc".into(), kept_free));
+        }
+        let head_phase =
+            inputs + head_acts + head_stray + head_transient + accum_prev + kept_free / 2;
         // Recomputing block i: its intermediates, its stray gradients, the upstream
         // gradient and `out · upstream` (+ its stray gradient), with every gradient of
         // the blocks above (worst at block 0: all of them).
@@ -484,7 +524,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             0
         };
         let block_phase = inputs
-            + 2 * one_block
+            + kept_free
             + head_acts
             + grads
             + worst_block
@@ -495,7 +535,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // The embedding table's backward (full FT): `index_add` into a new V×h table and
         // the accumulation `a + g`, while every other gradient is alive.
         let embed_phase = if embeddings_trainable {
-            inputs + 2 * one_block + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
+            inputs + kept_free + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
         } else {
             0
         };
@@ -505,8 +545,9 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         (gradients, dynamic.saturating_sub(gradients))
     };
 
-    let overhead = PROCESS_BASELINE
-        + if quant {
+    let baseline = if cuda { CUDA_CONTEXT } else { PROCESS_BASELINE };
+    let overhead = baseline
+        + if quant && !cuda {
             (total_params as f64 * 4.0 * QUANT_LOAD_RESIDUE) as u64
         } else {
             0
@@ -517,8 +558,18 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     // any 4-bit quantisation) plus reader slack; an untied LM head is loaded last and its
     // f32 tensor and `Var` copy briefly coexist.
     let last_copy = if s.tied_embeddings { 0 } else { 2 * f32b(vh) };
-    let load_peak =
-        PROCESS_BASELINE + LOAD_SLACK + f32b(total_params as f64) + last_copy + lora_weights;
+    let load_peak = if cuda {
+        // Tensors reach the device one at a time from host memory; a 4-bit base is
+        // quantised from its dense copy, one linear at a time.
+        let largest_linear = linears
+            .iter()
+            .map(|l| bytes((l.in_f * l.out_f) as f64))
+            .max()
+            .unwrap_or(0);
+        baseline + weights + if quant { largest_linear } else { last_copy }
+    } else {
+        PROCESS_BASELINE + LOAD_SLACK + f32b(total_params as f64) + last_copy + lora_weights
+    };
     MemoryPlan {
         weights,
         gradients,
@@ -531,6 +582,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         trainable_params: trainable,
         label: tech.describe(),
         details,
+        device: input.device,
     }
 }
 

@@ -4,9 +4,13 @@ use std::fmt;
 use super::{mib, MemoryPlan};
 
 pub(super) fn table(p: &MemoryPlan, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let on = match p.device {
+        super::PlanDevice::Cpu => "",
+        super::PlanDevice::Cuda => ", GPU memory (VRAM)",
+    };
     writeln!(
         f,
-        "memory plan: {} ({:.1}M params, {:.2}M trainable)",
+        "memory plan: {}{on} ({:.1}M params, {:.2}M trainable)",
         p.label,
         p.params as f64 / 1e6,
         p.trainable_params as f64 / 1e6

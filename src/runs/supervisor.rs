@@ -354,6 +354,7 @@ fn memory_point(sample: &MemorySample, secs: f64) -> Option<MemoryPoint> {
             },
             peak: None,
             capacity: Some(*total),
+            device_used: Some(*used),
         }),
         MemorySample::Ram { rss, peak } => Some(MemoryPoint {
             secs,
@@ -361,6 +362,7 @@ fn memory_point(sample: &MemorySample, secs: f64) -> Option<MemoryPoint> {
             kind: MemoryKind::Ram,
             peak: Some(*peak),
             capacity: None,
+            device_used: None,
         }),
         MemorySample::Unavailable(_) => None,
     }
@@ -618,6 +620,7 @@ mod tests {
         let p = point(Some(&on_gpu));
         assert_eq!(p.kind, MemoryKind::GpuProcess);
         assert_eq!((p.bytes, p.capacity), (3 << 30, Some(24 << 30)));
+        assert_eq!(p.device_used, Some(5 << 30));
 
         let elsewhere = fake(me + 1, false);
         let p = point(Some(&elsewhere));

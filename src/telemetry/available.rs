@@ -47,6 +47,24 @@ pub fn available_ram() -> Result<Available> {
     }
 }
 
+/// Device memory available to a new run on GPU `index`: `FTLAB_MEMORY_LIMIT` when set,
+/// else NVML's free memory of the device (total − used, all processes).
+pub fn available_gpu(index: u32) -> Result<Available> {
+    if let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) {
+        let bytes = parse_bytes(&v).map_err(|e| anyhow!("{MEMORY_LIMIT_ENV}={v}: {e}"))?;
+        return Ok(Available {
+            bytes,
+            source: MEMORY_LIMIT_ENV.into(),
+        });
+    }
+    let probe = super::GpuProbe::init_index(index).map_err(|e| anyhow!("{e}"))?;
+    let (used, total) = probe.device_memory().map_err(|e| anyhow!("{e}"))?;
+    Ok(Available {
+        bytes: total.saturating_sub(used),
+        source: format!("free memory of GPU {index}, {} (NVML)", probe.name()),
+    })
+}
+
 /// `123`, `900M`, `1.5G`, `512KiB`: bytes in binary units.
 pub fn parse_bytes(text: &str) -> Result<u64> {
     let t = text.trim();

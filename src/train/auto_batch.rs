@@ -12,11 +12,12 @@
 use anyhow::{bail, Result};
 
 use super::setup::{arch_of, plan_input};
+use crate::config::{cuda_built, DeviceChoice};
 use crate::config::{RunConfig, TaskKind};
 use crate::model::ArchConfig;
 use crate::plan::fit::{self, fit_micro_batch, with_margin, Fit, NoFit};
 use crate::plan::{plan, plan_forward};
-use crate::telemetry::available::{available_ram, Available};
+use crate::telemetry::available::{available_gpu, available_ram, Available};
 
 /// `cfg` with its micro-batch set to `micro` (a divisor of the batch).
 pub fn with_micro_batch(cfg: &RunConfig, micro: usize) -> RunConfig {
@@ -112,7 +113,13 @@ pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
         return Ok(None);
     }
     let arch = arch_of(cfg)?;
-    let available = match available_ram() {
+    // A run on a GPU must fit in its free device memory; a CPU run in RAM.
+    let measured = match cfg.model.device {
+        DeviceChoice::Cuda(n) => available_gpu(n.unwrap_or(0) as u32),
+        DeviceChoice::Auto if cuda_built() => available_gpu(0),
+        _ => available_ram(),
+    };
+    let available = match measured {
         Ok(a) => a,
         Err(e) => {
             let note = format!(

@@ -10,7 +10,7 @@ use crate::config::{OptimizerKind, QuantKind, RunConfig};
 use crate::infer::LanguageModel;
 use crate::model::linear::Quant4Kind;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
-use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, PlanInput, Technique};
+use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, PlanDevice, PlanInput, Technique};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
 pub fn count_params(model: &CausalLm) -> usize {
@@ -113,6 +113,14 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         technique,
     );
     input.grad_accum_steps = cfg.train.micro_batches_per_step();
+    input.compute_dtype_bytes = cfg.model.dtype.dtype().size_in_bytes();
+    // A run that computes on a GPU is planned in device memory (`auto` means the GPU in a
+    // CUDA build).
+    input.device = if cfg.model.device.may_be_gpu() {
+        PlanDevice::Cuda
+    } else {
+        PlanDevice::Cpu
+    };
     input
 }
 

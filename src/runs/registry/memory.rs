@@ -41,4 +41,7 @@ pub struct MemoryPoint {
     /// Device capacity for GPU readings.
     #[serde(default)]
     pub capacity: Option<u64>,
+    /// The device's used memory, all processes, for GPU readings.
+    #[serde(default)]
+    pub device_used: Option<u64>,
 }

@@ -32,6 +32,8 @@ pub struct StartInfo {
     pub train_examples: usize,
     pub predicted_peak_bytes: Option<u64>,
     pub resumed_from_step: usize,
+    /// Where the worker computes (`cpu`, `cuda:0`); empty for runs of older versions.
+    pub device: String,
 }
 
 /// Facts from the `done` event.
@@ -130,6 +132,7 @@ impl RunRecord {
                 train_examples,
                 predicted_peak_bytes,
                 resumed_from_step,
+                device,
                 ..
             } => {
                 if self.started_at.is_none() {
@@ -144,6 +147,7 @@ impl RunRecord {
                     train_examples: *train_examples,
                     predicted_peak_bytes: *predicted_peak_bytes,
                     resumed_from_step: *resumed_from_step,
+                    device: device.clone(),
                 });
                 // A resumed run starts again: the finished state of before no longer holds.
                 self.done = None;
@@ -253,7 +257,17 @@ impl RunRecord {
     }
 
     /// Device the run computes on ("cpu", "cuda:0").
+    /// Where the run computes: what its worker said when it started (`auto` resolved),
+    /// else what its config asks for.
     pub fn device(&self) -> String {
+        if let Some(d) = self
+            .start
+            .as_ref()
+            .map(|s| &s.device)
+            .filter(|d| !d.is_empty())
+        {
+            return d.clone();
+        }
         self.config
             .as_ref()
             .map(|c| c.model.device.to_string())
@@ -382,6 +396,15 @@ impl RunRecord {
                 .into_iter()
                 .flatten()
                 .max(),
+        }
+    }
+
+    /// What [`Self::peak_memory`] measures: `VRAM` (NVML) or `RAM` (RSS).
+    pub fn memory_kind_short(&self) -> &'static str {
+        if self.memory.iter().any(|m| m.kind.is_gpu()) {
+            "VRAM"
+        } else {
+            "RAM"
         }
     }
 

@@ -91,7 +91,10 @@ pub fn row_values(r: &RunRecord) -> [String; 9] {
             .as_ref()
             .map(|s| format::count(s.trainable_params))
             .unwrap_or_else(|| "—".into()),
-        format::opt_bytes(r.peak_memory()),
+        match r.peak_memory() {
+            Some(b) => format!("{} {}", format::bytes(b), r.memory_kind_short()),
+            None => "—".into(),
+        },
         r.mean_tokens_per_sec()
             .map(format::rate)
             .unwrap_or_else(|| "—".into()),

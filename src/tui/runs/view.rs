@@ -300,10 +300,35 @@ fn draw_memory(f: &mut Frame, app: &App, r: &RunRecord, area: Rect) {
             Color::Yellow,
         )
     });
+    // A GPU run: the device's used memory (every process) under its capacity.
+    let used: Vec<(f64, f64)> = r
+        .memory
+        .iter()
+        .filter(|m| m.kind == kind)
+        .filter_map(|m| m.device_used.map(|u| (m.secs, u as f64)))
+        .collect();
+    let used_series = (!used.is_empty()).then(|| {
+        Series::new(
+            format!(
+                "GPU used {}",
+                format::bytes(used.last().map_or(0, |p| p.1 as u64))
+            ),
+            used,
+            Color::DarkGray,
+        )
+    });
+    let capacity_line = capacity.filter(|_| kind.is_gpu()).map(|c| HLine {
+        name: format!("capacity {}", format::bytes(c)),
+        y: c as f64,
+        color: Color::Gray,
+    });
     let title_line = Line::from(vec![Span::raw(title)]);
     let mut chart = LineChart::new(title_line);
     if let Some(p) = peak_series {
         chart = chart.series(p);
+    }
+    if let Some(u) = used_series {
+        chart = chart.series(u).hline(capacity_line);
     }
     f.render_widget(
         chart
