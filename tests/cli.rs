@@ -167,3 +167,52 @@ fn a_reader_that_goes_away_ends_a_listing_quietly() {
         out.status
     );
 }
+
+/// A binary built without CUDA asked for a GPU: refused at once, before any model or data
+/// loads (the model named does not even exist), with the command that builds one; nothing
+/// is written. (In a CUDA build the same calls fail for want of the named model instead.)
+#[test]
+fn a_cpu_build_refuses_cuda_with_the_build_command_before_loading_anything() {
+    if ftlab::config::cuda_built() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let missing = dir.path().join("no-such-model.gguf");
+    let spec = format!("model.spec={}", missing.display());
+    let (code, err) = ftlab(&[
+        "train",
+        "lora",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--set",
+        "model.device=cuda",
+        "--set",
+        &spec,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("built without CUDA")
+            && err.contains("cargo install --path . --features cuda"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no-such-model"),
+        "refused before loading: {err}"
+    );
+    assert!(!run.exists(), "nothing is written");
+    for cmd in [
+        &["generate", "--prompt", "hi"][..],
+        &["perplexity", "--file", "README.md"],
+        &["embed", "a", "b"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["--device", "cuda:1", "--model", missing.to_str().unwrap()]);
+        let (code, err) = ftlab(&args);
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(err.contains("built without CUDA"), "{cmd:?}: {err}");
+    }
+    let (code, err) = ftlab(&["generate", "--prompt", "hi", "--device", "tpu"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("auto, cpu, cuda or cuda:N"), "{err}");
+}

@@ -37,6 +37,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             "no sentences given: usage: ftlab embed [--model NAME|DIR] \"first sentence\" \"second sentence\" ... (or --file FILE with one sentence per line)"
         );
     }
+    let opts = args.device.load_options()?;
     let resolved = hub::resolve(&args.model)?;
     let dir = match &resolved.source {
         ModelSource::HfDir { dir } => dir.clone(),
@@ -45,7 +46,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             path.display()
         ),
     };
-    let embedder = Embedder::from_dir(&dir, &args.device.load_options()?)?;
+    let embedder = Embedder::from_dir(&dir, &opts)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let mut chunks = Vec::new();
     for chunk in refs.chunks(BATCH) {
