@@ -7,10 +7,12 @@
 #
 # 1. the device: name, memory, driver (nvidia-smi), and the binary finds CUDA;
 # 2. numerics: perplexity of a SmolLM2-shaped model (random weights, 135M parameters) on
-#    the CPU and on CUDA, f32 — they must agree within 0.1 %;
+#    the CPU and on CUDA, f32 — the mean nll must agree within 0.01 %;
 # 3. the Paris check on CUDA, when the real SmolLM2 is in the cache (FTLAB_CACHE_DIR);
 # 4. `ftlab bench` of the four techniques on CUDA at 1 × 512: NVML peaks (VRAM), the
-#    predicted peak beside each, tokens/s; the order QLoRA < LoRA < checkpointing < full;
+#    predicted peak beside each, tokens/s; QLoRA the smallest and every technique below
+#    full fine-tuning (at this length LoRA, which keeps every activation, may pass
+#    checkpointing: it does on the CPU);
 # 5. a 20-step LoRA run on CUDA whose loss must fall.
 # CUDA's runtime libraries are taken from PyTorch's nvidia packages when present.
 set -uo pipefail
@@ -56,9 +58,9 @@ log "perplexity cpu:  $ppl_cpu"
 log "perplexity $dev: $ppl_gpu $(tail -n1 "$work/ppl.err")"
 ppl_ok=$(python3 -c "
 import json,sys
-a=json.loads('''$ppl_cpu''')['ppl']; b=json.loads('''$ppl_gpu''')['ppl']
-print('true' if abs(a-b)/a < 1e-3 else 'false')" 2>/dev/null || echo false)
-[ "$ppl_ok" = true ] || fail+=("perplexity cpu vs cuda")
+a=json.loads('''$ppl_cpu''')['nll']; b=json.loads('''$ppl_gpu''')['nll']
+print('true' if abs(a-b)/a < 1e-4 else 'false')" 2>/dev/null || echo false)
+[ "$ppl_ok" = true ] || fail+=("perplexity cpu vs $dev")
 
 # 3. Paris, with the real model when it is cached.
 paris=skipped
@@ -71,13 +73,21 @@ fi
 # 4. The four techniques on CUDA, 1 × 512.
 "$bin" bench --steps 3 --seq-len 512 --json --set model.spec="$model" --set model.device="$dev" \
     >"$work/bench.jsonl" 2>"$work/bench.err" || { fail+=("bench"); tail -n5 "$work/bench.err" >&2; }
-"$bin" bench --steps 3 --seq-len 512 --set model.spec="$model" --set model.device="$dev" 2>/dev/null >&2 || true
+python3 - "$work/bench.jsonl" >&2 <<'PY' || true
+import json, sys
+mib = lambda b: f"{b / 2**20:,.0f}" if b is not None else "-"
+for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()):
+    print(f"[gpu-check] bench 1x512 {r['technique']:<45} {r['tokens_per_sec']:>9.1f} tok/s  peak {mib(r['train_peak_bytes'])} MiB  predicted {mib(r.get('predicted_peak_bytes'))} MiB  load {mib(r['load_peak_bytes'])} MiB  ({r.get('device')})")
+PY
 bench_ok=$(python3 -c "
 import json
 rows=[json.loads(l) for l in open('$work/bench.jsonl') if l.strip()]
 p=[r['train_peak_bytes'] for r in rows]
-print('true' if len(p)==4 and p[3]<p[2]<p[1]<p[0] else 'false')" 2>/dev/null || echo false)
-[ "$bench_ok" = true ] || fail+=("memory order on CUDA")
+# Rows: full, checkpointing, LoRA, QLoRA. At 1 x 512 LoRA (every activation kept) may
+# pass checkpointing, on the CPU too; each saving must still beat full fine-tuning, and
+# QLoRA be the smallest.
+print('true' if len(p)==4 and p[3]<min(p[:3]) and p[1]<p[0] and p[2]<p[0] else 'false')" 2>/dev/null || echo false)
+[ "$bench_ok" = true ] || fail+=("memory order on $dev")
 
 # 5. Twenty LoRA steps on CUDA.
 rm -rf "$work/lora"
@@ -90,11 +100,11 @@ ev=[json.loads(l) for l in open('$work/lora/metrics.jsonl')]
 s=[e['loss'] for e in ev if e.get('event')=='step']
 d=[e.get('device') for e in ev if e.get('event')=='start']
 print(json.dumps({'first3': sum(s[:3])/3, 'last3': sum(s[-3:])/3, 'steps': len(s), 'device': d[0] if d else None}))" 2>/dev/null || echo '{}')
-log "LoRA on CUDA: $loss"
+log "LoRA on $dev: $loss"
 loss_ok=$(python3 -c "
 import json; l=json.loads('''$loss''')
 print('true' if l.get('steps')==20 and l['last3']<l['first3'] and str(l.get('device','')).startswith('$dev') else 'false')" 2>/dev/null || echo false)
-[ "$loss_ok" = true ] || fail+=("LoRA loss did not fall on CUDA")
+[ "$loss_ok" = true ] || fail+=("LoRA loss did not fall on $dev")
 
 printf '%s\n' "${fail[@]}" > "$work/failed.txt"
 summary=$(python3 - "$work/bench.jsonl" "$work/failed.txt" <<PY

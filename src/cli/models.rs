@@ -62,7 +62,9 @@ fn random(out: &Path, like: Option<&str>, no_weights: bool) -> Result<()> {
         })?,
     };
     if !no_weights {
-        let weights = crate::model::tiny::random_weights(&arch)?;
+        // A tenth of the test models' scale: logits of a sane size at real widths
+        // (SmolLM2's shape: a perplexity near the vocabulary size, as an untrained model).
+        let weights = crate::model::tiny::random_weights(&arch, 0.1)?;
         crate::weights_file::save(&weights, &out.join("model.safetensors"))?;
     }
     println!("{}", out.display());

@@ -74,7 +74,14 @@ impl DeviceChoice {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(n) => {
                 let n = n.unwrap_or(0);
-                Device::new_cuda(n).map_err(|e| anyhow!("device `cuda:{n}`: {e}"))
+                Device::new_cuda(n).map_err(|e| {
+                    // candle's error text carries a backtrace after its first line.
+                    let e = e.to_string();
+                    let why = e.lines().next().unwrap_or_default();
+                    anyhow!(
+                        "device `cuda:{n}` cannot be used: {why} (is an NVIDIA driver installed and the GPU visible to `nvidia-smi`? device = \"cpu\" computes on the CPU)"
+                    )
+                })
             }
             Self::Auto if cuda_built() => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
             Self::Auto => Ok(Device::Cpu),

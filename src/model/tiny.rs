@@ -33,17 +33,17 @@ pub fn tiny_llama_config(vocab_size: usize) -> LlamaConfig {
 /// `text` (e.g. SmolLM2's) to `dir`.
 pub fn write_tiny_llama(dir: &Path, cfg: &LlamaConfig, text: TextSide<'_>) -> Result<()> {
     let arch = ArchConfig::from(cfg.clone());
-    write_hf_dir(dir, &arch, &random_weights(&arch)?, text)
+    write_hf_dir(dir, &arch, &random_weights(&arch, 1.0)?, text)
 }
 
 /// Every weight of a model of architecture `arch`, random (the architecture's own
-/// initialisation), by HF tensor name.
-pub fn random_weights(arch: &ArchConfig) -> Result<HashMap<String, Tensor>> {
+/// initialisation, its standard deviations times `std_scale`), by HF tensor name.
+pub fn random_weights(arch: &ArchConfig, std_scale: f64) -> Result<HashMap<String, Tensor>> {
     let opts = LoadOptions {
         trainable: true,
         ..LoadOptions::default()
     };
-    let loaded = CausalLm::build(&RandomSource::new(1.0), arch, &opts)?;
+    let loaded = CausalLm::build(&RandomSource::new(std_scale), arch, &opts)?;
     Ok(loaded
         .params
         .iter()

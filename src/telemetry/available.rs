@@ -57,8 +57,8 @@ pub fn available_gpu(index: u32) -> Result<Available> {
             source: MEMORY_LIMIT_ENV.into(),
         });
     }
-    let probe = super::GpuProbe::init_index(index).map_err(|e| anyhow!("{e}"))?;
-    let (used, total) = probe.device_memory().map_err(|e| anyhow!("{e}"))?;
+    let probe = super::GpuProbe::init_index(index).map_err(|e| anyhow!("{}", e.reason))?;
+    let (used, total) = probe.device_memory().map_err(|e| anyhow!("{}", e.reason))?;
     Ok(Available {
         bytes: total.saturating_sub(used),
         source: format!("free memory of GPU {index}, {} (NVML)", probe.name()),
