@@ -238,20 +238,10 @@ mod tests {
             }
             let t = MapTensors::new(map, &dev).unwrap();
             let x = Tensor::from_slice(&xs, xs.len(), &dev).unwrap();
-            let plain: Vec<u8> = t
-                .quantize(&x)
-                .unwrap()
-                .to_dtype(DType::U8)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let signed: Vec<u8> = t
-                .quantize_signed(&x)
-                .unwrap()
-                .to_dtype(DType::U8)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let codes = |q: Result<Tensor>| -> Vec<u8> {
+                q.unwrap().to_dtype(DType::U8).unwrap().to_vec1().unwrap()
+            };
+            let (plain, signed) = (codes(t.quantize(&x)), codes(t.quantize_signed(&x)));
             for (i, &v) in xs.iter().enumerate() {
                 assert_eq!(plain[i], map.quantize(v), "quantize({v:e})");
                 if v != 0.0 && !v.is_nan() {

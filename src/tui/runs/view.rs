@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
-use crate::runs::registry::{RunRecord, RunStatus};
+use crate::runs::registry::{MemoryPoint, RunRecord, RunStatus};
 use crate::telemetry::GpuUnavailable;
 use crate::tui::widgets::chart::{HLine, LineChart, Series};
 use crate::tui::widgets::format::{self, short_spec};
@@ -283,40 +283,23 @@ fn draw_memory(f: &mut Frame, app: &App, r: &RunRecord, area: Rect) {
         Some((_, b)) => format!("now {}", format::bytes(*b)),
         None => "measured".into(),
     };
+    // One more reading of each memory point, where the source gives it, as a series named
+    // with its latest value.
+    let series_of = |label: &str, color: Color, pick: fn(&MemoryPoint) -> Option<u64>| {
+        let points: Vec<(f64, f64)> = r
+            .memory
+            .iter()
+            .filter(|m| m.kind == kind)
+            .filter_map(|m| pick(m).map(|b| (m.secs, b as f64)))
+            .collect();
+        let last = points.last().map_or(0, |p| p.1 as u64);
+        (!points.is_empty())
+            .then(|| Series::new(format!("{label} {}", format::bytes(last)), points, color))
+    };
     // RSS swings with every allocation; its high-water mark (VmHWM) is the peak so far.
-    let peaks: Vec<(f64, f64)> = r
-        .memory
-        .iter()
-        .filter(|m| m.kind == kind)
-        .filter_map(|m| m.peak.map(|p| (m.secs, p as f64)))
-        .collect();
-    let peak_series = (!peaks.is_empty()).then(|| {
-        Series::new(
-            format!(
-                "peak {}",
-                format::bytes(peaks.last().map_or(0, |p| p.1 as u64))
-            ),
-            peaks,
-            Color::Yellow,
-        )
-    });
+    let peak_series = series_of("peak", Color::Yellow, |m| m.peak);
     // A GPU run: the device's used memory (every process) under its capacity.
-    let used: Vec<(f64, f64)> = r
-        .memory
-        .iter()
-        .filter(|m| m.kind == kind)
-        .filter_map(|m| m.device_used.map(|u| (m.secs, u as f64)))
-        .collect();
-    let used_series = (!used.is_empty()).then(|| {
-        Series::new(
-            format!(
-                "GPU used {}",
-                format::bytes(used.last().map_or(0, |p| p.1 as u64))
-            ),
-            used,
-            Color::DarkGray,
-        )
-    });
+    let used_series = series_of("GPU used", Color::DarkGray, |m| m.device_used);
     let capacity_line = capacity.filter(|_| kind.is_gpu()).map(|c| HLine {
         name: format!("capacity {}", format::bytes(c)),
         y: c as f64,
