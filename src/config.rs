@@ -100,7 +100,7 @@ pub struct ModelConfig {
     /// activations.
     #[serde(default)]
     pub gradient_checkpointing: bool,
-    /// Compute dtype: f32 (CPU), bf16 or f16 (CUDA).
+    /// Compute dtype: auto (bf16 on a GPU for LoRA/QLoRA, else f32), f32, bf16 or f16.
     #[serde(default)]
     pub dtype: ComputeDtype,
     /// `auto` (the default: CUDA when built in and present, else the CPU), `cpu`, `cuda`
@@ -314,6 +314,13 @@ impl RunConfig {
 
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The dtype this run computes in on `device` (`model.dtype`, `auto` resolved).
+    pub fn compute_dtype(&self, device: &candle_core::Device) -> candle_core::DType {
+        self.model
+            .dtype
+            .resolve(!device.is_cpu(), self.lora.is_some())
     }
 
     pub fn technique(&self) -> Technique {
@@ -536,7 +543,10 @@ lr = 1e-4
             )
             .replace("[data]", "[data]\ntemplate = \"layouts/ja.jinja\"");
         let cfg = RunConfig::from_toml_str(&text).unwrap();
-        assert_eq!(cfg.model.dtype.dtype(), candle_core::DType::BF16);
+        assert_eq!(
+            cfg.model.dtype.resolve(false, false),
+            candle_core::DType::BF16
+        );
         assert_eq!(cfg.model.device, DeviceChoice::Cuda(None));
         assert_eq!(
             cfg.data.template,
@@ -546,7 +556,13 @@ lr = 1e-4
         assert!(written.contains("device = \"cuda\""), "{written}");
         assert_eq!(RunConfig::from_toml_str(&written).unwrap(), cfg);
         let defaults = RunConfig::from_toml_str(PRESET).unwrap();
-        assert_eq!(defaults.model.dtype, ComputeDtype::F32);
+        assert_eq!(defaults.model.dtype, ComputeDtype::Auto);
+        // auto: bf16 only on a GPU with a frozen base.
+        let auto = |gpu, frozen| ComputeDtype::Auto.resolve(gpu, frozen);
+        assert_eq!(auto(true, true), candle_core::DType::BF16);
+        for (gpu, frozen) in [(false, true), (true, false), (false, false)] {
+            assert_eq!(auto(gpu, frozen), candle_core::DType::F32);
+        }
         assert_eq!(defaults.model.device, DeviceChoice::Auto);
         assert_eq!(defaults.data.template, TemplateChoice::default());
     }

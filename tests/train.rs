@@ -354,3 +354,32 @@ fn the_fused_head_loss_equals_the_logits_path_on_every_head_kind() {
         }
     }
 }
+
+/// Mixed precision as `model.dtype = "auto"` gives it on a GPU (bf16 for a frozen base):
+/// the base computes in bf16, the adapters stay f32 master weights (their gradients come
+/// back through the cast in f32), and training lowers the loss. Run here on the CPU.
+#[test]
+fn bf16_lora_keeps_f32_master_adapters_and_learns() {
+    for quant in [false, true] {
+        let (root, mut cfg) = tiny_setup("[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n");
+        cfg.model.dtype = ftlab::config::ComputeDtype::Bf16;
+        if quant {
+            cfg.model.quant = ftlab::config::QuantKind::Nf4;
+            cfg.model.gradient_checkpointing = true;
+        }
+        cfg.train.lr = 1e-2;
+        let (lm, tm) = setup::prepare(&cfg, &Device::Cpu).unwrap();
+        assert_eq!(lm.model.embed_weight().dtype(), candle_core::DType::BF16);
+        assert!(tm
+            .params
+            .iter()
+            .all(|(_, v)| v.dtype() == candle_core::DType::F32));
+        drop((lm, tm));
+        let (summary, steps, initial) = run_training(&cfg, &root.path().join("run"), false, None);
+        let last = summary.eval_losses.last().unwrap().1;
+        assert!(
+            last < initial * 0.9,
+            "bf16 (4-bit: {quant}): eval loss {initial:.4} → {last:.4}; {steps:?}"
+        );
+    }
+}

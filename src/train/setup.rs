@@ -1,7 +1,7 @@
 //! Turning a run config into a trainable model: load, quantise the frozen base (QLoRA),
 //! attach adapters (LoRA) or make everything trainable (full fine-tuning).
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::trainer::TrainModel;
 use crate::adapt::peft::apply_lora;
@@ -48,13 +48,14 @@ pub fn prepare(cfg: &RunConfig, device: &Device) -> Result<(LanguageModel, Train
     };
     let opts = LoadOptions {
         device: device.clone(),
-        dtype: cfg.model.dtype.dtype(),
+        dtype: cfg.compute_dtype(device),
         trainable: cfg.lora.is_none(),
         quant4,
     };
     let mut lm = LanguageModel::load_spec(&cfg.model.spec, &opts)?;
     let params = match &cfg.lora {
-        Some(l) => apply_lora(&mut lm.model, l, opts.dtype, &opts.device, cfg.train.seed)?,
+        // Adapters are f32 master weights whatever the compute dtype (cast where used).
+        Some(l) => apply_lora(&mut lm.model, l, DType::F32, &opts.device, cfg.train.seed)?,
         None => std::mem::take(&mut lm.params),
     };
     let total_params = count_params(&lm.model);
@@ -113,7 +114,11 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         technique,
     );
     input.grad_accum_steps = cfg.train.micro_batches_per_step();
-    input.compute_dtype_bytes = cfg.model.dtype.dtype().size_in_bytes();
+    input.compute_dtype_bytes = cfg
+        .model
+        .dtype
+        .resolve(cfg.model.device.may_be_gpu(), cfg.lora.is_some())
+        .size_in_bytes();
     // A run that computes on a GPU is planned in device memory (`auto` means the GPU in a
     // CUDA build).
     input.device = if cfg.model.device.may_be_gpu() {

@@ -380,7 +380,7 @@ impl StsTask {
         let dir = encoder_dir(&cfg.model.spec)?;
         let opts = LoadOptions {
             device: device.clone(),
-            dtype: cfg.model.dtype.dtype(),
+            dtype: cfg.compute_dtype(device),
             trainable: cfg.lora.is_none(),
             quant4: None,
         };
@@ -390,7 +390,7 @@ impl StsTask {
             params = apply_lora_to_linears(
                 embedder.model_mut().linears_mut(),
                 l,
-                opts.dtype,
+                candle_core::DType::F32, // f32 master weights, cast where used
                 &opts.device,
                 cfg.train.seed,
             )?;

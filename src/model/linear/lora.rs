@@ -74,6 +74,16 @@ impl LoraAdapter {
         } else {
             (self.a.as_tensor().clone(), self.b.as_tensor().clone())
         };
+        // f32 master factors on a bf16/f16 model: cast where used (the cast's backward
+        // brings the gradient back to f32).
+        let cast = |t: Tensor| {
+            if t.dtype() == x.dtype() {
+                Ok(t)
+            } else {
+                t.to_dtype(x.dtype())
+            }
+        };
+        let (a, b) = (cast(a)?, cast(b)?);
         let h = (x.matmul(&a.t()?)? * self.scale)?;
         h.matmul(&b.t()?)
     }
