@@ -8,6 +8,31 @@ use ftlab::cli;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Threads for the CPU's matmuls and element-wise kernels (default: every core; also
+    /// FTLAB_THREADS). Training workers and bench workers inherit it.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// Sets the thread count of candle's CPU kernels and rayon (both read RAYON_NUM_THREADS
+/// when their pools start) for this process and its children.
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let n =
+        match threads {
+            Some(n) => Some(n),
+            None => match std::env::var("FTLAB_THREADS") {
+                Ok(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+                    anyhow::anyhow!("FTLAB_THREADS={v}: expected a number of threads")
+                })?),
+                Err(_) => None,
+            },
+        };
+    if let Some(n) = n {
+        anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
+        // Before any thread starts (the first thing main does).
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +86,10 @@ fn quiet_on_closed_pipe(command: &Option<Command>) {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = set_threads(cli.threads) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     quiet_on_closed_pipe(&cli.command);
     let result = match cli.command {
         Some(Command::Models(cmd)) => cli::models::run(cmd),

@@ -1,5 +1,7 @@
 //! The binary on bad input: a clear message naming the file and the problem, exit code 1,
 //! never a panic.
+mod common;
+
 use std::process::Command;
 
 fn ftlab(args: &[&str]) -> (i32, String) {
@@ -215,4 +217,54 @@ fn a_cpu_build_refuses_cuda_with_the_build_command_before_loading_anything() {
     let (code, err) = ftlab(&["generate", "--prompt", "hi", "--device", "tpu"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("auto, cpu, cuda or cuda:N"), "{err}");
+}
+
+/// `--threads N` (and FTLAB_THREADS) sets the CPU threads of a command and of the workers
+/// it starts: a bench worker reports 1 with `--threads 1` and every core without it; 0 or a
+/// word is refused.
+#[test]
+fn threads_limit_the_cpu_threads_of_the_workers_too() {
+    let root = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(root.path());
+    let data = common::small_sft(root.path(), 16);
+    let preset = common::preset(root.path(), &model, &data, "");
+    let bench = |threads: Option<&str>, env: Option<&str>| -> serde_json::Value {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftlab"));
+        if let Some(t) = threads {
+            cmd.args(["--threads", t]);
+        }
+        if let Some(e) = env {
+            cmd.env("FTLAB_THREADS", e);
+        } else {
+            cmd.env_remove("FTLAB_THREADS");
+        }
+        let out = cmd
+            .env_remove("RAYON_NUM_THREADS")
+            .args(["bench", preset.to_str().unwrap(), "--steps", "1"])
+            .args(["--seq-len", "128", "--json", "--set", "model.device=cpu"])
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        serde_json::from_str(&line).unwrap()
+    };
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(bench(None, None)["threads"], cores);
+    assert_eq!(bench(Some("1"), None)["threads"], 1);
+    assert_eq!(bench(None, Some("1"))["threads"], 1);
+    let (code, err) = ftlab(&["--threads", "0", "plan", "lora"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at least 1"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .env("FTLAB_THREADS", "many")
+        .args(["plan", "lora"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("FTLAB_THREADS=many"), "{err}");
 }

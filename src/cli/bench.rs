@@ -61,6 +61,9 @@ pub struct BenchResult {
     /// Whether the generic path was forced on the CPU (`FTLAB_KERNELS=generic`).
     #[serde(default)]
     pub generic_kernels: bool,
+    /// CPU threads of the worker (`--threads`, default every core).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 impl BenchResult {
@@ -195,6 +198,7 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
         total_params: tm.total_params,
         device: crate::config::device_name(&device),
         generic_kernels: crate::model::generic::generic_kernels(&device),
+        threads: candle_core::utils::get_num_threads(),
     })
 }
 
@@ -257,11 +261,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.json {
         let first = results.first();
         println!(
-            "batch {} × seq {}, {} timed steps after 1 warm-up, each technique in its own process, on {}{}; peaks are {}",
+            "batch {} × seq {}, {} timed steps after 1 warm-up, each technique in its own process, on {} ({} CPU threads){}; peaks are {}",
             args.batch_size,
             args.seq_len,
             args.steps,
             first.map_or("?", |r| r.device.as_str()),
+            first.map_or(0, |r| r.threads),
             if first.is_some_and(|r| r.generic_kernels && r.device == "cpu") {
                 " (generic kernels)"
             } else {
