@@ -127,7 +127,14 @@ fn model_line(c: &RunConfig) -> String {
     if c.model.gradient_checkpointing {
         notes.push("grad checkpointing".into());
     }
-    notes.push(format!("{} on {}", c.model.dtype, c.model.device));
+    // What `auto` means with this binary: the GPU of a CUDA build (bf16 for a frozen
+    // base), else the CPU in f32.
+    let gpu = c.model.device.may_be_gpu();
+    notes.push(format!(
+        "{} on {}",
+        c.model.dtype.resolve(gpu, c.lora.is_some()).as_str(),
+        c.model.device.queue_key()
+    ));
     s.push_str(&format!(" ({})", notes.join(", ")));
     s
 }
