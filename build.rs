@@ -34,6 +34,40 @@ fn main() {
         rows.concat()
     );
     std::fs::write(out, text).unwrap();
+    cuda_kernels(&root);
+}
+
+/// ftlab's own CUDA kernels, `kernels/NAME.cu`.
+const CUDA_KERNELS: &[&str] = &["quant4"];
+
+/// With `--features cuda`: ftlab's own CUDA kernels (`kernels/*.cu`) compiled to PTX with
+/// nvcc, as candle builds its kernels, for `CUDA_COMPUTE_CAP` (default 80; the PTX is
+/// JIT-compiled for newer GPUs).
+fn cuda_kernels(root: &Path) {
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
+    let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for name in CUDA_KERNELS {
+        let src = root.join("kernels").join(format!("{name}.cu"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        let ptx = out_dir.join(format!("{name}.ptx"));
+        let status = std::process::Command::new("nvcc")
+            .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
+            .arg(&ptx)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running nvcc for {}: {e} (is the CUDA toolkit on PATH?)",
+                    src.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on {}", src.display());
+    }
 }
 
 /// The plain files of `dir` (not recursive), sorted by name.

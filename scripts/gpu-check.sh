@@ -6,6 +6,8 @@
 #   scripts/gpu-check.sh [CARRY_DIR]      # default: gpu-carry
 #
 # 1. the device: name, memory, driver (nvidia-smi), and the binary finds CUDA;
+# 1b. `ftlab check-kernels`: every memory-saving op on the GPU (the generic definitions and
+#    the CUDA dequantisation kernel) against the CPU kernels: values, gradients, updates;
 # 2. numerics: perplexity of a SmolLM2-shaped model (random weights, 135M parameters) on
 #    the CPU and on CUDA, f32 — the mean nll must agree within 0.01 %;
 # 3. the Paris check on CUDA, when the real SmolLM2 is in the cache (FTLAB_CACHE_DIR);
@@ -44,6 +46,16 @@ if ! "$bin" --version >/dev/null 2>"$work/start.err"; then
     log "the binary does not start: $(cat "$work/start.err")"
     exit 1
 fi
+
+# 1b. Every memory-saving op on the device against the CPU kernels (and the CUDA kernel
+# against its twins).
+if "$bin" check-kernels --device "$dev" >"$work/kernels.txt" 2>&1; then
+    kernels=ok
+else
+    kernels=failed
+    fail+=("check-kernels")
+fi
+sed 's/^/[gpu-check] /' "$work/kernels.txt" >&2
 
 model="$work/smollm2-shape"
 rm -rf "$model"
@@ -118,6 +130,7 @@ print(json.dumps({
     "gpu": """$gpu""",
     "perplexity_cpu": """$ppl_cpu""", "perplexity_cuda": """$ppl_gpu""",
     "paris": "$paris",
+    "check_kernels": "$kernels",
     "bench_1x512": [{k: r.get(k) for k in ("technique", "device", "tokens_per_sec", "train_peak_bytes", "predicted_peak_bytes", "load_peak_bytes")} for r in rows],
     "lora_20_steps": json.loads('''$loss'''),
     "failed": [l.strip() for l in open(sys.argv[2]) if l.strip()],

@@ -68,6 +68,9 @@ enum Command {
     Rag(cli::rag::RagArgs),
     /// Pearson and Spearman correlation of an encoder on STS sentence pairs.
     StsEval(cli::sts::StsEvalArgs),
+    /// Each memory-saving op on a device (GPU kernels, generic definitions) against the
+    /// CPU kernels: values, gradients, optimiser updates.
+    CheckKernels(cli::check::CheckArgs),
 }
 
 /// Commands whose output is read by a pipe (`ftlab presets list | head`) end quietly when
@@ -106,6 +109,7 @@ fn main() {
         Some(Command::StsEval(args)) => cli::sts::run(args),
         Some(Command::Plan(args)) => cli::plan::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
+        Some(Command::CheckKernels(args)) => cli::check::run(args),
         None => cli::tui::run(),
     };
     if let Err(e) = result {

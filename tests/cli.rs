@@ -268,3 +268,26 @@ fn threads_limit_the_cpu_threads_of_the_workers_too() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("FTLAB_THREADS=many"), "{err}");
 }
+
+/// `ftlab check-kernels` (what a GPU machine runs first) on the CPU: the generic
+/// definitions and the dequantisation kernel's body agree with the CPU kernels.
+#[test]
+fn check_kernels_on_the_cpu_agrees_with_the_cpu_kernels() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["check-kernels", "--device", "cpu", "--json"])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["device"], "cpu", "{r}");
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["check"] == "4-bit dequantisation kernel"));
+}

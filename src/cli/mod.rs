@@ -1,5 +1,6 @@
 //! Command-line subcommands. Each prints for a person; the library below never does.
 pub mod bench;
+pub mod check;
 pub mod device;
 pub mod embed;
 pub mod eval;

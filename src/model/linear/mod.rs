@@ -8,6 +8,7 @@
 pub mod frozen;
 pub mod lora;
 pub mod quant4;
+pub mod quant4_kernel;
 
 use candle_core::{Result, Tensor};
 

@@ -508,20 +508,39 @@ impl Quant4Tensor {
             .to_device(device)
     }
 
-    /// The dequantised weight (out, in) computed with tensor ops on `device` from codes
-    /// kept there (copied on first use): the generic twin of [`Self::dequantize_into`],
-    /// with the same values, for devices without a CPU kernel (and the CPU when the
-    /// generic path is forced). Only the codes stay on the device between calls.
+    /// The dequantised weight (out, in) on `device`, from codes kept there (copied on
+    /// first use; only they stay on the device between calls), for devices without the
+    /// CPU kernel (and the CPU when the generic path is forced): on a GPU the CUDA kernel
+    /// ([`Self::dequantize_with_kernel`]), elsewhere — or with the generic path forced —
+    /// tensor ops ([`Self::dequantize_with_tensor_ops`]). The same values as
+    /// [`Self::dequantize_into`].
     pub fn dequantize_on(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let codes = match self.device_codes.get() {
-            Some(c) if c.packed.device().same_device(device) => c.clone(),
-            // Kept for the first device asked for (a model computes on one device).
-            _ => {
-                let c = DeviceCodes::new(self, device)?;
-                let _ = self.device_codes.set(c.clone());
-                c
-            }
+        let w = if device.is_cuda() && !crate::model::generic::generic_forced() {
+            self.dequantize_with_kernel(device)?
+        } else {
+            self.dequantize_with_tensor_ops(device)?
         };
+        w.to_dtype(dtype)
+    }
+
+    /// [`Self::dequantize_on`] in f32 by the dequantisation kernel (`kernels/quant4.cu` on
+    /// CUDA, its Rust body on the CPU).
+    pub fn dequantize_with_kernel(&self, device: &Device) -> Result<Tensor> {
+        let codes = self.codes_on(device)?;
+        super::quant4_kernel::dequant4(
+            &codes.packed,
+            &codes.absmax()?,
+            &codes.table,
+            self.numel(),
+            self.block_size,
+        )?
+        .reshape(self.shape)
+    }
+
+    /// [`Self::dequantize_on`] in f32 with candle tensor ops (any device): the generic
+    /// definition.
+    pub fn dequantize_with_tensor_ops(&self, device: &Device) -> Result<Tensor> {
+        let codes = self.codes_on(device)?;
         let bytes = codes.packed.to_dtype(DType::F32)?;
         let hi = (&bytes / 16.0)?.floor()?;
         let lo = (&bytes - (&hi * 16.0)?)?;
@@ -536,8 +555,20 @@ impl Quant4Tensor {
             .broadcast_mul(&codes.absmax()?)?
             .flatten_all()?
             .narrow(0, 0, self.numel())?
-            .reshape(self.shape)?
-            .to_dtype(dtype)
+            .reshape(self.shape)
+    }
+
+    /// The codes as tensors on `device`.
+    fn codes_on(&self, device: &Device) -> Result<DeviceCodes> {
+        Ok(match self.device_codes.get() {
+            Some(c) if c.packed.device().same_device(device) => c.clone(),
+            // Kept for the first device asked for (a model computes on one device).
+            _ => {
+                let c = DeviceCodes::new(self, device)?;
+                let _ = self.device_codes.set(c.clone());
+                c
+            }
+        })
     }
 
     /// Bytes held: packed codes plus the (possibly double-quantised) absmax constants.
