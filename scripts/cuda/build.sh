@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds ftlab with CUDA (`--features cuda`) on a machine with no GPU and no CUDA install:
 # the toolkit comes from PyPI wheels (scripts/cuda/toolkit.sh), the driver library is a
-# link-time stand-in. The binary runs wherever an NVIDIA driver is installed.
+# link-time stand-in. The binary needs, where it runs, the NVIDIA driver (libcuda.so.1) and
+# the CUDA 13 runtime libraries (cuBLAS, cuBLASLt, cuRAND, NVRTC: a CUDA 13 install, or
+# PyTorch's nvidia pip packages on LD_LIBRARY_PATH): candle links them, so without them it
+# does not start at all (a CPU-only machine runs the default build).
 #
 #   scripts/cuda/build.sh            # → $FTLAB_CUDA_TARGET_DIR/release/ftlab
 #

@@ -89,11 +89,11 @@ impl Peak {
         if device.is_cpu() {
             return Ok(Self::Ram);
         }
-        let index = match device.location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id as u32,
+        let ordinal = match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
             _ => 0,
         };
-        let probe = crate::telemetry::GpuProbe::init_index(index)
+        let probe = crate::telemetry::GpuProbe::for_cuda_ordinal(ordinal)
             .map_err(|e| anyhow::anyhow!("measuring GPU memory: {e}"))?;
         Ok(Self::Gpu(crate::telemetry::gpu_peak::GpuPeak::start(
             std::sync::Arc::new(probe),

@@ -36,7 +36,7 @@ enum Msg {
 pub fn run() -> Result<()> {
     // Presets of ./presets, the user's and the built-in ones; runs where `Locations` says.
     let paths = Locations::from_env();
-    let (gpu_state, probe) = match GpuProbe::init() {
+    let (gpu_state, probe) = match GpuProbe::for_cuda_ordinal(0) {
         Ok(p) => (GpuState::Available(p.name().to_string()), Some(Arc::new(p))),
         Err(e) => (GpuState::Unavailable(e.reason.clone()), None),
     };

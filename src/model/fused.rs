@@ -129,22 +129,45 @@ pub fn scaled_masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64)
 /// The generic definition of [`scaled_masked_softmax`]: the probabilities are computed
 /// outside autograd (candle's softmax kernel of the device), and only they are kept for
 /// the backward `scale · p ⊙ (g − Σ g ⊙ p)`.
+///
+/// Computed in f32 whatever the scores' dtype, and returned in it: 16-bit scores keep 16-bit
+/// probabilities for the backward (which also runs in f32), not f32 copies of both.
 pub fn generic_scaled_masked_softmax(
     scores: &Tensor,
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let x = (scores.detach() * scale)?;
+    let dtype = scores.dtype();
+    let x = (scores.detach().to_dtype(DType::F32)? * scale)?;
     let x = match mask {
-        Some(m) => x.broadcast_add(&m.detach())?,
+        Some(m) => x.broadcast_add(&m.detach().to_dtype(DType::F32)?)?,
         None => x,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&x.contiguous()?)?;
+    let probs = softmax_last_dim(&x.contiguous()?)?.to_dtype(dtype)?;
     drop(x);
     attach1("scaled-masked-softmax", scores, &probs, move |_, p, g| {
-        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
-        (g.broadcast_sub(&dot)? * p)? * scale
+        let (p, g) = (p.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+        let dot = (&g * &p)?.sum_keepdim(D::Minus1)?;
+        ((g.broadcast_sub(&dot)? * p)? * scale)?.to_dtype(dtype)
     })
+}
+
+/// candle's softmax kernel over the last dimension, a slice of the leading dimension at a
+/// time when the tensor has 2³¹ elements or more (the CUDA kernel indexes with a 32-bit
+/// int).
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    const MAX: usize = i32::MAX as usize;
+    let n = x.elem_count();
+    let lead = x.dims().first().copied().unwrap_or(1);
+    if n <= MAX || lead < 2 {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    let per = (MAX / (n / lead)).max(1);
+    let parts = (0..lead)
+        .step_by(per)
+        .map(|s| candle_nn::ops::softmax_last_dim(&x.narrow(0, s, per.min(lead - s))?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
 }
 
 struct LogSoftmax;

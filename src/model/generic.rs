@@ -89,10 +89,12 @@ impl Precomputed {
     fn new(y: &Tensor) -> Result<Self> {
         // The op's output takes over y's storage as a whole, read as contiguous from
         // offset 0: make sure y is laid out that way (results of ops are).
-        let y = if y.is_contiguous() && y.layout().start_offset() == 0 {
-            y.detach()
+        let y = if !y.is_contiguous() {
+            y.detach().contiguous()? // a fresh tensor from offset 0
+        } else if y.layout().start_offset() != 0 {
+            y.detach().force_contiguous()?
         } else {
-            y.detach().contiguous()?.affine(1.0, 0.0)?
+            y.detach()
         };
         Ok(Self(Mutex::new(Some(y))))
     }

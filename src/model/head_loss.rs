@@ -48,8 +48,19 @@ pub fn linear_cross_entropy(
     targets: &Tensor,
     mask: &Tensor,
 ) -> Result<(Tensor, usize)> {
-    linear_cross_entropy_chunked(hidden, weight, targets, mask, chunk_rows(weight.dim(0)?))
+    let vocab = weight.dim(0)?;
+    let chunk = if hidden.device().is_cpu() {
+        chunk_rows(vocab)
+    } else {
+        // A GPU wants many rows per matmul and per element-wise pass; 256 MiB of f32
+        // logits is still far below a batch's (and a few % of a modest GPU).
+        (GPU_CHUNK_LOGITS_BYTES / (4 * vocab.max(1))).max(MIN_CHUNK_ROWS)
+    };
+    linear_cross_entropy_chunked(hidden, weight, targets, mask, chunk)
 }
+
+/// Bytes of f32 logits one chunk may hold on a GPU.
+const GPU_CHUNK_LOGITS_BYTES: usize = 256 << 20;
 
 /// [`linear_cross_entropy`] with `chunk` rows per chunk.
 pub fn linear_cross_entropy_chunked(
@@ -222,7 +233,10 @@ impl LinearCrossEntropy {
                 for chunk in self.chunks() {
                     let [idx, targets, weights] = self.chunk_tensors(chunk, dev)?;
                     let (rows, shifted, _) = Self::shifted_logits(h, w, &idx)?;
-                    let probs = candle_nn::ops::softmax_last_dim(&shifted)?;
+                    // exp(x − lse) as element-wise ops: candle's softmax kernel gives each
+                    // row one warp, too few for a few hundred vocabulary-long rows.
+                    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+                    let probs = shifted.broadcast_sub(&lse)?.exp()?;
                     drop(shifted);
                     let minus_one = Tensor::full(-1f32, (chunk.1, 1), dev)?;
                     let scale = weights.broadcast_mul(&coef)?;
@@ -232,13 +246,15 @@ impl LinearCrossEntropy {
                         .to_dtype(h.dtype())?;
                     dh = dh.index_add(&idx, &dlogits.matmul(w)?, 0)?;
                     if weight_grad {
-                        let part = dlogits.t()?.matmul(&rows)?;
+                        // Accumulated in f32 across chunks, whatever the compute dtype.
+                        let part = dlogits.t()?.matmul(&rows)?.to_dtype(DType::F32)?;
                         dw = Some(match dw {
                             Some(acc) => (acc + part)?,
                             None => part,
                         });
                     }
                 }
+                let dw = dw.map(|d| d.to_dtype(w.dtype())).transpose()?;
                 Ok((Some(dh), dw))
             },
         )

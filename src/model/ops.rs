@@ -183,9 +183,10 @@ pub fn attention_scaled(
 ) -> Result<Tensor> {
     let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
     let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
+    // The softmax computes in f32 and answers in the scores' dtype (16-bit scores keep
+    // 16-bit probabilities for the backward).
     let probs =
-        super::fused::scaled_masked_softmax(&scores.to_dtype(DType::F32)?, mask.as_ref(), scale)?
-            .to_dtype(v.dtype())?;
+        super::fused::scaled_masked_softmax(&scores, mask.as_ref(), scale)?.to_dtype(v.dtype())?;
     probs.matmul(&v.contiguous()?)
 }
 

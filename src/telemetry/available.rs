@@ -47,9 +47,9 @@ pub fn available_ram() -> Result<Available> {
     }
 }
 
-/// Device memory available to a new run on GPU `index`: `FTLAB_MEMORY_LIMIT` when set,
+/// Device memory available to a new run on `cuda:ordinal`: `FTLAB_MEMORY_LIMIT` when set,
 /// else NVML's free memory of the device (total − used, all processes).
-pub fn available_gpu(index: u32) -> Result<Available> {
+pub fn available_gpu(ordinal: usize) -> Result<Available> {
     if let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) {
         let bytes = parse_bytes(&v).map_err(|e| anyhow!("{MEMORY_LIMIT_ENV}={v}: {e}"))?;
         return Ok(Available {
@@ -57,11 +57,11 @@ pub fn available_gpu(index: u32) -> Result<Available> {
             source: MEMORY_LIMIT_ENV.into(),
         });
     }
-    let probe = super::GpuProbe::init_index(index).map_err(|e| anyhow!("{}", e.reason))?;
+    let probe = super::GpuProbe::for_cuda_ordinal(ordinal).map_err(|e| anyhow!("{}", e.reason))?;
     let (used, total) = probe.device_memory().map_err(|e| anyhow!("{}", e.reason))?;
     Ok(Available {
         bytes: total.saturating_sub(used),
-        source: format!("free memory of GPU {index}, {} (NVML)", probe.name()),
+        source: format!("free memory of cuda:{ordinal}, {} (NVML)", probe.name()),
     })
 }
 

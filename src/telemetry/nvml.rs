@@ -90,6 +90,31 @@ impl GpuProbe {
         Self::init_index(0)
     }
 
+    /// The device CUDA calls `ordinal` (`cuda:N`): NVML numbers every GPU of the machine
+    /// (as `nvidia-smi`), CUDA only those `CUDA_VISIBLE_DEVICES` lists, in its order (by
+    /// index or by UUID). Without it the two agree on a machine whose GPUs CUDA orders as
+    /// NVML does (one GPU, or `CUDA_DEVICE_ORDER=PCI_BUS_ID`).
+    pub fn for_cuda_ordinal(ordinal: usize) -> Result<Self, GpuUnavailable> {
+        match visible_device(
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+            ordinal,
+        ) {
+            Visible::Index(i) => Self::init_index(i),
+            Visible::Uuid(uuid) => {
+                let nvml = Nvml::init().map_err(|e| GpuUnavailable::new(describe(&e)))?;
+                let index = nvml
+                    .device_by_uuid(uuid.as_str())
+                    .and_then(|d| d.index())
+                    .map_err(|e| GpuUnavailable::new(format!("GPU {uuid}: {}", describe(&e))))?;
+                drop(nvml);
+                Self::init_index(index)
+            }
+            Visible::None => Err(GpuUnavailable::new(format!(
+                "CUDA_VISIBLE_DEVICES lists no device {ordinal}"
+            ))),
+        }
+    }
+
     /// Device `index` (as numbered by NVML, like `nvidia-smi`).
     pub fn init_index(index: u32) -> Result<Self, GpuUnavailable> {
         // Loading a shared library can in principle panic inside a binding; keep that a value.
@@ -154,5 +179,43 @@ impl GpuProbe {
             }
         }
         found.then_some(total)
+    }
+}
+/// Which NVML device CUDA's device `ordinal` is, by `CUDA_VISIBLE_DEVICES`.
+#[derive(Debug, PartialEq, Eq)]
+enum Visible {
+    Index(u32),
+    Uuid(String),
+    None,
+}
+
+fn visible_device(list: Option<&str>, ordinal: usize) -> Visible {
+    let Some(list) = list.map(str::trim).filter(|l| !l.is_empty()) else {
+        return Visible::Index(ordinal as u32);
+    };
+    match list.split(',').map(str::trim).nth(ordinal) {
+        Some(e) => match e.parse::<u32>() {
+            Ok(i) => Visible::Index(i),
+            Err(_) => Visible::Uuid(e.to_string()),
+        },
+        None => Visible::None,
+    }
+}
+
+#[cfg(test)]
+mod visible_tests {
+    use super::*;
+
+    #[test]
+    fn cuda_ordinals_map_to_nvml_devices_through_cuda_visible_devices() {
+        assert_eq!(visible_device(None, 1), Visible::Index(1));
+        assert_eq!(visible_device(Some(" "), 0), Visible::Index(0));
+        assert_eq!(visible_device(Some("2,3"), 0), Visible::Index(2));
+        assert_eq!(visible_device(Some("2, 3"), 1), Visible::Index(3));
+        assert_eq!(visible_device(Some("2,3"), 2), Visible::None);
+        assert_eq!(
+            visible_device(Some("GPU-8f6c1a2b"), 0),
+            Visible::Uuid("GPU-8f6c1a2b".into())
+        );
     }
 }

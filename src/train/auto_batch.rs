@@ -115,7 +115,7 @@ pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
     let arch = arch_of(cfg)?;
     // A run on a GPU must fit in its free device memory; a CPU run in RAM.
     let measured = match cfg.model.device {
-        DeviceChoice::Cuda(n) => available_gpu(n.unwrap_or(0) as u32),
+        DeviceChoice::Cuda(n) => available_gpu(n.unwrap_or(0)),
         DeviceChoice::Auto if cuda_built() => available_gpu(0),
         _ => available_ram(),
     };

@@ -541,16 +541,19 @@ impl Quant4Tensor {
     /// definition.
     pub fn dequantize_with_tensor_ops(&self, device: &Device) -> Result<Tensor> {
         let codes = self.codes_on(device)?;
-        let bytes = codes.packed.to_dtype(DType::F32)?;
-        let hi = (&bytes / 16.0)?.floor()?;
-        let lo = (&bytes - (&hi * 16.0)?)?;
-        let idx = Tensor::stack(&[hi, lo], 1)?
-            .flatten_all()?
-            .to_dtype(DType::U32)?;
+        let idx = {
+            let bytes = codes.packed.to_dtype(DType::F32)?;
+            let hi = (&bytes / 16.0)?.floor()?;
+            let lo = (&bytes - (&hi * 16.0)?)?;
+            drop(bytes);
+            Tensor::stack(&[hi, lo], 1)?
+                .flatten_all()?
+                .to_dtype(DType::U32)?
+        };
         let blocks = self.packed.len() * 2 / self.block_size;
-        codes
-            .table
-            .index_select(&idx, 0)?
+        let values = codes.table.index_select(&idx, 0)?;
+        drop(idx);
+        values
             .reshape((blocks, self.block_size))?
             .broadcast_mul(&codes.absmax()?)?
             .flatten_all()?
@@ -561,7 +564,8 @@ impl Quant4Tensor {
     /// The codes as tensors on `device`.
     fn codes_on(&self, device: &Device) -> Result<DeviceCodes> {
         Ok(match self.device_codes.get() {
-            Some(c) if c.packed.device().same_device(device) => c.clone(),
+            // By location: two handles of one GPU are one device.
+            Some(c) if c.packed.device().location() == device.location() => c.clone(),
             // Kept for the first device asked for (a model computes on one device).
             _ => {
                 let c = DeviceCodes::new(self, device)?;

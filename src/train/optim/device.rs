@@ -53,6 +53,7 @@ pub(crate) fn adamw_update(
 }
 
 /// A dynamic map's codes and midpoints as device tensors.
+#[derive(Clone)]
 struct MapTensors {
     code: Tensor,
     /// 256 midpoints, the last +∞.
@@ -108,6 +109,15 @@ pub(crate) struct DeviceQ8 {
     pub v_q: Tensor,
     pub m_absmax: Tensor,
     pub v_absmax: Tensor,
+    /// The signed and unsigned maps on the state's device (uploaded once).
+    maps: std::sync::Arc<(MapTensors, MapTensors)>,
+}
+
+fn maps_on(dev: &Device) -> Result<std::sync::Arc<(MapTensors, MapTensors)>> {
+    Ok(std::sync::Arc::new((
+        MapTensors::new(signed_map(), dev)?,
+        MapTensors::new(unsigned_map(), dev)?,
+    )))
 }
 
 impl DeviceQ8 {
@@ -120,6 +130,7 @@ impl DeviceQ8 {
             v_q: fill(unsigned_map().zero_index())?,
             m_absmax: Tensor::zeros((nb, 1), DType::F32, dev)?,
             v_absmax: Tensor::zeros((nb, 1), DType::F32, dev)?,
+            maps: maps_on(dev)?,
         })
     }
 
@@ -151,6 +162,7 @@ impl DeviceQ8 {
             v_q: pad(v_q, unsigned_map().zero_index())?,
             m_absmax: absmax(m_absmax)?,
             v_absmax: absmax(v_absmax)?,
+            maps: maps_on(dev)?,
         })
     }
 
@@ -188,10 +200,8 @@ impl DeviceQ8 {
             };
             Ok(t.reshape((nb, bs))?)
         };
-        let (smap, umap) = (
-            MapTensors::new(signed_map(), dev)?,
-            MapTensors::new(unsigned_map(), dev)?,
-        );
+        let maps = self.maps.clone();
+        let (smap, umap) = (&maps.0, &maps.1);
         let g = padded(scaled_grad(var, grad, s)?)?;
         let m_old = smap.decode(&self.m_q)?.broadcast_mul(&self.m_absmax)?;
         let v_old = umap.decode(&self.v_q)?.broadcast_mul(&self.v_absmax)?;
