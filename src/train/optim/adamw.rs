@@ -185,9 +185,8 @@ impl Optimizer for AdamW {
                     Tensor::from_slice(m, shape, &Device::Cpu)?,
                     Tensor::from_slice(v, shape, &Device::Cpu)?,
                 ),
-                // Moments on a device are replaced (not mutated) every step, so these
-                // clones stay a faithful snapshot.
-                Moments::Device { m, v } => (m.clone(), v.clone()),
+                // Moments on a device are updated in place: copies are the snapshot.
+                Moments::Device { m, v } => (m.copy()?, v.copy()?),
             };
             out.push((format!("{i}.m"), m));
             out.push((format!("{i}.v"), v));

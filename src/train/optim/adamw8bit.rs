@@ -258,8 +258,8 @@ impl Optimizer for AdamW8bit {
                     ));
                 }
                 State8::DeviceF32 { m, v } => {
-                    out.push((format!("{i}.m"), m.clone()));
-                    out.push((format!("{i}.v"), v.clone()));
+                    out.push((format!("{i}.m"), m.copy()?));
+                    out.push((format!("{i}.v"), v.copy()?));
                 }
                 State8::DeviceQ8(q) => {
                     let [m_q, m_absmax, v_q, v_absmax] = q.parts(shape)?;

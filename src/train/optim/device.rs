@@ -25,15 +25,18 @@ fn scaled_grad(var: &Var, grad: &Tensor, s: &AdamScalars) -> Result<Tensor> {
 
 /// `p ← p·decay − step_size · m / (√v · inv_sqrt_bc2 + eps)`, written into `var`.
 fn apply(var: &Var, p: &Tensor, m: &Tensor, v: &Tensor, s: &AdamScalars) -> Result<()> {
-    let denom = v.sqrt()?.affine(s.inv_sqrt_bc2 as f64, s.eps as f64)?;
-    let step = (m / denom)?.affine(s.step_size as f64, 0.0)?;
-    let p = (p.affine(s.decay as f64, 0.0)? - step)?;
+    let p = adam_step(p, m, v, s)?;
     var.set(&p.reshape(var.shape())?.to_dtype(var.dtype())?)?;
     Ok(())
 }
 
-/// One AdamW update with f32 moments `m`, `v` on the variable's device (replaced, not
-/// mutated, so a clone taken for a checkpoint stays a snapshot).
+/// Elements updated at a time: the update's temporaries are a few slices of this size
+/// (16 MiB each in f32), not a few copies of the variable (a large vocabulary's embedding
+/// is hundreds of MiB).
+const UPDATE_SLICE: usize = 1 << 22;
+
+/// One AdamW update with f32 moments `m`, `v` on the variable's device, written in place
+/// into the variable and the moments a slice at a time.
 pub(crate) fn adamw_update(
     var: &Var,
     grad: &Tensor,
@@ -41,15 +44,54 @@ pub(crate) fn adamw_update(
     v: &mut Tensor,
     s: &AdamScalars,
 ) -> Result<()> {
-    let g = scaled_grad(var, grad, s)?;
-    let new_m = (m.affine(s.beta1 as f64, 0.0)? + g.affine(s.one_minus_beta1 as f64, 0.0)?)?;
-    let new_v =
-        (v.affine(s.beta2 as f64, 0.0)? + g.sqr()?.affine(s.one_minus_beta2 as f64, 0.0)?)?;
-    let p = var.as_tensor().to_dtype(DType::F32)?;
-    apply(var, &p, &new_m, &new_v, s)?;
-    *m = new_m;
-    *v = new_v;
+    adamw_update_sliced(var, grad, m, v, s, UPDATE_SLICE)
+}
+
+fn adamw_update_sliced(
+    var: &Var,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: &AdamScalars,
+    slice_len: usize,
+) -> Result<()> {
+    ensure!(
+        grad.dims() == var.dims(),
+        "gradient shape {:?} does not match variable shape {:?}",
+        grad.dims(),
+        var.dims()
+    );
+    let n = var.elem_count();
+    let g_all = grad.to_device(var.device())?.flatten_all()?;
+    let (p_all, m_all, v_all) = (
+        var.as_tensor().flatten_all()?,
+        m.flatten_all()?,
+        v.flatten_all()?,
+    );
+    for start in (0..n).step_by(slice_len) {
+        let len = slice_len.min(n - start);
+        let slice = |t: &Tensor| t.narrow(0, start, len);
+        let g = slice(&g_all)?
+            .to_dtype(DType::F32)?
+            .affine(s.grad_scale as f64, 0.0)?;
+        let new_m = (slice(&m_all)?.affine(s.beta1 as f64, 0.0)?
+            + g.affine(s.one_minus_beta1 as f64, 0.0)?)?;
+        let new_v = (slice(&v_all)?.affine(s.beta2 as f64, 0.0)?
+            + g.sqr()?.affine(s.one_minus_beta2 as f64, 0.0)?)?;
+        let p = slice(&p_all)?.to_dtype(DType::F32)?;
+        let new_p = adam_step(&p, &new_m, &new_v, s)?.to_dtype(var.dtype())?;
+        m_all.slice_set(&new_m, 0, start)?;
+        v_all.slice_set(&new_v, 0, start)?;
+        p_all.slice_set(&new_p, 0, start)?;
+    }
     Ok(())
+}
+
+/// `p·decay − step_size · m / (√v · inv_sqrt_bc2 + eps)`.
+fn adam_step(p: &Tensor, m: &Tensor, v: &Tensor, s: &AdamScalars) -> Result<Tensor> {
+    let denom = v.sqrt()?.affine(s.inv_sqrt_bc2 as f64, s.eps as f64)?;
+    let step = (m / denom)?.affine(s.step_size as f64, 0.0)?;
+    Ok((p.affine(s.decay as f64, 0.0)? - step)?)
 }
 
 /// A dynamic map's codes and midpoints as device tensors.
@@ -232,6 +274,43 @@ impl DeviceQ8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slice by slice, in place, the update equals the CPU kernel's on the whole variable.
+    #[test]
+    fn the_sliced_in_place_update_equals_the_cpu_kernel() {
+        let dev = Device::Cpu;
+        let cfg = super::super::AdamWConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let p0: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..50).map(|i| (i as f32 * 1.3).cos()).collect();
+        let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; 50], vec![0f32; 50]);
+        let var = Var::from_tensor(&Tensor::from_vec(p0, (5, 10), &dev).unwrap()).unwrap();
+        let (mt, vt) = (
+            Tensor::zeros((5, 10), DType::F32, &dev).unwrap(),
+            Tensor::zeros((5, 10), DType::F32, &dev).unwrap(),
+        );
+        let grad = Tensor::from_vec(g.clone(), (5, 10), &dev).unwrap();
+        for step in 1..=3 {
+            let s = AdamScalars::new(&cfg, 1e-2, 0.5, step);
+            super::super::adamw_f32_kernel(&mut p, &g, &mut m, &mut v, &s);
+            adamw_update_sliced(&var, &grad, &mt, &vt, &s, 7).unwrap();
+        }
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (what, a, b) in [
+            ("p", &p, flat(var.as_tensor())),
+            ("m", &m, flat(&mt)),
+            ("v", &v, flat(&vt)),
+        ] {
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-6, "{what} differs by {d}");
+        }
+    }
 
     #[test]
     fn tensor_quantisation_equals_the_lookup_table() {
