@@ -332,10 +332,21 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// The GPU readings to take for a run on `device` (`cuda:N`, or a queue key): none for a
-/// run on the CPU, whose memory is its RAM even on a machine with a GPU.
+/// The GPU readings to take for a run on `device` (`cuda:N`, or a queue key): `gpu` (the
+/// dashboard's probe, of `cuda:0`) for `cuda:0`, a probe of its own for another GPU of
+/// the machine; none for a run on the CPU, whose memory is its RAM even on a machine with
+/// a GPU, nor where NVML is missing.
 fn gpu_for_device(gpu: Option<&Arc<dyn GpuMemory>>, device: &str) -> Option<Arc<dyn GpuMemory>> {
-    gpu.filter(|_| device.starts_with("cuda")).cloned()
+    let gpu = gpu?;
+    let ordinal = match device.strip_prefix("cuda")? {
+        "" => 0,
+        n => n.strip_prefix(':')?.parse::<usize>().ok()?,
+    };
+    if ordinal == 0 {
+        return Some(gpu.clone());
+    }
+    let probe = crate::telemetry::GpuProbe::for_cuda_ordinal(ordinal).ok()?;
+    Some(Arc::new(probe))
 }
 
 fn memory_point(sample: &MemorySample, secs: f64) -> Option<MemoryPoint> {
@@ -613,6 +624,12 @@ mod tests {
         let me = std::process::id();
         let gpu = fake(me, false);
         assert!(gpu_for_device(Some(&gpu), "cpu").is_none());
+        assert!(gpu_for_device(None, "cuda:0").is_none());
+        assert!(gpu_for_device(Some(&gpu), "cuda").is_some());
+        // Another GPU gets a probe of its own, which a machine without NVML cannot make.
+        if crate::telemetry::GpuProbe::for_cuda_ordinal(3).is_err() {
+            assert!(gpu_for_device(Some(&gpu), "cuda:3").is_none());
+        }
         let on_gpu = gpu_for_device(Some(&gpu), "cuda:0").expect("a GPU run is sampled on the GPU");
         let point = |g: Option<&Arc<dyn GpuMemory>>| {
             memory_point(&telemetry::sample(Some(me), g.map(|g| g.as_ref())), 1.0).unwrap()
