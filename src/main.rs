@@ -12,6 +12,10 @@ struct Cli {
     /// FTLAB_THREADS). Training workers and bench workers inherit it.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Where the dashboard's Inference tab computes: auto, cpu, cuda or cuda:N (training
+    /// runs follow their preset's model.device).
+    #[command(flatten)]
+    device: cli::device::DeviceArgs,
 }
 
 /// Sets the thread count of candle's CPU kernels and rayon (both read RAYON_NUM_THREADS
@@ -110,7 +114,7 @@ fn main() {
         Some(Command::Plan(args)) => cli::plan::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
         Some(Command::CheckKernels(args)) => cli::check::run(args),
-        None => cli::tui::run(),
+        None => cli::tui::run(cli.device.device),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -214,6 +214,10 @@ fn a_cpu_build_refuses_cuda_with_the_build_command_before_loading_anything() {
         assert_eq!(code, 1, "{cmd:?}: {err}");
         assert!(err.contains("built without CUDA"), "{cmd:?}: {err}");
     }
+    // The dashboard (its Inference tab's device) refuses before it takes the terminal.
+    let (code, err) = ftlab(&["--device", "cuda"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("built without CUDA"), "{err}");
     let (code, err) = ftlab(&["generate", "--prompt", "hi", "--device", "tpu"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("auto, cpu, cuda or cuda:N"), "{err}");

@@ -33,7 +33,9 @@ enum Msg {
     Infer(InferEvent),
 }
 
-pub fn run() -> Result<()> {
+/// The dashboard; its Inference tab loads models on `device`.
+pub fn run(device: crate::config::DeviceChoice) -> Result<()> {
+    device.check_available()?;
     // Presets of ./presets, the user's and the built-in ones; runs where `Locations` says.
     let paths = Locations::from_env();
     let (gpu_state, probe) = match GpuProbe::for_cuda_ordinal(0) {
@@ -71,7 +73,7 @@ pub fn run() -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     let jobs = {
         let tx = tx.clone();
-        infer_worker::spawn(cancel.clone(), move |ev| {
+        infer_worker::spawn_on(device, cancel.clone(), move |ev| {
             let _ = tx.send(Msg::Infer(ev));
         })
     };

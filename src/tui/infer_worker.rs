@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 
+use crate::config::DeviceChoice;
 use crate::infer::chat_template::{ChatMessage, ChatTemplate};
 use crate::infer::generate::{GenerateStats, Interrupted};
 use crate::infer::rag::{self, RagOptions, RagPrompt, Retriever};
@@ -102,8 +103,9 @@ struct Loaded {
     lm: Option<(String, Option<PathBuf>, LanguageModel)>,
     /// (encoder spec, documents folder, chunks embedded by that encoder)
     retriever: Option<(String, PathBuf, Retriever)>,
-    /// Where models load: `auto` (the GPU of a CUDA build, else the CPU), resolved on
-    /// first use.
+    /// Where models load (`ftlab --device`; `auto`: the GPU of a CUDA build, else the
+    /// CPU), resolved on first use.
+    choice: DeviceChoice,
     device: Option<candle_core::Device>,
 }
 
@@ -112,7 +114,7 @@ impl Loaded {
         let device = match &self.device {
             Some(d) => d.clone(),
             None => {
-                let d = crate::config::DeviceChoice::Auto.resolve()?;
+                let d = self.choice.resolve()?;
                 self.device = Some(d.clone());
                 d
             }
@@ -187,7 +189,20 @@ impl Loaded {
 
 /// Runs jobs until the job channel closes. `cancel` aborts the answer being generated.
 pub fn serve(jobs: Receiver<InferJob>, cancel: Arc<AtomicBool>, out: impl Fn(InferEvent)) {
-    let mut loaded = Loaded::default();
+    serve_on(DeviceChoice::Auto, jobs, cancel, out)
+}
+
+/// [`serve`] with the models on `device` (resolved when the first one loads).
+pub fn serve_on(
+    device: DeviceChoice,
+    jobs: Receiver<InferJob>,
+    cancel: Arc<AtomicBool>,
+    out: impl Fn(InferEvent),
+) {
+    let mut loaded = Loaded {
+        choice: device,
+        ..Loaded::default()
+    };
     while let Ok(job) = jobs.recv() {
         cancel.store(false, Ordering::SeqCst);
         let id = job.id;
@@ -358,15 +373,24 @@ fn emit_pieces<'a>(
     }
 }
 
-/// Starts the inference thread; returns the job sender.
+/// Starts the inference thread (models on `auto`); returns the job sender.
 pub fn spawn(
+    cancel: Arc<AtomicBool>,
+    out: impl Fn(InferEvent) + Send + 'static,
+) -> Sender<InferJob> {
+    spawn_on(DeviceChoice::Auto, cancel, out)
+}
+
+/// [`spawn`] with the models on `device`.
+pub fn spawn_on(
+    device: DeviceChoice,
     cancel: Arc<AtomicBool>,
     out: impl Fn(InferEvent) + Send + 'static,
 ) -> Sender<InferJob> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("ftlab-infer".into())
-        .spawn(move || serve(rx, cancel, out))
+        .spawn(move || serve_on(device, rx, cancel, out))
         .expect("spawning the inference thread");
     tx
 }
