@@ -318,9 +318,18 @@ impl RunConfig {
 
     /// The dtype this run computes in on `device` (`model.dtype`, `auto` resolved).
     pub fn compute_dtype(&self, device: &candle_core::Device) -> candle_core::DType {
-        self.model
-            .dtype
-            .resolve(!device.is_cpu(), self.lora.is_some())
+        self.compute_dtype_on_gpu(!device.is_cpu())
+    }
+
+    /// [`Self::compute_dtype`] on a GPU (`gpu`) or not. Only a run that trains adapters
+    /// alone has f32 master copies of everything it trains (a `modules_to_save` table is
+    /// trained in the compute dtype), so only such a run gets bf16 from `auto`.
+    pub fn compute_dtype_on_gpu(&self, gpu: bool) -> candle_core::DType {
+        let adapters_only = self
+            .lora
+            .as_ref()
+            .is_some_and(|l| l.modules_to_save.is_empty());
+        self.model.dtype.resolve(gpu, adapters_only)
     }
 
     pub fn technique(&self) -> Technique {
@@ -419,6 +428,13 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    impl RunConfig {
+        fn tap_dtype(mut self, d: ComputeDtype) -> Self {
+            self.model.dtype = d;
+            self
+        }
+    }
+
     const PRESET: &str = r#"
 name = "t"
 [model]
@@ -441,6 +457,23 @@ lr = 1e-4
         assert_eq!(cfg.lora.as_ref().unwrap().r, 16);
         assert_eq!(cfg.model.spec, "/tmp/x.gguf");
         assert_eq!(cfg.technique(), Technique::Lora);
+    }
+
+    /// `auto` gives bf16 on a GPU only to a run that trains adapters alone.
+    #[test]
+    fn auto_dtype_is_bf16_on_a_gpu_for_adapters_alone() {
+        use candle_core::DType;
+        let with = |extra: &str| RunConfig::from_toml_str(&format!("{PRESET}{extra}")).unwrap();
+        let lora = with("[lora]\nr = 8\nalpha = 16\n");
+        let saved = with("[lora]\nr = 8\nalpha = 16\nmodules_to_save = [\"embed_tokens\"]\n");
+        let full = with("");
+        assert_eq!(lora.compute_dtype_on_gpu(true), DType::BF16);
+        assert_eq!(lora.compute_dtype_on_gpu(false), DType::F32);
+        assert_eq!(saved.compute_dtype_on_gpu(true), DType::F32);
+        assert_eq!(full.compute_dtype_on_gpu(true), DType::F32);
+        let forced = with("[lora]\nr = 8\nalpha = 16\nmodules_to_save = [\"embed_tokens\"]\n")
+            .tap_dtype(ComputeDtype::Bf16);
+        assert_eq!(forced.compute_dtype_on_gpu(false), DType::BF16);
     }
 
     #[test]

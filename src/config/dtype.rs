@@ -1,11 +1,12 @@
 //! `model.dtype`: the compute dtype of a run. The enum is the only way to name one, so an
 //! unknown dtype is a config error, never a silent f32.
 //!
-//! `auto` (the default) is bf16 on a GPU for a frozen base (LoRA, QLoRA: bitsandbytes'
-//! `bnb_4bit_compute_dtype=bfloat16` recipe), whose trainable adapters stay f32 master
-//! weights cast to bf16 where they are used, with f32 optimiser state; f32 on the CPU, and
-//! for full fine-tuning everywhere (its trainable weights are the model's own: without an
-//! f32 master copy, bf16 updates would round away).
+//! `auto` (the default) is bf16 on a GPU for a frozen base that trains adapters alone
+//! (LoRA, QLoRA: bitsandbytes' `bnb_4bit_compute_dtype=bfloat16` recipe), whose adapters
+//! stay f32 master weights cast to bf16 where they are used, with f32 optimiser state; f32
+//! on the CPU, for full fine-tuning and for LoRA with `modules_to_save` everywhere (those
+//! train the model's own tensors: without an f32 master copy, bf16 updates would round
+//! away).
 use std::fmt;
 
 use candle_core::DType;

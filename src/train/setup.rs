@@ -115,9 +115,7 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
     );
     input.grad_accum_steps = cfg.train.micro_batches_per_step();
     input.compute_dtype_bytes = cfg
-        .model
-        .dtype
-        .resolve(cfg.model.device.may_be_gpu(), cfg.lora.is_some())
+        .compute_dtype_on_gpu(cfg.model.device.may_be_gpu())
         .size_in_bytes();
     // A run that computes on a GPU is planned in device memory (`auto` means the GPU in a
     // CUDA build).

@@ -132,7 +132,7 @@ fn model_line(c: &RunConfig) -> String {
     let gpu = c.model.device.may_be_gpu();
     notes.push(format!(
         "{} on {}",
-        c.model.dtype.resolve(gpu, c.lora.is_some()).as_str(),
+        c.compute_dtype_on_gpu(gpu).as_str(),
         c.model.device.queue_key()
     ));
     s.push_str(&format!(" ({})", notes.join(", ")));
