@@ -56,6 +56,7 @@ fn every_parameter_gets_a_gradient() {
         dtype: DType::F32,
         trainable: true,
         quant4: None,
+        keep_quantized: false,
     };
     let loaded = Bert::build(&RandomSource::new(1.0), &tiny_config(), &opts).unwrap();
     // 5 (embeddings) + 16 per layer
@@ -207,6 +208,7 @@ fn zero_sentences_is_a_usage_error() {
         json: false,
         device: ftlab::cli::device::DeviceArgs {
             device: ftlab::config::DeviceChoice::Cpu,
+            dtype: "f32".into(),
         },
     };
     let err = ftlab::cli::embed::run(args).unwrap_err().to_string();

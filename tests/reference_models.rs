@@ -242,3 +242,49 @@ fn directory_without_config_and_unknown_architecture_are_clear_errors() {
     );
     assert!(err.contains("invalid JSON at line 2"), "{err}");
 }
+
+/// Inference with the GGUF's own quantisation (`--dtype auto`, the CLI's default): token
+/// by token through the KV cache — the decode path, where the quantised matmul runs — the
+/// mean nll of the reference text stays within 1 % of the f32 path's.
+#[test]
+fn smollm2_kept_quantised_decodes_within_one_percent_of_f32() {
+    let mut q = LanguageModel::load_spec(
+        "smollm2",
+        &LoadOptions {
+            keep_quantized: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let kept = q
+        .model
+        .linears_mut()
+        .iter()
+        .filter(|(_, l)| matches!(l.base(), ftlab::model::linear::BaseWeight::Gguf(_)))
+        .count();
+    assert_eq!(kept, 30 * 7, "every block linear stays quantised");
+    let text = std::fs::read_to_string(fixture("smollm2_ref/ppl_text_en.txt")).unwrap();
+    let ids: Vec<u32> = smollm2()
+        .encode(&text)
+        .unwrap()
+        .into_iter()
+        .take(96)
+        .collect();
+    let nll = |lm: &LanguageModel| -> f64 {
+        let mut cache = lm.model.new_cache();
+        let mut total = 0.0;
+        for (pos, w) in ids.windows(2).enumerate() {
+            let x = Tensor::new(&[[w[0]]], &Device::Cpu).unwrap();
+            let logits = lm.model.forward(&x, pos, Some(&mut cache)).unwrap();
+            let logp = candle_nn::ops::log_softmax(&logits.flatten_all().unwrap(), 0).unwrap();
+            total -= logp.get(w[1] as usize).unwrap().to_scalar::<f32>().unwrap() as f64;
+        }
+        total / (ids.len() - 1) as f64
+    };
+    let (exact, quant) = (nll(smollm2()), nll(&q));
+    eprintln!(
+        "decode nll over {} tokens: f32 {exact:.5}, kept quantised {quant:.5}",
+        ids.len()
+    );
+    assert!((quant - exact).abs() / exact < 0.01, "{quant} vs {exact}");
+}

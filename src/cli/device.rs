@@ -5,12 +5,17 @@ use anyhow::Result;
 use crate::config::DeviceChoice;
 use crate::model::LoadOptions;
 
-#[derive(clap::Args, Debug, Clone, Copy)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// Where to compute: auto (CUDA when this ftlab is built with it and a GPU answers,
     /// else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
+    /// Weights of a quantised GGUF for inference: auto keeps the file's quantisation
+    /// (Q4_K, Q8_0, …) in the block linear layers and multiplies with candle's quantised
+    /// kernels; f32 dequantises everything at load (the exact path training uses).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32"])]
+    pub dtype: String,
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
@@ -23,6 +28,7 @@ impl DeviceArgs {
     pub fn load_options(&self) -> Result<LoadOptions> {
         Ok(LoadOptions {
             device: self.device.resolve()?,
+            keep_quantized: self.dtype == "auto",
             ..LoadOptions::default()
         })
     }

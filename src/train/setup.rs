@@ -51,6 +51,7 @@ pub fn prepare(cfg: &RunConfig, device: &Device) -> Result<(LanguageModel, Train
         dtype: cfg.compute_dtype(device),
         trainable: cfg.lora.is_none(),
         quant4,
+        keep_quantized: false, // training reads dense weights
     };
     let mut lm = LanguageModel::load_spec(&cfg.model.spec, &opts)?;
     let params = match &cfg.lora {

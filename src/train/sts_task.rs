@@ -383,6 +383,7 @@ impl StsTask {
             dtype: cfg.compute_dtype(device),
             trainable: cfg.lora.is_none(),
             quant4: None,
+            keep_quantized: false, // training reads dense weights
         };
         let (mut embedder, mut params) = Embedder::from_dir_with_params(&dir, &opts)
             .with_context(|| format!("loading the encoder `{}`", cfg.model.spec))?;

@@ -121,6 +121,8 @@ impl Loaded {
         };
         Ok(LoadOptions {
             device,
+            // A GGUF's own quantisation, as `ftlab generate` (inference only).
+            keep_quantized: true,
             ..LoadOptions::default()
         })
     }

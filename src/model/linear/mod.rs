@@ -10,7 +10,7 @@ pub mod lora;
 pub mod quant4;
 pub mod quant4_kernel;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 pub use lora::LoraAdapter;
 pub use quant4::{Quant4Kind, Quant4Tensor};
@@ -22,6 +22,9 @@ pub enum BaseWeight {
     Dense(Tensor),
     /// A frozen blockwise 4-bit weight (QLoRA); dequantised on the fly, never trained.
     Quant4(std::sync::Arc<Quant4Tensor>),
+    /// A GGUF weight kept in its file's quantisation (Q4_K, Q8_0, …) for inference:
+    /// candle's quantised matmul reads it as it is (no backward; never trained).
+    Gguf(candle_core::quantized::QMatMul),
 }
 
 impl BaseWeight {
@@ -30,6 +33,11 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => Ok(w.clone()),
             BaseWeight::Quant4(q) => q.dequantize(q.dtype, &q.device),
+            BaseWeight::Gguf(q) => match q {
+                candle_core::quantized::QMatMul::QTensor(t) => t.dequantize(&t.device()),
+                candle_core::quantized::QMatMul::Tensor(t) => Ok(t.clone()),
+                candle_core::quantized::QMatMul::TensorF16(t) => t.to_dtype(DType::F32),
+            },
         }
     }
 
@@ -40,6 +48,14 @@ impl BaseWeight {
                 (d[0], d[1])
             }
             BaseWeight::Quant4(q) => q.dims(),
+            BaseWeight::Gguf(q) => {
+                let d = match q {
+                    candle_core::quantized::QMatMul::QTensor(t) => t.shape().dims().to_vec(),
+                    candle_core::quantized::QMatMul::Tensor(t)
+                    | candle_core::quantized::QMatMul::TensorF16(t) => t.dims().to_vec(),
+                };
+                (d[0], d[1])
+            }
         }
     }
 
@@ -48,9 +64,29 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => matmul_t(x, w),
             BaseWeight::Quant4(q) => frozen::quant_matmul_t(x, q),
+            BaseWeight::Gguf(q) => {
+                if x.track_op() {
+                    candle_core::bail!(
+                        "a GGUF-quantised weight has no backward: load the model with keep_quantized off to train"
+                    );
+                }
+                let x32 = x.to_dtype(DType::F32)?;
+                // Decoding (a few rows) reads the quantised blocks directly; a prompt's many
+                // rows go faster through the dense matmul of the weight dequantised for
+                // this call (candle's quantised CPU kernel works row by row).
+                let y = if x32.dim(0)? > QUANTIZED_MATMUL_MAX_ROWS {
+                    x32.matmul(&self.dense()?.t()?)?
+                } else {
+                    candle_core::Module::forward(q, &x32)?
+                };
+                y.to_dtype(x.dtype())
+            }
         }
     }
 }
+
+/// Rows up to which a GGUF-quantised weight is multiplied in its quantisation.
+const QUANTIZED_MATMUL_MAX_ROWS: usize = 8;
 
 /// x (rows, in) · Wᵀ for a dense W (out, in). A trainable W gets its gradient; a frozen
 /// one goes through an op whose backward computes only the input gradient.

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Shape, Tensor};
 
 use super::source::{check_shape, Init, TensorSource};
@@ -132,15 +133,18 @@ impl GgufFile {
 
     /// Reads and dequantises one tensor (llama.cpp name) to f32.
     pub fn dequantize(&self, name: &str, device: &Device) -> Result<Tensor> {
+        Ok(self.quantized(name, device)?.dequantize(device)?)
+    }
+
+    /// Reads one tensor (llama.cpp name) as the file stores it.
+    pub fn quantized(&self, name: &str, device: &Device) -> Result<QTensor> {
         let mut reader = self
             .reader
             .lock()
             .map_err(|_| anyhow!("{}: reader poisoned", self.path.display()))?;
-        let q = self
-            .content
+        self.content
             .tensor(&mut *reader, name, device)
-            .map_err(|e| anyhow!("{}: tensor `{name}`: {e}", self.path.display()))?;
-        Ok(q.dequantize(device)?)
+            .map_err(|e| anyhow!("{}: tensor `{name}`: {e}", self.path.display()))
     }
 }
 
@@ -222,6 +226,33 @@ impl GgufSource {
     }
 }
 
+/// [`unpermute_rows`] on a quantised (out, in) weight: its rows are whole runs of blocks,
+/// so the same row order is a reordering of byte runs.
+pub fn unpermute_quantized_rows(q: &QTensor, n_head: usize, device: &Device) -> Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let (rows, cols) = (dims[0], dims[1]);
+    let data = q.data()?;
+    let row_bytes = data.len() / rows;
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(data.len());
+    // New row (h, j, i) (j < 2, i < half) is old row (h, i, j).
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..half {
+                let old = h * head_dim + i * 2 + j;
+                out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        q.dtype(),
+        &out,
+        vec![rows, cols],
+        device,
+    )?)
+}
+
 /// Undoes llama.cpp's Q/K permutation: rows grouped as (head, head_dim/2, 2) go back
 /// to (head, 2, head_dim/2), the layout half-split RoPE expects.
 pub fn unpermute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
@@ -261,6 +292,28 @@ impl TensorSource for GgufSource {
     fn contains(&self, name: &str) -> bool {
         self.gguf_name(name)
             .is_some_and(|g| self.file.has_tensor(&g))
+    }
+
+    fn get_quantized(&self, name: &str, shape: &Shape, device: &Device) -> Result<Option<QTensor>> {
+        let Some(gname) = self.gguf_name(name) else {
+            return Ok(None);
+        };
+        let q = self.file.quantized(&gname, device)?;
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+            || q.shape() != shape
+        {
+            return Ok(None);
+        }
+        let q = match self.unpermute_qk {
+            Some((heads, _)) if gname.ends_with("attn_q.weight") => {
+                unpermute_quantized_rows(&q, heads, device)?
+            }
+            Some((_, kv_heads)) if gname.ends_with("attn_k.weight") => {
+                unpermute_quantized_rows(&q, kv_heads, device)?
+            }
+            _ => q,
+        };
+        Ok(Some(q))
     }
 
     fn origin(&self) -> &Path {

@@ -23,6 +23,17 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// The file or directory the tensors come from, for error messages.
     fn origin(&self) -> &Path;
+    /// The tensor called `name` as the file quantises it (GGUF's Q4_K, Q8_0, …), for a
+    /// frozen linear weight (out, in) read by a quantised matmul; `None` where the source
+    /// has no quantised form of it (safetensors, a float tensor).
+    fn get_quantized(
+        &self,
+        _name: &str,
+        _shape: &Shape,
+        _device: &Device,
+    ) -> Result<Option<candle_core::quantized::QTensor>> {
+        Ok(None)
+    }
 }
 
 pub(crate) fn check_shape(t: &Tensor, name: &str, shape: &Shape, origin: &Path) -> Result<()> {
@@ -109,6 +120,8 @@ pub struct ParamBuilder<'a> {
     params: Vec<(String, Var)>,
     /// Block linear weights stored in 4 bits as they are read (QLoRA; double quantisation).
     quant4: Option<(Quant4Kind, bool)>,
+    /// Frozen block linear weights kept in the file's quantisation (inference from GGUF).
+    keep_quantized: bool,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -120,7 +133,15 @@ impl<'a> ParamBuilder<'a> {
             trainable,
             params: Vec::new(),
             quant4: None,
+            keep_quantized: false,
         }
+    }
+
+    /// Keeps frozen block linear weights in the file's quantisation where the source has
+    /// one (GGUF): inference reads them with candle's quantised matmul.
+    pub fn with_keep_quantized(mut self, keep: bool) -> Self {
+        self.keep_quantized = keep;
+        self
     }
 
     /// Stores every block linear weight in 4 bits as soon as it is read, so that loading
@@ -191,6 +212,19 @@ impl<'a> ParamBuilder<'a> {
         out_f: usize,
         bias: bool,
     ) -> Result<Linear> {
+        if self.keep_quantized && !self.trainable && self.quant4.is_none() {
+            let name = format!("{prefix}.weight");
+            let shape = Shape::from((out_f, in_f));
+            if let Some(q) = self.src.get_quantized(&name, &shape, &self.device)? {
+                let w = candle_core::quantized::QMatMul::from_qtensor(q)?;
+                let b = if bias {
+                    Some(self.tensor(&format!("{prefix}.bias"), out_f, Init::Zeros)?)
+                } else {
+                    None
+                };
+                return Ok(Linear::new(BaseWeight::Gguf(w), b));
+            }
+        }
         let mut l = self.linear(prefix, in_f, out_f, bias)?;
         if let Some((kind, double_quant)) = self.quant4 {
             l.quantize_base(kind, double_quant)?;
