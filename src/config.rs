@@ -428,13 +428,6 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    impl RunConfig {
-        fn tap_dtype(mut self, d: ComputeDtype) -> Self {
-            self.model.dtype = d;
-            self
-        }
-    }
-
     const PRESET: &str = r#"
 name = "t"
 [model]
@@ -471,8 +464,8 @@ lr = 1e-4
         assert_eq!(lora.compute_dtype_on_gpu(false), DType::F32);
         assert_eq!(saved.compute_dtype_on_gpu(true), DType::F32);
         assert_eq!(full.compute_dtype_on_gpu(true), DType::F32);
-        let forced = with("[lora]\nr = 8\nalpha = 16\nmodules_to_save = [\"embed_tokens\"]\n")
-            .tap_dtype(ComputeDtype::Bf16);
+        let mut forced = saved;
+        forced.model.dtype = ComputeDtype::Bf16;
         assert_eq!(forced.compute_dtype_on_gpu(false), DType::BF16);
     }
 

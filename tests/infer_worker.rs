@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use ftlab::config::DeviceChoice;
 use ftlab::infer::sampling::SamplingParams;
 use ftlab::tui::infer_worker::{spawn, InferEvent, InferJob, InferRequest, InferTarget};
 
@@ -58,9 +59,13 @@ fn events_of(rx: &mpsc::Receiver<InferEvent>, id: u64) -> Vec<InferEvent> {
 #[test]
 fn search_jobs_return_the_nearest_chunks_and_errors_do_not_stop_the_worker() {
     let (tx, rx) = mpsc::channel();
-    let jobs = spawn(Arc::new(AtomicBool::new(false)), move |ev| {
-        let _ = tx.send(ev);
-    });
+    let jobs = spawn(
+        DeviceChoice::Auto,
+        Arc::new(AtomicBool::new(false)),
+        move |ev| {
+            let _ = tx.send(ev);
+        },
+    );
     // A missing folder is a failure naming it.
     jobs.send(search(1, "anything", repo("no-such-docs")))
         .unwrap();
@@ -135,7 +140,7 @@ fn a_cancelled_answer_reports_its_tokens_and_their_real_speed() {
     let pieces = std::sync::atomic::AtomicUsize::new(0);
     let cancel_at = Arc::new(std::sync::atomic::AtomicUsize::new(3));
     let at = cancel_at.clone();
-    let jobs = spawn(cancel.clone(), move |ev| {
+    let jobs = spawn(DeviceChoice::Auto, cancel.clone(), move |ev| {
         use std::sync::atomic::Ordering::SeqCst;
         let cancel_now = match &ev {
             InferEvent::Token { .. } => pieces.fetch_add(1, SeqCst) + 1 == at.load(SeqCst),

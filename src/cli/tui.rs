@@ -73,7 +73,7 @@ pub fn run(device: crate::config::DeviceChoice) -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     let jobs = {
         let tx = tx.clone();
-        infer_worker::spawn_on(device, cancel.clone(), move |ev| {
+        infer_worker::spawn(device, cancel.clone(), move |ev| {
             let _ = tx.send(Msg::Infer(ev));
         })
     };

@@ -36,21 +36,25 @@ impl DeviceChoice {
     /// The supervisor's queue of runs that share this device: `cuda` and `cuda:0` are one
     /// queue, and so is `auto` where it means the GPU (a CUDA build).
     pub fn queue_key(self) -> String {
+        match self.cuda_ordinal() {
+            Some(n) => format!("cuda:{n}"),
+            None => "cpu".to_string(),
+        }
+    }
+
+    /// The CUDA device this choice can mean with this binary: `cuda:N`, and device 0 for
+    /// `auto` in a CUDA build; `None` for the CPU.
+    pub fn cuda_ordinal(self) -> Option<usize> {
         match self {
-            Self::Cuda(n) => format!("cuda:{}", n.unwrap_or(0)),
-            Self::Auto if cuda_built() => "cuda:0".to_string(),
-            Self::Auto => "cpu".to_string(),
-            Self::Cpu => "cpu".to_string(),
+            Self::Cuda(n) => Some(n.unwrap_or(0)),
+            Self::Auto if cuda_built() => Some(0),
+            Self::Auto | Self::Cpu => None,
         }
     }
 
     /// Whether this choice can mean a GPU (so its memory is GPU memory).
     pub fn may_be_gpu(self) -> bool {
-        match self {
-            Self::Cuda(_) => true,
-            Self::Auto => cuda_built(),
-            Self::Cpu => false,
-        }
+        self.cuda_ordinal().is_some()
     }
 
     /// Refuses at once what this binary cannot do (`cuda` without CUDA compiled in),

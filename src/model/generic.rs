@@ -13,12 +13,10 @@
 //! The CPU kernels (`fused`, `linear::frozen`, `head_loss`, the in-place optimisers) are
 //! fast specialisations of these definitions. [`generic_kernels`] says which to use: the
 //! generic one on any device but the CPU, and on the CPU too when forced — by
-//! `FTLAB_KERNELS=generic` in the environment, [`set_generic_default`] (the run config's
-//! `model.kernels = "generic"`), or [`with_generic_kernels`] in tests, which compare every
-//! kernel with its generic twin.
+//! `FTLAB_KERNELS=generic` in the environment, or [`with_generic_kernels`] in tests, which
+//! compare every kernel with its generic twin.
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -30,31 +28,18 @@ use candle_core::{
 /// CPU kernels where they apply (`auto`, the default).
 pub const KERNELS_ENV: &str = "FTLAB_KERNELS";
 
-/// 0: not decided yet (read the environment), 1: CPU kernels where they apply, 2: generic.
-static DEFAULT: AtomicU8 = AtomicU8::new(0);
-
 thread_local! {
     static OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
+/// The process-wide choice: `FTLAB_KERNELS`, read once.
 fn default_generic() -> bool {
-    match DEFAULT.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            let generic = std::env::var(KERNELS_ENV)
-                .map(|v| v.trim().eq_ignore_ascii_case("generic"))
-                .unwrap_or(false);
-            DEFAULT.store(if generic { 2 } else { 1 }, Ordering::Relaxed);
-            generic
-        }
-    }
-}
-
-/// Sets the process-wide choice (a run's `model.kernels`); the environment variable is
-/// then no longer read.
-pub fn set_generic_default(generic: bool) {
-    DEFAULT.store(if generic { 2 } else { 1 }, Ordering::Relaxed);
+    static DEFAULT: OnceLock<bool> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var(KERNELS_ENV)
+            .map(|v| v.trim().eq_ignore_ascii_case("generic"))
+            .unwrap_or(false)
+    })
 }
 
 /// Whether the generic path is forced on the CPU for this thread.

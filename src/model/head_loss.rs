@@ -193,7 +193,8 @@ impl LinearCrossEntropy {
         ])
     }
 
-    /// The chunk's hidden rows (c, h) and its f32 logits (c, V) minus their row max.
+    /// The chunk's hidden rows (c, h), its f32 logits (c, V) minus their row max, and the
+    /// log-sum-exp of those (c, 1).
     fn shifted_logits(
         hidden: &Tensor,
         weight: &Tensor,
@@ -201,8 +202,9 @@ impl LinearCrossEntropy {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let rows = hidden.index_select(idx, 0)?;
         let logits = rows.matmul(&weight.t()?)?.to_dtype(DType::F32)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        Ok((rows, logits.broadcast_sub(&max)?, max))
+        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        Ok((rows, shifted, lse))
     }
 
     /// The mean loss as a scalar tensor of the device, attached to `hidden` and `weight`
@@ -213,8 +215,7 @@ impl LinearCrossEntropy {
         let mut sum = Tensor::zeros((), DType::F32, &dev)?;
         for chunk in self.chunks() {
             let [idx, targets, weights] = self.chunk_tensors(chunk, &dev)?;
-            let (_, shifted, _) = Self::shifted_logits(&h, &w, &idx)?;
-            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let (_, shifted, lse) = Self::shifted_logits(&h, &w, &idx)?;
             let nll = (lse - shifted.gather(&targets, 1)?)?;
             sum = (sum + (nll * weights)?.sum_all()?)?;
         }
@@ -232,10 +233,9 @@ impl LinearCrossEntropy {
                 let mut dw = None::<Tensor>;
                 for chunk in self.chunks() {
                     let [idx, targets, weights] = self.chunk_tensors(chunk, dev)?;
-                    let (rows, shifted, _) = Self::shifted_logits(h, w, &idx)?;
+                    let (rows, shifted, lse) = Self::shifted_logits(h, w, &idx)?;
                     // exp(x − lse) as element-wise ops: candle's softmax kernel gives each
                     // row one warp, too few for a few hundred vocabulary-long rows.
-                    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
                     let probs = shifted.broadcast_sub(&lse)?.exp()?;
                     drop(shifted);
                     let minus_one = Tensor::full(-1f32, (chunk.1, 1), dev)?;

@@ -76,16 +76,6 @@ pub enum PlanDevice {
     Cuda,
 }
 
-impl PlanDevice {
-    /// `VRAM` or `RAM`.
-    pub fn memory(self) -> &'static str {
-        match self {
-            PlanDevice::Cpu => "RAM",
-            PlanDevice::Cuda => "VRAM",
-        }
-    }
-}
-
 /// Which parameters train and how the base is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Technique {

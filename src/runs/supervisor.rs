@@ -25,7 +25,7 @@ use super::layout::RunDir;
 use super::registry::{
     MemoryKind, MemoryPoint, RunStatus, SupervisorRecord, MEMORY_FILE, SUPERVISOR_FILE, WORKER_LOG,
 };
-use crate::config::RunConfig;
+use crate::config::{DeviceChoice, RunConfig};
 use crate::telemetry::{self, GpuMemory, MemorySample};
 use crate::train::events::{EventLine, TrainEvent};
 
@@ -338,10 +338,7 @@ fn signal(pid: u32, sig: &str) {
 /// a GPU, nor where NVML is missing.
 fn gpu_for_device(gpu: Option<&Arc<dyn GpuMemory>>, device: &str) -> Option<Arc<dyn GpuMemory>> {
     let gpu = gpu?;
-    let ordinal = match device.strip_prefix("cuda")? {
-        "" => 0,
-        n => n.strip_prefix(':')?.parse::<usize>().ok()?,
-    };
+    let ordinal = device.parse::<DeviceChoice>().ok()?.cuda_ordinal()?;
     if ordinal == 0 {
         return Some(gpu.clone());
     }

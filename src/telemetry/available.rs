@@ -5,7 +5,8 @@
 //!
 //! `FTLAB_MEMORY_LIMIT` (bytes, or with a K/M/G suffix in binary units: `900M`, `1.5G`)
 //! replaces the measurement: a test or a user who wants a run to stay under a limit the
-//! machine does not enforce sets it. Only [`available_ram`] reads it.
+//! machine does not enforce sets it, for RAM ([`available_ram`]) and GPU memory
+//! ([`available_gpu`]) alike.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -25,12 +26,8 @@ pub struct Available {
 /// MemAvailable and the cgroup's headroom. An unreadable source is skipped; none at all
 /// (not Linux) is an error.
 pub fn available_ram() -> Result<Available> {
-    if let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) {
-        let bytes = parse_bytes(&v).map_err(|e| anyhow!("{MEMORY_LIMIT_ENV}={v}: {e}"))?;
-        return Ok(Available {
-            bytes,
-            source: MEMORY_LIMIT_ENV.into(),
-        });
+    if let Some(limit) = limit_from_env()? {
+        return Ok(limit);
     }
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -50,12 +47,8 @@ pub fn available_ram() -> Result<Available> {
 /// Device memory available to a new run on `cuda:ordinal`: `FTLAB_MEMORY_LIMIT` when set,
 /// else NVML's free memory of the device (total − used, all processes).
 pub fn available_gpu(ordinal: usize) -> Result<Available> {
-    if let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) {
-        let bytes = parse_bytes(&v).map_err(|e| anyhow!("{MEMORY_LIMIT_ENV}={v}: {e}"))?;
-        return Ok(Available {
-            bytes,
-            source: MEMORY_LIMIT_ENV.into(),
-        });
+    if let Some(limit) = limit_from_env()? {
+        return Ok(limit);
     }
     let probe = super::GpuProbe::for_cuda_ordinal(ordinal).map_err(|e| anyhow!("{}", e.reason))?;
     let (used, total) = probe.device_memory().map_err(|e| anyhow!("{}", e.reason))?;
@@ -63,6 +56,18 @@ pub fn available_gpu(ordinal: usize) -> Result<Available> {
         bytes: total.saturating_sub(used),
         source: format!("free memory of cuda:{ordinal}, {} (NVML)", probe.name()),
     })
+}
+
+/// `FTLAB_MEMORY_LIMIT`, when set, in place of a measurement.
+fn limit_from_env() -> Result<Option<Available>> {
+    let Ok(v) = std::env::var(MEMORY_LIMIT_ENV) else {
+        return Ok(None);
+    };
+    let bytes = parse_bytes(&v).map_err(|e| anyhow!("{MEMORY_LIMIT_ENV}={v}: {e}"))?;
+    Ok(Some(Available {
+        bytes,
+        source: MEMORY_LIMIT_ENV.into(),
+    }))
 }
 
 /// `123`, `900M`, `1.5G`, `512KiB`: bytes in binary units.

@@ -12,7 +12,6 @@
 use anyhow::{bail, Result};
 
 use super::setup::{arch_of, plan_input};
-use crate::config::{cuda_built, DeviceChoice};
 use crate::config::{RunConfig, TaskKind};
 use crate::model::ArchConfig;
 use crate::plan::fit::{self, fit_micro_batch, with_margin, Fit, NoFit};
@@ -114,10 +113,9 @@ pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
     }
     let arch = arch_of(cfg)?;
     // A run on a GPU must fit in its free device memory; a CPU run in RAM.
-    let measured = match cfg.model.device {
-        DeviceChoice::Cuda(n) => available_gpu(n.unwrap_or(0)),
-        DeviceChoice::Auto if cuda_built() => available_gpu(0),
-        _ => available_ram(),
+    let measured = match cfg.model.device.cuda_ordinal() {
+        Some(n) => available_gpu(n),
+        None => available_ram(),
     };
     let available = match measured {
         Ok(a) => a,

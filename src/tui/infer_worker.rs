@@ -189,13 +189,9 @@ impl Loaded {
     }
 }
 
-/// Runs jobs until the job channel closes. `cancel` aborts the answer being generated.
-pub fn serve(jobs: Receiver<InferJob>, cancel: Arc<AtomicBool>, out: impl Fn(InferEvent)) {
-    serve_on(DeviceChoice::Auto, jobs, cancel, out)
-}
-
-/// [`serve`] with the models on `device` (resolved when the first one loads).
-pub fn serve_on(
+/// Runs jobs until the job channel closes, with the models on `device` (resolved when the
+/// first one loads). `cancel` aborts the answer being generated.
+pub fn serve(
     device: DeviceChoice,
     jobs: Receiver<InferJob>,
     cancel: Arc<AtomicBool>,
@@ -375,16 +371,8 @@ fn emit_pieces<'a>(
     }
 }
 
-/// Starts the inference thread (models on `auto`); returns the job sender.
+/// Starts the inference thread with the models on `device`; returns the job sender.
 pub fn spawn(
-    cancel: Arc<AtomicBool>,
-    out: impl Fn(InferEvent) + Send + 'static,
-) -> Sender<InferJob> {
-    spawn_on(DeviceChoice::Auto, cancel, out)
-}
-
-/// [`spawn`] with the models on `device`.
-pub fn spawn_on(
     device: DeviceChoice,
     cancel: Arc<AtomicBool>,
     out: impl Fn(InferEvent) + Send + 'static,
@@ -392,7 +380,7 @@ pub fn spawn_on(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("ftlab-infer".into())
-        .spawn(move || serve_on(device, rx, cancel, out))
+        .spawn(move || serve(device, rx, cancel, out))
         .expect("spawning the inference thread");
     tx
 }

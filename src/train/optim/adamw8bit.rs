@@ -41,13 +41,6 @@ enum State8 {
         m: Vec<f32>,
         v: Vec<f32>,
     },
-    /// The generic definitions' state, on the variable's device: f32 moments of small
-    /// variables, blockwise 8-bit ones of the others.
-    DeviceF32 {
-        m: Tensor,
-        v: Tensor,
-    },
-    DeviceQ8(DeviceQ8),
     /// Blockwise-quantised moments.
     Q8 {
         m_q: Vec<u8>,
@@ -55,6 +48,13 @@ enum State8 {
         m_absmax: Vec<f32>,
         v_absmax: Vec<f32>,
     },
+    /// The generic definitions' state, on the variable's device: f32 moments of small
+    /// variables, blockwise 8-bit ones of the others.
+    DeviceF32 {
+        m: Tensor,
+        v: Tensor,
+    },
+    DeviceQ8(DeviceQ8),
 }
 
 struct Slot {

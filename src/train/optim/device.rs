@@ -9,16 +9,20 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use super::qmap::{signed_map, unsigned_map, QuantMap};
 use super::AdamScalars;
 
-/// `g · grad_scale` in f32 on `dev`.
-fn scaled_grad(var: &Var, grad: &Tensor, s: &AdamScalars) -> Result<Tensor> {
+/// `grad` flattened on `var`'s device, once its shape is checked against the variable's.
+fn flat_grad(var: &Var, grad: &Tensor) -> Result<Tensor> {
     ensure!(
         grad.dims() == var.dims(),
         "gradient shape {:?} does not match variable shape {:?}",
         grad.dims(),
         var.dims()
     );
-    Ok(grad
-        .to_device(var.device())?
+    Ok(grad.to_device(var.device())?.flatten_all()?)
+}
+
+/// Elements `start..start + len` of a flat gradient, times `grad_scale`, in f32.
+fn scaled_slice(g: &Tensor, start: usize, len: usize, s: &AdamScalars) -> Result<Tensor> {
+    Ok(g.narrow(0, start, len)?
         .to_dtype(DType::F32)?
         .affine(s.grad_scale as f64, 0.0)?)
 }
@@ -33,8 +37,8 @@ const UPDATE_SLICE: usize = 1 << 22;
 pub(crate) fn adamw_update(
     var: &Var,
     grad: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
+    m: &Tensor,
+    v: &Tensor,
     s: &AdamScalars,
 ) -> Result<()> {
     adamw_update_sliced(var, grad, m, v, s, UPDATE_SLICE)
@@ -48,14 +52,8 @@ fn adamw_update_sliced(
     s: &AdamScalars,
     slice_len: usize,
 ) -> Result<()> {
-    ensure!(
-        grad.dims() == var.dims(),
-        "gradient shape {:?} does not match variable shape {:?}",
-        grad.dims(),
-        var.dims()
-    );
     let n = var.elem_count();
-    let g_all = grad.to_device(var.device())?.flatten_all()?;
+    let g_all = flat_grad(var, grad)?;
     let (p_all, m_all, v_all) = (
         var.as_tensor().flatten_all()?,
         m.flatten_all()?,
@@ -64,9 +62,7 @@ fn adamw_update_sliced(
     for start in (0..n).step_by(slice_len) {
         let len = slice_len.min(n - start);
         let slice = |t: &Tensor| t.narrow(0, start, len);
-        let g = slice(&g_all)?
-            .to_dtype(DType::F32)?
-            .affine(s.grad_scale as f64, 0.0)?;
+        let g = scaled_slice(&g_all, start, len, s)?;
         let new_m = (slice(&m_all)?.affine(s.beta1 as f64, 0.0)?
             + g.affine(s.one_minus_beta1 as f64, 0.0)?)?;
         let new_v = (slice(&v_all)?.affine(s.beta2 as f64, 0.0)?
@@ -241,7 +237,7 @@ impl DeviceQ8 {
         let dev = var.device().clone();
         let (nb, bs) = self.m_q.dims2()?;
         let n = var.elem_count();
-        let g_all = scaled_grad(var, grad, s)?.flatten_all()?;
+        let g_all = flat_grad(var, grad)?;
         let p_all = var.as_tensor().flatten_all()?;
         let maps = self.maps.clone();
         let (smap, umap) = (&maps.0, &maps.1);
@@ -261,7 +257,7 @@ impl DeviceQ8 {
                 Ok(t.reshape((nbc, bs))?)
             };
             let rows = |t: &Tensor| t.narrow(0, b0, nbc);
-            let g = padded(g_all.narrow(0, e0, e1 - e0)?)?;
+            let g = padded(scaled_slice(&g_all, e0, e1 - e0, s)?)?;
             let m_old = smap
                 .decode(&rows(&self.m_q)?)?
                 .broadcast_mul(&rows(&self.m_absmax)?)?;
