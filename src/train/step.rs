@@ -39,19 +39,30 @@ fn head_loss(model: &CausalLm, x: &Tensor, batch: &Batch) -> Result<(Tensor, usi
     )?)
 }
 
-/// The last hidden states (b, t, h) of `embeds` through every block.
-fn last_hidden(model: &CausalLm, embeds: Tensor) -> Result<Tensor> {
+/// The last hidden states (b, t, h) of `embeds` through every block. With `keep_graph`
+/// false each block's output is detached, so no block's intermediates outlive it: an
+/// evaluation forward then holds one block's transients at a time, as the memory plan's
+/// forward-only peak assumes, instead of every block's kept activations (trainable LoRA
+/// factors would otherwise make candle record the whole graph).
+fn last_hidden(model: &CausalLm, embeds: Tensor, keep_graph: bool) -> Result<Tensor> {
     let mut x = embeds;
     let mask = model.mask(x.dim(1)?, 0, &x)?;
     for i in 0..model.num_blocks() {
         x = model.block(i, &x, 0, mask.as_ref(), None)?;
+        if !keep_graph {
+            x = x.detach();
+        }
     }
     Ok(x)
 }
 
 /// Mean loss over counted tokens, without gradients.
 pub fn eval_loss(model: &CausalLm, batch: &Batch) -> Result<(f64, usize)> {
-    let x = last_hidden(model, model.embed(&batch.input_ids.detach())?)?.detach();
+    let x = last_hidden(
+        model,
+        model.embed(&batch.input_ids.detach())?.detach(),
+        false,
+    )?;
     let (loss, n) = head_loss(model, &x, batch)?;
     Ok((loss.to_scalar::<f32>()? as f64, n))
 }
@@ -88,7 +99,7 @@ pub fn forward_backward(
         None => embeds,
     };
     if !checkpointing {
-        let x = last_hidden(model, embeds)?;
+        let x = last_hidden(model, embeds, true)?;
         let (loss, n) = head_loss(model, &x, batch)?;
         let store = loss.backward()?;
         accumulate(&store, params, accum)?;
