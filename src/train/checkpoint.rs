@@ -158,8 +158,7 @@ pub fn save(
     }
     files::create_dir_all(&tmp)?;
     save_weights(&tmp)?;
-    let opt: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
-    crate::weights_file::save(&opt, &tmp.join(OPTIMIZER_FILE))?;
+    crate::weights_file::save_entries(&optimizer.state_entries()?, &tmp.join(OPTIMIZER_FILE))?;
     files::write(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
     // Swap in atomically so an interrupted save never leaves a half checkpoint behind.
     if dir.exists() {

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::model::generic::generic_kernels;
+use crate::weights_file::Entry;
 
 use super::{
     adamw_f32_kernel, check_float_vars, check_known_keys, check_step_args, step_key,
@@ -174,19 +175,21 @@ impl Optimizer for AdamW {
             .sum()
     }
 
-    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = vec![("step".to_string(), u64_tensor(self.step)?)];
+    fn state_entries(&self) -> Result<Vec<(String, Entry<'_>)>> {
+        let mut out = vec![("step".to_string(), Entry::Tensor(u64_tensor(self.step)?))];
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(state) = &slot.state else { continue };
-            out.push((step_key(i), u64_tensor(slot.step)?));
-            let shape = slot.var.shape();
+            out.push((step_key(i), Entry::Tensor(u64_tensor(slot.step)?)));
+            let shape = slot.var.dims().to_vec();
             let (m, v) = match state {
                 Moments::Host { m, v } => (
-                    Tensor::from_slice(m, shape, &Device::Cpu)?,
-                    Tensor::from_slice(v, shape, &Device::Cpu)?,
+                    Entry::F32 {
+                        shape: shape.clone(),
+                        data: m,
+                    },
+                    Entry::F32 { shape, data: v },
                 ),
-                // Moments on a device are updated in place: copies are the snapshot.
-                Moments::Device { m, v } => (m.copy()?, v.copy()?),
+                Moments::Device { m, v } => (Entry::Tensor(m.clone()), Entry::Tensor(v.clone())),
             };
             out.push((format!("{i}.m"), m));
             out.push((format!("{i}.v"), v));

@@ -34,6 +34,7 @@ use super::{
     tensor_to_f32_vec, tensor_u64, u64_tensor, update_host, AdamScalars, AdamWConfig, Optimizer,
 };
 use crate::model::generic::generic_kernels;
+use crate::weights_file::Entry;
 
 enum State8 {
     /// Small variables: plain f32 moments.
@@ -228,17 +229,30 @@ impl Optimizer for AdamW8bit {
             .sum()
     }
 
-    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let cpu = Device::Cpu;
-        let mut out = vec![("step".to_string(), u64_tensor(self.step)?)];
+    fn state_entries(&self) -> Result<Vec<(String, Entry<'_>)>> {
+        fn vector(data: &[f32]) -> Entry<'_> {
+            Entry::F32 {
+                shape: vec![data.len()],
+                data,
+            }
+        }
+        let mut out = vec![("step".to_string(), Entry::Tensor(u64_tensor(self.step)?))];
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(state) = &slot.state else { continue };
-            out.push((step_key(i), u64_tensor(slot.step)?));
-            let shape = slot.var.shape();
+            out.push((step_key(i), Entry::Tensor(u64_tensor(slot.step)?)));
+            let shape = slot.var.dims().to_vec();
+            let f32s = |data| Entry::F32 {
+                shape: shape.clone(),
+                data,
+            };
+            let codes = |data| Entry::U8 {
+                shape: shape.clone(),
+                data,
+            };
             match state {
                 State8::F32 { m, v } => {
-                    out.push((format!("{i}.m"), Tensor::from_slice(m, shape, &cpu)?));
-                    out.push((format!("{i}.v"), Tensor::from_slice(v, shape, &cpu)?));
+                    out.push((format!("{i}.m"), f32s(m)));
+                    out.push((format!("{i}.v"), f32s(v)));
                 }
                 State8::Q8 {
                     m_q,
@@ -246,27 +260,21 @@ impl Optimizer for AdamW8bit {
                     m_absmax,
                     v_absmax,
                 } => {
-                    out.push((format!("{i}.m_q"), Tensor::from_slice(m_q, shape, &cpu)?));
-                    out.push((
-                        format!("{i}.m_absmax"),
-                        Tensor::from_slice(m_absmax, m_absmax.len(), &cpu)?,
-                    ));
-                    out.push((format!("{i}.v_q"), Tensor::from_slice(v_q, shape, &cpu)?));
-                    out.push((
-                        format!("{i}.v_absmax"),
-                        Tensor::from_slice(v_absmax, v_absmax.len(), &cpu)?,
-                    ));
+                    out.push((format!("{i}.m_q"), codes(m_q)));
+                    out.push((format!("{i}.m_absmax"), vector(m_absmax)));
+                    out.push((format!("{i}.v_q"), codes(v_q)));
+                    out.push((format!("{i}.v_absmax"), vector(v_absmax)));
                 }
                 State8::DeviceF32 { m, v } => {
-                    out.push((format!("{i}.m"), m.copy()?));
-                    out.push((format!("{i}.v"), v.copy()?));
+                    out.push((format!("{i}.m"), Entry::Tensor(m.clone())));
+                    out.push((format!("{i}.v"), Entry::Tensor(v.clone())));
                 }
                 State8::DeviceQ8(q) => {
-                    let [m_q, m_absmax, v_q, v_absmax] = q.parts(shape)?;
-                    out.push((format!("{i}.m_q"), m_q));
-                    out.push((format!("{i}.m_absmax"), m_absmax));
-                    out.push((format!("{i}.v_q"), v_q));
-                    out.push((format!("{i}.v_absmax"), v_absmax));
+                    let [m_q, m_absmax, v_q, v_absmax] = q.parts(slot.var.shape())?;
+                    out.push((format!("{i}.m_q"), Entry::Tensor(m_q)));
+                    out.push((format!("{i}.m_absmax"), Entry::Tensor(m_absmax)));
+                    out.push((format!("{i}.v_q"), Entry::Tensor(v_q)));
+                    out.push((format!("{i}.v_absmax"), Entry::Tensor(v_absmax)));
                 }
             }
         }

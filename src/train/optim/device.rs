@@ -200,18 +200,18 @@ impl DeviceQ8 {
         })
     }
 
-    /// The checkpoint layout: (m_q, m_absmax, v_q, v_absmax), codes of `shape`; copies,
-    /// since the state is updated in place.
+    /// The checkpoint layout: (m_q, m_absmax, v_q, v_absmax), codes of `shape`; views of
+    /// the state, which is updated in place (copy them to keep a snapshot).
     pub fn parts(&self, shape: &candle_core::Shape) -> Result<[Tensor; 4]> {
         let n = shape.elem_count();
         let codes = |q: &Tensor| -> Result<Tensor> {
-            Ok(q.flatten_all()?.narrow(0, 0, n)?.reshape(shape)?.copy()?)
+            Ok(q.flatten_all()?.narrow(0, 0, n)?.reshape(shape)?)
         };
         Ok([
             codes(&self.m_q)?,
-            self.m_absmax.flatten_all()?.copy()?,
+            self.m_absmax.flatten_all()?,
             codes(&self.v_q)?,
-            self.v_absmax.flatten_all()?.copy()?,
+            self.v_absmax.flatten_all()?,
         ])
     }
 

@@ -31,6 +31,8 @@ use std::collections::HashMap;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 
+use crate::weights_file::Entry;
+
 /// The interface the trainer drives.
 pub trait Optimizer: Send {
     /// `grads[i]` is the gradient of `vars[i]` (`None` = no gradient this step, skip it).
@@ -39,8 +41,16 @@ pub trait Optimizer: Send {
     fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()>;
     /// Bytes of optimiser state currently held.
     fn state_bytes(&self) -> usize;
-    /// Named tensors for checkpointing (exact resume), and the inverse.
-    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>>;
+    /// The state as named entries for checkpointing (exact resume): host state is
+    /// borrowed, not copied, so writing a checkpoint holds no second copy of it.
+    fn state_entries(&self) -> Result<Vec<(String, Entry<'_>)>>;
+    /// The state as named tensors: a snapshot (copies), and the inverse.
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.state_entries()?
+            .into_iter()
+            .map(|(name, e)| Ok((name, e.to_tensor()?)))
+            .collect()
+    }
     fn load_state_tensors(&mut self, t: &HashMap<String, Tensor>) -> Result<()>;
     /// Number of `step` calls so far.
     fn step_count(&self) -> u64;
