@@ -17,9 +17,9 @@ use ftlab::plan::fit::with_margin;
 use ftlab::runs::registry::{Registry, RunStatus};
 use ftlab::runs::supervisor::{LaunchRequest, Supervisor, SupervisorEvent, SupervisorOptions};
 use ftlab::telemetry::available::MEMORY_LIMIT_ENV;
-use ftlab::train::auto_batch::{predicted_process_peak, with_micro_batch};
+use ftlab::train::auto_batch::with_micro_batch;
 use ftlab::train::events::{EventLine, TrainEvent};
-use ftlab::train::setup::arch_of;
+use ftlab::train::setup::{arch_of, plan_data, predicted_process_peak};
 use ftlab::train::trainer::Summary;
 
 const LORA: &str = "[lora]\nr = 4\nalpha = 8\n";
@@ -37,7 +37,12 @@ fn limit_for_micro_2(preset: &Path, overrides: &[&str]) -> u64 {
     let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::load(preset, &o).unwrap();
     let arch = arch_of(&cfg).unwrap();
-    let need = |m| with_margin(predicted_process_peak(&with_micro_batch(&cfg, m), &arch));
+    // The rows `ftlab train` plans with: the data's own, tokenised.
+    let data = plan_data(&cfg, preset.parent().unwrap()).unwrap();
+    let need = |m| {
+        let peak = predicted_process_peak(&with_micro_batch(&cfg, m), &arch, Some(&data));
+        with_margin(peak.unwrap())
+    };
     let (two, four) = (need(2), need(4));
     assert!(
         two < four,

@@ -967,3 +967,80 @@ fn micro_batches_hold_exactly_the_rows_of_their_batch_in_every_batching() {
         }
     }
 }
+
+/// The memory plan's row lengths walk the micro-batches the run takes: the first
+/// micro-batch of each optimiser step (no accumulated gradients alive), the later ones, and
+/// evaluation — read here from `batch_plan`, a separate path from the plan's.
+#[test]
+fn plan_row_lengths_follow_the_runs_micro_batches() {
+    use ftlab::config::RunConfig;
+    use ftlab::train::setup::row_lengths;
+    use ftlab::train::sft_task::SftData;
+    let lens: Vec<usize> = (0..40).map(|i| 4 + (i * 7) % 23).collect();
+    let longest = *lens.iter().max().unwrap();
+    let grouped = SftConfig {
+        batching: Batching::GroupByLength,
+        max_seq_len: 64,
+        ..SftConfig::default()
+    };
+    let train = SftDataset::from_samples(synthetic(&lens), 0, &grouped).unwrap();
+    let eval_lens = [5, 9, 7];
+    let eval = SftDataset::from_samples(synthetic(&eval_lens), 0, &SftConfig::default()).unwrap();
+    let run = |train: &str| {
+        RunConfig::from_toml_str(&format!(
+            "name = \"t\"\n[model]\nspec = \"smollm2\"\n[data]\ntrain = \"x.jsonl\"\n[train]\nlr = 1e-4\nseed = 3\n{train}"
+        ))
+        .unwrap()
+    };
+    let data = SftData {
+        train: train.clone(),
+        eval: Some(eval),
+    };
+    let max_of = |idx: &[usize]| idx.iter().map(|&i| lens[i]).max().unwrap();
+    let plan = train.batch_plan(0, 4, 3);
+
+    // One batch per step: the longest batch comes first (group by length); nothing later.
+    let r = row_lengths(&run("batch_size = 4\nmax_steps = 1"), &data).unwrap();
+    assert_eq!((r.first, r.later, r.eval), (longest, 0, 9));
+    assert_eq!(max_of(&plan[0]), longest);
+
+    // Two batches per step: the second batch runs with the first one's gradients alive.
+    let r = row_lengths(&run("batch_size = 4\ngrad_accum = 2\nmax_steps = 1"), &data).unwrap();
+    assert_eq!((r.first, r.later), (longest, max_of(&plan[1])));
+
+    // Micro-batches of 2: each batch is split; its second half is a later micro-batch.
+    let r = row_lengths(
+        &run("batch_size = 4\nmicro_batch_size = 2\nmax_steps = 1"),
+        &data,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.first, r.later),
+        (max_of(&plan[0][..2]), max_of(&plan[0][2..]))
+    );
+
+    // A whole epoch meets every sample.
+    let r = row_lengths(
+        &run("batch_size = 4\ngrad_accum = 2\nepochs = 1\nmax_steps = 0"),
+        &data,
+    )
+    .unwrap();
+    assert_eq!(r.first.max(r.later), longest);
+
+    // Packed rows are max_seq_len long.
+    let packed = SftConfig {
+        batching: Batching::Packed,
+        max_seq_len: 16,
+        ..SftConfig::default()
+    };
+    let data = SftData {
+        train: SftDataset::from_samples(synthetic(&lens), 0, &packed).unwrap(),
+        eval: None,
+    };
+    let r = row_lengths(
+        &run("batch_size = 2\nmicro_batch_size = 1\nmax_steps = 1"),
+        &data,
+    )
+    .unwrap();
+    assert_eq!((r.first, r.later, r.eval), (16, 16, 0));
+}

@@ -144,7 +144,9 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
         preset.parent().unwrap_or(std::path::Path::new(".")),
     )?;
     drop(lm);
-    let predicted = crate::train::setup::predict_peak(&cfg, &tm.model).ok();
+    // The step alone (packed rows of `seq_len`; the load peak is measured apart).
+    let predicted =
+        Some(crate::plan::plan(&setup::plan_input(&cfg, tm.model.config(), None)).total);
     let batches = train.batches(0, args.batch_size, cfg.train.seed)?;
     if batches.len() < args.steps + 1 {
         bail!(

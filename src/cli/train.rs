@@ -20,7 +20,7 @@ use crate::train::auto_batch;
 use crate::train::checkpoint;
 use crate::train::events::{EventLine, TrainEvent};
 use crate::train::setup;
-use crate::train::sft_task::SftTask;
+use crate::train::sft_task::{self, SftTask};
 use crate::train::sts_task::StsTask;
 use crate::train::trainer::{TrainTask, Trainer};
 
@@ -217,10 +217,17 @@ fn train(args: TrainArgs) -> Result<Ending> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    // The micro-batch that fits, chosen before anything loads (a run that cannot fit is
+    let device = cfg.model.device.resolve()?;
+    // SFT data is tokenised before any weight loads: its errors come first, and its row
+    // lengths plan the memory.
+    let data = match cfg.task {
+        TaskKind::Sft => Some(sft_task::load_data(&cfg, &base, &device)?),
+        TaskKind::Sts => None,
+    };
+    // The micro-batch that fits, chosen before the weights load (a run that cannot fit is
     // refused here). It is recorded (a `batch` event, config.toml) when it changes the
     // config: a resumed or relaunched run that keeps its micro-batch adds nothing.
-    let (cfg, batch_note) = match auto_batch::choose(&cfg)? {
+    let (cfg, batch_note) = match auto_batch::choose(&cfg, data.as_ref())? {
         Some((chosen, note)) => {
             eprintln!("{note}");
             let changed = chosen.train.micro_batch_size != cfg.train.micro_batch_size;
@@ -233,16 +240,18 @@ fn train(args: TrainArgs) -> Result<Ending> {
         batch_note,
         lock,
     };
-    let device = cfg.model.device.resolve()?;
     eprintln!("device: {}", device_name(&device));
-    match cfg.task {
-        TaskKind::Sft => {
-            let task = SftTask::from_config(&cfg, &base, &device)?;
+    match data {
+        Some(data) => {
+            let rows = setup::row_lengths(&cfg, &data)?;
+            let task = SftTask::with_data(&cfg, &device, data)?;
             eprintln!("training set: {}", task.train.stats());
-            let predicted = setup::predict_peak(&cfg, &task.tm.model).ok();
+            // The whole process: loading, the step's worst micro-batch, evaluation.
+            let input = setup::plan_input(&cfg, task.tm.model.config(), Some(rows));
+            let predicted = Some(crate::plan::process_peak(&input));
             drive(&args, cfg, launch, task, predicted, &stop)
         }
-        TaskKind::Sts => {
+        None => {
             let task = StsTask::from_config(&cfg, &base, &device)?;
             eprintln!("training set: {}", task.stats());
             drive(&args, cfg, launch, task, None, &stop)

@@ -24,6 +24,48 @@ pub struct LanguageModel {
     pub chat_template: Option<String>,
 }
 
+/// The text side of a language model without its weights: what tokenising data needs
+/// (the memory plan reads the rows' lengths this way before any weight loads).
+pub struct TextParts {
+    pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
+    pub chat_template: Option<String>,
+}
+
+impl TextParts {
+    /// The text side of a resolved model; no tensor is read.
+    pub fn load(resolved: &ResolvedModel) -> Result<Self> {
+        match &resolved.source {
+            ModelSource::Gguf { path } => Self::from_gguf(&GgufFile::open(path)?, path),
+            ModelSource::HfDir { dir } => Self::from_hf_dir(dir),
+        }
+    }
+
+    fn from_gguf(file: &GgufFile, path: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            tokenizer: tokenizer_from_gguf(file.content(), path)?,
+            special: special_tokens_from_gguf(file.content(), path)?,
+            chat_template: chat_template_from_gguf(file.content()),
+        })
+    }
+
+    fn from_hf_dir(dir: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            tokenizer: tokenizer_from_file(&dir.join("tokenizer.json"))?,
+            special: special_tokens_from_hf_dir(dir)?,
+            chat_template: chat_template_from_hf_dir(dir)?,
+        })
+    }
+
+    pub fn side(&self) -> crate::model::export::TextSide<'_> {
+        crate::model::export::TextSide {
+            tokenizer: &self.tokenizer,
+            special: &self.special,
+            chat_template: self.chat_template.as_deref(),
+        }
+    }
+}
+
 impl LanguageModel {
     /// The tokenizer side, as an HF directory stores it.
     pub fn text_side(&self) -> crate::model::export::TextSide<'_> {
@@ -35,34 +77,24 @@ impl LanguageModel {
     }
 
     pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<Self> {
-        let (loaded, tokenizer, special, chat_template) = match &resolved.source {
+        let (loaded, text) = match &resolved.source {
             ModelSource::Gguf { path } => {
                 let file = GgufFile::open(path)?;
-                let tokenizer = tokenizer_from_gguf(file.content(), path)?;
-                let special = special_tokens_from_gguf(file.content(), path)?;
-                let template = chat_template_from_gguf(file.content());
-                (
-                    CausalLm::from_gguf_file(file, opts)?,
-                    tokenizer,
-                    special,
-                    template,
-                )
+                let text = TextParts::from_gguf(&file, path)?;
+                (CausalLm::from_gguf_file(file, opts)?, text)
             }
-            ModelSource::HfDir { dir } => {
-                let loaded = CausalLm::from_hf_dir(dir, opts)?;
-                let tokenizer = tokenizer_from_file(&dir.join("tokenizer.json"))?;
-                let special = special_tokens_from_hf_dir(dir)?;
-                let template = chat_template_from_hf_dir(dir)?;
-                (loaded, tokenizer, special, template)
-            }
+            ModelSource::HfDir { dir } => (
+                CausalLm::from_hf_dir(dir, opts)?,
+                TextParts::from_hf_dir(dir)?,
+            ),
         };
         Ok(Self {
             name: resolved.name.clone(),
             model: loaded.model,
             params: loaded.params,
-            tokenizer,
-            special,
-            chat_template,
+            tokenizer: text.tokenizer,
+            special: text.special,
+            chat_template: text.chat_template,
         })
     }
 

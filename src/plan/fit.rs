@@ -5,7 +5,7 @@
 /// Headroom kept above the predicted peak: a micro-batch fits when
 /// `predicted × (1 + SAFETY_MARGIN) ≤ available`. 10 % because the measurement tests hold
 /// the plan within 10 % of the measured whole-process peak for every shipped preset
-/// (`tests/plan.rs`), and because what else runs on the machine moves MemAvailable while
+/// (`tests/process_peak.rs`), and because what else runs on the machine moves MemAvailable while
 /// a run trains; a larger margin would only shrink micro-batches that do fit.
 pub const SAFETY_MARGIN: f64 = 0.10;
 

@@ -51,6 +51,17 @@ pub const LOAD_SLACK: u64 = 32 << 20;
 /// that glibc can neither reuse nor return. Measured on SmolLM2 (`diagnose_plain_phases`):
 /// 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA 1×256.
 pub const HEAP_SLACK: f64 = 0.3;
+/// Memory of a model's text side while its GGUF loads, per vocabulary entry: the metadata's
+/// token, score and type arrays and the tokenizer built from them are alive together until
+/// the file is closed. Measured with `/usr/bin/time -f %M ftlab plan PRESET` (which reads
+/// only the text side): 33 MiB peak for SmolLM2 (49,152 tokens), 177 MiB for Gemma 3
+/// (262,144 tokens), i.e. about 700 bytes per token above a 0 MiB intercept.
+pub const TEXT_BYTES_PER_TOKEN: u64 = 700;
+
+/// Bits per element of a GGUF's stored embedding table, as the load peak counts it: Q8_0's
+/// 8.5 (SmolLM2's file; Gemma 3's Q4_K_M file stores it at Q6_K's 6.56).
+pub const GGUF_TABLE_BITS: f64 = 8.5;
+
 /// Fraction of the f32 weights that stays resident after a 4-bit base is quantised from
 /// them (glibc could keep freed heap chunks). Measured on SmolLM2
 /// (`measure_qlora_backward`): 190 MiB resident after quantising against 179 MiB planned
@@ -210,7 +221,16 @@ impl Technique {
 pub struct PlanInput {
     pub shape: ModelShape,
     pub batch_size: usize,
+    /// Tokens of the longest training row: the step's peak is at the batch holding it,
+    /// every row of a batch being padded to the batch's longest.
     pub seq_len: usize,
+    /// With gradient accumulation, tokens of the longest row of a micro-batch that is not
+    /// the first of its optimiser step (the earlier micro-batches' gradients are alive
+    /// during its backward); 0 when there is none.
+    pub accum_seq_len: usize,
+    /// Tokens of the longest evaluation row (evaluation runs forward-only batches of the
+    /// micro-batch size); 0 when the run has no evaluation set.
+    pub eval_seq_len: usize,
     /// Bytes per element of weights and activations: 4 on the CPU (f32). The model is
     /// exact for f32; for 16-bit it scales the dense parts (norm, softmax and loss
     /// internals that run in f32 are not modelled separately).
@@ -223,6 +243,16 @@ pub struct PlanInput {
     pub device: PlanDevice,
 }
 
+/// The padded row lengths a run meets, read from its tokenised data: the longest row of a
+/// micro-batch that starts an optimiser step, of one that does not (0 without gradient
+/// accumulation), and of evaluation (0 without an evaluation set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowLengths {
+    pub first: usize,
+    pub later: usize,
+    pub eval: usize,
+}
+
 impl PlanInput {
     /// f32, no gradient accumulation.
     pub fn new(shape: ModelShape, batch_size: usize, seq_len: usize, technique: Technique) -> Self {
@@ -230,6 +260,8 @@ impl PlanInput {
             shape,
             batch_size,
             seq_len,
+            accum_seq_len: seq_len,
+            eval_seq_len: seq_len,
             compute_dtype_bytes: 4,
             grad_accum_steps: 1,
             technique,
@@ -489,8 +521,13 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // its 32 MiB mmap threshold), interleaved with the live checkpoints. Measured
         // (`diagnose_ckpt_phases`): about one block's intermediates after the forward,
         // two during the backward over the blocks.
+        // With a 4-bit base about one block's worth stays (its intermediates are smaller
+        // and interleave with the dequantised weights, which are freed at once): measured
+        // on SmolLM2 QLoRA, 258 / 313 / 413 MiB at 1×128 / 1×256 / 2×256 against 283 /
+        // 356 / 493 predicted with two blocks (`ftlab bench qlora`).
         let one_block = block_acts.iter().copied().max().unwrap_or(0);
-        let kept_free = (malloc_slack * 2.0 * one_block as f64) as u64;
+        let blocks_kept = if quant { 1.0 } else { 2.0 };
+        let kept_free = (malloc_slack * blocks_kept * one_block as f64) as u64;
         if kept_free > 0 {
             details.push(("freed block intermediates kept by malloc".into(), kept_free));
         }
@@ -544,10 +581,13 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         };
     let total = weights + gradients + optimizer + dynamic + overhead;
     // Loading: every tensor is dequantised to f32 (GGUF) and becomes a `Var` or a frozen
-    // tensor one at a time, so the peak is the whole f32 model at the end of loading (before
-    // any 4-bit quantisation) plus reader slack; an untied LM head is loaded last and its
-    // f32 tensor and `Var` copy briefly coexist.
+    // tensor one at a time, so the peak is the whole f32 model at the end of loading plus
+    // reader slack; an untied LM head is loaded last and its f32 tensor and `Var` copy
+    // briefly coexist. A 4-bit base is quantised linear by linear as it loads (the dense
+    // model is never held): the peak is then the 4-bit linears, the dense rest, one linear
+    // in f32 and the text side (the GGUF's vocabulary metadata and the tokenizer).
     let last_copy = if s.tied_embeddings { 0 } else { 2 * f32b(vh) };
+    let text_side = TEXT_BYTES_PER_TOKEN * s.vocab as u64;
     let load_peak = if cuda {
         // Tensors reach the device one at a time from host memory; a 4-bit base is
         // quantised from its dense copy, one linear at a time.
@@ -557,8 +597,22 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             .max()
             .unwrap_or(0);
         baseline + weights + if quant { largest_linear } else { last_copy }
+    } else if quant {
+        let largest_linear = linears
+            .iter()
+            .map(|l| f32b((l.in_f * l.out_f) as f64))
+            .max()
+            .unwrap_or(0);
+        // The embedding table loads first: its stored bytes (taken at Q8_0's 8.5 bits; a
+        // Q6_K table is smaller) and its f32 copy are alive together for a moment.
+        let table_load = (vh * GGUF_TABLE_BITS / 8.0) as u64 + f32b(vh);
+        PROCESS_BASELINE + text_side + (weights + largest_linear).max(table_load)
     } else {
-        PROCESS_BASELINE + LOAD_SLACK + f32b(total_params as f64) + last_copy + lora_weights
+        PROCESS_BASELINE
+            + LOAD_SLACK.max(text_side)
+            + f32b(total_params as f64)
+            + last_copy
+            + lora_weights
     };
     MemoryPlan {
         weights,
@@ -574,6 +628,43 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         details,
         device: input.device,
     }
+}
+
+/// The plan of the training step's worst micro-batch: the first of a step (no accumulated
+/// gradients alive yet) at `seq_len`, or a later one at `accum_seq_len` with the earlier
+/// micro-batches' gradients alive, whichever needs more.
+pub fn step_plan(input: &PlanInput) -> MemoryPlan {
+    let first = plan(&PlanInput {
+        grad_accum_steps: 1,
+        ..input.clone()
+    });
+    if input.grad_accum_steps <= 1 || input.accum_seq_len == 0 {
+        return first;
+    }
+    let later = plan(&PlanInput {
+        seq_len: input.accum_seq_len,
+        ..input.clone()
+    });
+    if later.total > first.total {
+        later
+    } else {
+        first
+    }
+}
+
+/// The predicted peak of a whole training process: loading, the training step at the
+/// longest training row, and evaluation (forward-only, at the longest evaluation row),
+/// whichever is highest.
+pub fn process_peak(input: &PlanInput) -> u64 {
+    let train = step_plan(input).expected_peak(true);
+    if input.eval_seq_len == 0 {
+        return train;
+    }
+    let eval = PlanInput {
+        seq_len: input.eval_seq_len,
+        ..input.clone()
+    };
+    train.max(plan_forward(&eval).total)
 }
 
 /// Memory of a forward pass with the loss and no gradients (evaluation, perplexity): the

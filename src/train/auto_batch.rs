@@ -11,11 +11,11 @@
 //! same number of target tokens.
 use anyhow::{bail, Result};
 
-use super::setup::{arch_of, plan_input};
+use super::setup::{arch_of, predicted_process_peak};
+use super::sft_task::SftData;
 use crate::config::{RunConfig, TaskKind};
 use crate::model::ArchConfig;
 use crate::plan::fit::{self, fit_micro_batch, with_margin, Fit, NoFit};
-use crate::plan::{plan, plan_forward};
 use crate::telemetry::available::{available_gpu, available_ram, Available};
 
 /// `cfg` with its micro-batch set to `micro` (a divisor of the batch).
@@ -23,15 +23,6 @@ pub fn with_micro_batch(cfg: &RunConfig, micro: usize) -> RunConfig {
     let mut c = cfg.clone();
     c.train.micro_batch_size = Some(micro);
     c
-}
-
-/// The predicted peak of the whole process at `cfg`'s micro-batch: loading, the training
-/// step and evaluation, whichever is highest.
-pub fn predicted_process_peak(cfg: &RunConfig, arch: &ArchConfig) -> u64 {
-    let input = plan_input(cfg, arch);
-    plan(&input)
-        .expected_peak(true)
-        .max(plan_forward(&input).total)
 }
 
 fn mib(b: u64) -> String {
@@ -60,12 +51,18 @@ pub fn describe(cfg: &RunConfig) -> String {
 pub fn choose_for(
     cfg: &RunConfig,
     arch: &ArchConfig,
+    data: Option<&SftData>,
     available: &Available,
 ) -> Result<(RunConfig, String)> {
     let t = &cfg.train;
     let cap = t.micro_batch();
+    // A micro-batch's rows follow from the data; a failure to walk them (none is
+    // expected: the data was tokenised already) plans that candidate at its maximum.
     let fitted = fit_micro_batch(t.batch_size, cap, available.bytes, |m| {
-        predicted_process_peak(&with_micro_batch(cfg, m), arch)
+        let c = with_micro_batch(cfg, m);
+        predicted_process_peak(&c, arch, data)
+            .or_else(|_| predicted_process_peak(&c, arch, None))
+            .unwrap_or(u64::MAX)
     });
     let room = format!("{} available ({})", mib(available.bytes), available.source);
     match fitted {
@@ -81,7 +78,8 @@ pub fn choose_for(
                     fit::SAFETY_MARGIN * 100.0
                 )
             } else {
-                let above = predicted_process_peak(&with_micro_batch(cfg, cap), arch);
+                let above =
+                    predicted_process_peak(&with_micro_batch(cfg, cap), arch, data).unwrap_or(0);
                 format!(
                     "micro-batch {cap} would need {} with the {:.0} % margin, {room}; micro-batch {micro_batch} is predicted at {}",
                     mib(with_margin(above)),
@@ -104,10 +102,10 @@ pub fn choose_for(
     }
 }
 
-/// [`choose_for`] with the model's plan read from its metadata (nothing loads) and the RAM
-/// available now. `None` when `train.auto_batch` is off (the config runs as it is) or the
+/// [`choose_for`] with the model's plan read from its metadata (no weights load), the rows
+/// of its tokenised `data`, and the memory available now. `None` when `train.auto_batch` is off (the config runs as it is) or the
 /// run has no memory plan (STS).
-pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
+pub fn choose(cfg: &RunConfig, data: Option<&SftData>) -> Result<Option<(RunConfig, String)>> {
     if !cfg.train.auto_batch || cfg.task != TaskKind::Sft {
         return Ok(None);
     }
@@ -127,5 +125,5 @@ pub fn choose(cfg: &RunConfig) -> Result<Option<(RunConfig, String)>> {
             return Ok(Some((cfg.clone(), note)));
         }
     };
-    choose_for(cfg, &arch, &available).map(Some)
+    choose_for(cfg, &arch, data, &available).map(Some)
 }

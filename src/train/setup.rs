@@ -3,6 +3,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device};
 
+use super::sft_task::SftData;
 use super::trainer::TrainModel;
 use crate::adapt::peft::apply_lora;
 use crate::adapt::peft::TargetModules;
@@ -10,7 +11,10 @@ use crate::config::{OptimizerKind, QuantKind, RunConfig};
 use crate::infer::LanguageModel;
 use crate::model::linear::Quant4Kind;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
-use crate::plan::{plan, LoraPlan, LoraTargets, MemoryPlan, PlanDevice, PlanInput, Technique};
+use crate::plan::{
+    process_peak, step_plan, LoraPlan, LoraTargets, MemoryPlan, PlanDevice, PlanInput, RowLengths,
+    Technique,
+};
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
 pub fn count_params(model: &CausalLm) -> usize {
@@ -73,8 +77,10 @@ pub fn prepare(cfg: &RunConfig, device: &Device) -> Result<(LanguageModel, Train
     Ok((lm, tm))
 }
 
-/// The memory-plan input of a run config for a model of architecture `arch`.
-pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
+/// The memory-plan input of a run config for a model of architecture `arch`. `rows` are the
+/// row lengths of the run's tokenised data; without them every row is planned at
+/// `data.max_seq_len` (an upper bound).
+pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig, rows: Option<RowLengths>) -> PlanInput {
     let shape = arch.shape();
     // A `modules_to_save` entry names a module (`embed_tokens`, `lm_head`): its weight is
     // trained in full.
@@ -108,12 +114,17 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
     // Memory follows the micro-batch actually run, not the batch it is a part of.
+    let max = cfg.data.max_seq_len;
     let mut input = PlanInput::new(
         shape,
         cfg.train.micro_batch(),
-        cfg.data.max_seq_len,
+        rows.map_or(max, |r| r.first.min(max)),
         technique,
     );
+    (input.accum_seq_len, input.eval_seq_len) = match rows {
+        Some(r) => (r.later.min(max), r.eval.min(max)),
+        None => (max, if cfg.data.eval.is_some() { max } else { 0 }),
+    };
     input.grad_accum_steps = cfg.train.micro_batches_per_step();
     input.compute_dtype_bytes = cfg
         .compute_dtype_on_gpu(cfg.model.device.may_be_gpu())
@@ -128,15 +139,17 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig) -> PlanInput {
     input
 }
 
-/// The memory plan of a run config, from the model's metadata (no weights are loaded).
-pub fn plan_for(cfg: &RunConfig) -> Result<MemoryPlan> {
+/// The memory plan of a run config's training step (its worst micro-batch), from the
+/// model's metadata (no weights are loaded) and, when given, its tokenised data.
+pub fn plan_for(cfg: &RunConfig, data: Option<&SftData>) -> Result<MemoryPlan> {
     if cfg.task == crate::config::TaskKind::Sts {
         anyhow::bail!(
             "`{}`: the memory plan models causal-LM training only; STS runs (task = \"sts\") are measured (ftlab train prints RSS), not predicted",
             cfg.name
         );
     }
-    Ok(plan(&plan_input(cfg, &arch_of(cfg)?)))
+    let rows = data.map(|d| row_lengths(cfg, d)).transpose()?;
+    Ok(step_plan(&plan_input(cfg, &arch_of(cfg)?, rows)))
 }
 
 /// The architecture of `cfg`'s model, from its metadata (no weights are loaded).
@@ -145,7 +158,76 @@ pub fn arch_of(cfg: &RunConfig) -> Result<ArchConfig> {
     crate::model::causal::arch_config_of(&resolved.source)
 }
 
-/// The predicted peak memory (bytes) of training `cfg` on `model`.
-pub fn predict_peak(cfg: &RunConfig, model: &CausalLm) -> Result<u64> {
-    Ok(plan(&plan_input(cfg, model.config())).expected_peak(false))
+/// The predicted peak of the whole process training `cfg` on a model of architecture
+/// `arch` at `cfg`'s micro-batch: loading, the training step and evaluation, with the row
+/// lengths of `data` (every row at `data.max_seq_len` without it).
+pub fn predicted_process_peak(
+    cfg: &RunConfig,
+    arch: &ArchConfig,
+    data: Option<&SftData>,
+) -> Result<u64> {
+    let rows = data.map(|d| row_lengths(cfg, d)).transpose()?;
+    Ok(process_peak(&plan_input(cfg, arch, rows)))
+}
+
+/// The row lengths `cfg`'s run meets in `data` at its micro-batch: every micro-batch of
+/// every optimiser step the run takes, walked as the trainer takes them (`grad_accum`
+/// batches per step, an epoch's end closing a step; `Trainer::run`), without making a
+/// tensor.
+pub fn row_lengths(cfg: &RunConfig, data: &SftData) -> Result<RowLengths> {
+    let t = &cfg.train;
+    let grad_accum = t.grad_accum.max(1);
+    let mut rows = RowLengths {
+        eval: match &data.eval {
+            Some(e) => e
+                .micro_batch_lengths(0, t.micro_batch(), t.micro_batch(), t.seed)?
+                .iter()
+                .flatten()
+                .copied()
+                .max()
+                .unwrap_or(0),
+            None => 0,
+        },
+        ..RowLengths::default()
+    };
+    let (mut steps, mut epoch) = (0usize, 0usize);
+    let done = |steps: usize, epoch: usize| {
+        if t.max_steps > 0 {
+            steps >= t.max_steps
+        } else {
+            epoch >= t.epochs.max(1)
+        }
+    };
+    while !done(steps, epoch) {
+        let batches =
+            data.train
+                .micro_batch_lengths(epoch, t.batch_size, t.micro_batch(), t.seed)?;
+        if batches.is_empty() {
+            break;
+        }
+        for (b, micros) in batches.iter().enumerate() {
+            for (k, &len) in micros.iter().enumerate() {
+                let slot = if b % grad_accum == 0 && k == 0 {
+                    &mut rows.first
+                } else {
+                    &mut rows.later
+                };
+                *slot = (*slot).max(len);
+            }
+            if (b + 1) % grad_accum == 0 || b + 1 == batches.len() {
+                steps += 1;
+                if t.max_steps > 0 && steps >= t.max_steps {
+                    return Ok(rows);
+                }
+            }
+        }
+        epoch += 1;
+    }
+    Ok(rows)
+}
+
+/// The tokenised data of `cfg` (no weights load); relative template paths resolve against
+/// `base`.
+pub fn plan_data(cfg: &RunConfig, base: &std::path::Path) -> Result<SftData> {
+    super::sft_task::load_data(cfg, base, &Device::Cpu)
 }

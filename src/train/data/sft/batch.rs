@@ -236,6 +236,52 @@ impl SftDataset {
         micro: usize,
         seed: u64,
     ) -> Result<Vec<Vec<Batch>>> {
+        self.split_with(
+            epoch,
+            batch_size,
+            micro,
+            seed,
+            |rows| Batch::from_rows(rows, self.pad_id, &self.device),
+            |indices| self.make_batch(indices),
+        )
+    }
+
+    /// The padded length of each micro-batch [`SftDataset::split_batches`] makes, batch by
+    /// batch, without making them (the memory plan reads these).
+    pub fn micro_batch_lengths(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+        micro: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<usize>>> {
+        self.split_with(
+            epoch,
+            batch_size,
+            micro,
+            seed,
+            |rows| Ok(rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0)),
+            |indices| {
+                Ok(indices
+                    .iter()
+                    .map(|&i| self.samples[i].len())
+                    .max()
+                    .unwrap_or(0))
+            },
+        )
+    }
+
+    /// The batches of an epoch cut into micro-batches, each made by `packed` (from its
+    /// packed rows) or `indexed` (from its sample indices).
+    fn split_with<T>(
+        &self,
+        epoch: usize,
+        batch_size: usize,
+        micro: usize,
+        seed: u64,
+        packed: impl Fn(&[(&[u32], &[u8])]) -> Result<T>,
+        indexed: impl Fn(&[usize]) -> Result<T>,
+    ) -> Result<Vec<Vec<T>>> {
         if batch_size == 0 || micro == 0 {
             bail!("batch_size must be at least 1");
         }
@@ -247,18 +293,13 @@ impl SftDataset {
                     .map(|(a, b)| (a.as_slice(), b.as_slice()))
                     .collect();
                 rows.chunks(batch_size)
-                    .map(|batch| {
-                        batch
-                            .chunks(micro)
-                            .map(|chunk| Batch::from_rows(chunk, self.pad_id, &self.device))
-                            .collect()
-                    })
+                    .map(|batch| batch.chunks(micro).map(&packed).collect())
                     .collect()
             }
             _ => self
                 .batch_plan(epoch, batch_size, seed)
                 .iter()
-                .map(|idx| idx.chunks(micro).map(|c| self.make_batch(c)).collect())
+                .map(|idx| idx.chunks(micro).map(&indexed).collect())
                 .collect(),
         }
     }

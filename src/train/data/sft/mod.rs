@@ -279,6 +279,20 @@ impl SftDataset {
     pub fn samples(&self) -> &[SftSample] {
         &self.samples
     }
+
+    /// Tokens of the longest row any batch holds: packed rows are `max_seq_len` long (or
+    /// the whole stream, when shorter); otherwise each batch is padded to its longest
+    /// sample, so the longest sample's batch is the longest.
+    pub fn longest_row(&self) -> usize {
+        let longest_sample = self.samples.iter().map(SftSample::len).max().unwrap_or(0);
+        match self.batching {
+            Batching::Packed => {
+                let total: usize = self.samples.iter().map(SftSample::len).sum();
+                total.min(self.max_seq_len)
+            }
+            _ => longest_sample,
+        }
+    }
     pub fn stats(&self) -> &SftStats {
         &self.stats
     }

@@ -8,6 +8,7 @@ use tokenizers::Tokenizer;
 use super::super::example::Example;
 use super::super::template::{Formatted, Formatter, PromptTemplate};
 use crate::infer::LanguageModel;
+use crate::model::export::TextSide;
 use crate::model::load::tokenizer::{encode_plain, SpecialTokens};
 
 /// A tokenizer with a prompt template: turns examples into token ids and loss masks.
@@ -35,10 +36,15 @@ impl fmt::Debug for SftTokenizer {
 impl SftTokenizer {
     /// The model's tokenizer, special tokens and chat template with `template`.
     pub fn new(lm: &LanguageModel, template: PromptTemplate) -> Result<Self> {
+        Self::from_side(lm.text_side(), template)
+    }
+
+    /// From a model's text side (no weights needed).
+    pub fn from_side(text: TextSide<'_>, template: PromptTemplate) -> Result<Self> {
         Self::from_parts(
-            lm.tokenizer.clone(),
-            lm.special.clone(),
-            lm.chat_template.as_deref(),
+            text.tokenizer.clone(),
+            text.special.clone(),
+            text.chat_template,
             template,
         )
     }
