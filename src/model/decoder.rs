@@ -46,6 +46,11 @@ pub trait DecoderEnds: WeightTable + Default + Clone + Debug + Send + Sync + 'st
     fn head_split(&self, _x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
         Ok(None)
     }
+    /// After loading: a tied head may keep the file's quantised table for decoding
+    /// ([`crate::model::linear::QuantizedTiedHead`]); the default keeps nothing.
+    fn keep_quantized_head(&mut self, _pb: &mut ParamBuilder) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A decoder built from an architecture's ends and blocks: what every architecture
@@ -67,7 +72,8 @@ impl<E: DecoderEnds> Decoder<E> {
         shape: ModelShape,
         rope: Rope,
     ) -> Result<Self> {
-        let (ends, blocks) = load_tables::<E, E::Block>(pb, &shape)?;
+        let (mut ends, blocks) = load_tables::<E, E::Block>(pb, &shape)?;
+        ends.keep_quantized_head(pb)?;
         Ok(Self {
             cfg: cfg.clone(),
             shape,

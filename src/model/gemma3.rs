@@ -16,7 +16,7 @@ use super::arch::{
     DecoderConfig, DecoderEnds, GgufSupport, MemoryProfile, Param, Positions, WeightKind,
 };
 use super::kv_cache::LayerCache;
-use super::linear::Linear;
+use super::linear::{Linear, QuantizedTiedHead};
 use super::load::gguf::{GgufFile, GgufLayout, GgufSource};
 use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
@@ -561,6 +561,8 @@ pub struct Ends {
     eps: f64,
     /// √hidden: Gemma scales the embedding rows, not the tied head.
     embed_scale: f64,
+    /// The tied head in the file's quantisation, for decoding (inference only).
+    head_q: QuantizedTiedHead,
 }
 
 weight_table!(Ends, |s| {
@@ -578,11 +580,21 @@ impl DecoderEnds for Ends {
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = norm(x, &self.norm, self.eps)?;
-        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
+        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed, &self.head_q)
     }
 
     /// Gemma 3 has no final-logit soft-capping: the head is the plain matmul the chunked
     /// loss (`model::head_loss`) fuses.
+    fn keep_quantized_head(&mut self, pb: &mut ParamBuilder) -> Result<()> {
+        if self.lm_head.is_none() {
+            let shape = candle_core::Shape::from(self.embed.dims());
+            if let Some(q) = pb.quantized_matmul("model.embed_tokens.weight", &shape)? {
+                self.head_q = QuantizedTiedHead::new(q, &self.embed);
+            }
+        }
+        Ok(())
+    }
+
     fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
         let Some(w) = super::linear::dense_lm_head(self.lm_head.as_ref(), &self.embed) else {
             return Ok(None);

@@ -337,7 +337,12 @@ impl DecoderEnds for Ends {
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.final_norm.forward(x)?;
-        super::linear::lm_head(&x, self.embed_out.as_ref(), &self.embed)
+        super::linear::lm_head(
+            &x,
+            self.embed_out.as_ref(),
+            &self.embed,
+            &Default::default(),
+        )
     }
 
     fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {

@@ -11,7 +11,7 @@ use super::arch::{
     DecoderConfig, DecoderEnds, GgufSupport, MemoryProfile, Param, Positions, WeightKind,
 };
 use super::kv_cache::LayerCache;
-use super::linear::Linear;
+use super::linear::{Linear, QuantizedTiedHead};
 use super::load::gguf::{GgufFile, GgufSource, LLAMA_LAYOUT};
 use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
@@ -341,6 +341,8 @@ pub struct Ends {
     /// `None` when the LM head is tied to the input embeddings.
     lm_head: Option<Linear>,
     eps: f64,
+    /// The tied head in the file's quantisation, for decoding (inference only).
+    head_q: QuantizedTiedHead,
 }
 
 weight_table!(Ends, |s| {
@@ -358,7 +360,17 @@ impl DecoderEnds for Ends {
 
     fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = ops::rms_norm(x, &self.norm, self.eps)?;
-        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed)
+        super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed, &self.head_q)
+    }
+
+    fn keep_quantized_head(&mut self, pb: &mut ParamBuilder) -> Result<()> {
+        if self.lm_head.is_none() {
+            let shape = candle_core::Shape::from(self.embed.dims());
+            if let Some(q) = pb.quantized_matmul("model.embed_tokens.weight", &shape)? {
+                self.head_q = QuantizedTiedHead::new(q, &self.embed);
+            }
+        }
+        Ok(())
     }
 
     fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {

@@ -212,7 +212,7 @@ impl<'a> ParamBuilder<'a> {
         out_f: usize,
         bias: bool,
     ) -> Result<Linear> {
-        if self.keep_quantized && !self.trainable && self.quant4.is_none() {
+        if self.keeps_quantized() {
             let name = format!("{prefix}.weight");
             let shape = Shape::from((out_f, in_f));
             if let Some(q) = self.src.get_quantized(&name, &shape, &self.device)? {
@@ -230,6 +230,28 @@ impl<'a> ParamBuilder<'a> {
             l.quantize_base(kind, double_quant)?;
         }
         Ok(l)
+    }
+
+    /// Whether weights stay in the file's quantisation: inference of a frozen model loaded
+    /// with `keep_quantized` and no 4-bit base of its own.
+    fn keeps_quantized(&self) -> bool {
+        self.keep_quantized && !self.trainable && self.quant4.is_none()
+    }
+
+    /// The tensor `name` of shape `shape` as the file quantises it, for a matmul, when
+    /// weights stay quantised and the file stores it quantised; else `None`.
+    pub fn quantized_matmul(
+        &mut self,
+        name: &str,
+        shape: &Shape,
+    ) -> Result<Option<candle_core::quantized::QMatMul>> {
+        if !self.keeps_quantized() {
+            return Ok(None);
+        }
+        match self.src.get_quantized(name, shape, &self.device)? {
+            Some(q) => Ok(Some(candle_core::quantized::QMatMul::from_qtensor(q)?)),
+            None => Ok(None),
+        }
     }
 
     /// The trainable parameters created so far, by name.
