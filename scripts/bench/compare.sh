@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-3}
-SHAPES=${SHAPES:-"1x256 2x256 1x512"}
+SHAPES=${SHAPES-"1x256 2x256 1x512"}
 MAX_NEW=${MAX_NEW:-128}
 VENV=${FTLAB_BENCH_VENV:-$HOME/.cache/ftlab-bench/venv}
 PY="$VENV/bin/python"
@@ -25,7 +25,10 @@ if ! "$PY" -c "import torch, transformers, peft, llama_cpp" 2>/dev/null; then
     echo "installing the comparison tools into $VENV (first run; torch's CUDA wheels are a few GB)" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    CMAKE_ARGS="-DGGML_NATIVE=ON" "$VENV/bin/pip" install -q -r scripts/bench/requirements.txt
+    # AVX2/AVX-512 (VNNI) kernels, not -march=native: on virtual machines that advertise
+    # AMX, a native build crashes in its AMX path (seen here: llama-cpp-python 0.3.36).
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON}" \
+        "$VENV/bin/pip" install -q -r scripts/bench/requirements.txt
 fi
 
 cargo build --release -q
@@ -76,16 +79,17 @@ done
 
 # Greedy decoding of a chat answer.
 echo "Write a short story about a lighthouse keeper." >"$TMP/chat.txt"
-ll=$("$PY" scripts/bench/llama_cpp.py "$GGUF" "$THREADS" "$MAX_NEW" "$TMP/chat.txt" --chat)
+ll=$("$PY" scripts/bench/llama_speed.py "$GGUF" "$THREADS" "$MAX_NEW" "$TMP/chat.txt" --chat)
 ft_err=$("$FTLAB" generate --chat --prompt-file "$TMP/chat.txt" --temperature 0 --max-new-tokens "$MAX_NEW" --threads "$THREADS" 2>&1 >/dev/null)
 ll_tps=$(echo "$ll" | field decode_tokens_per_sec)
 ft_tps=$(echo "$ft_err" | grep '^\[ftlab\]' | sed -E 's/.*: ([0-9.]+) tokens\/s.*/\1/')
 echo "| decode tokens/s, greedy, $MAX_NEW new tokens | chat prompt | llama.cpp | $(fmt "$ll_tps") | $(fmt "$ft_tps") | $(ratio "$ft_tps" "$ll_tps") |"
 
 # Prompt processing of a RAG-sized prompt (~1,000 tokens of the built-in documents).
-head -c 4200 data/docs/en_lumen_valley_railway.txt >"$TMP/rag.txt"
+cat data/docs/en_*.txt >"$TMP/docs.txt"
+head -c 4600 "$TMP/docs.txt" >"$TMP/rag.txt"
 printf '\n\nQuestion: When does the first train leave?\nAnswer:' >>"$TMP/rag.txt"
-ll=$("$PY" scripts/bench/llama_cpp.py "$GGUF" "$THREADS" 1 "$TMP/rag.txt")
+ll=$("$PY" scripts/bench/llama_speed.py "$GGUF" "$THREADS" 1 "$TMP/rag.txt")
 ft_err=$("$FTLAB" generate --prompt-file "$TMP/rag.txt" --temperature 0 --max-new-tokens 1 --threads "$THREADS" 2>&1 >/dev/null)
 ll_n=$(echo "$ll" | field prompt_tokens)
 ll_s=$(echo "$ll" | field prompt_secs)

@@ -2,7 +2,7 @@
 """Greedy generation speed of llama.cpp (llama-cpp-python) on a GGUF, as `ftlab generate`
 measures it.
 
-Usage: llama_cpp.py GGUF THREADS MAX_NEW PROMPT_FILE [--chat]
+Usage: llama_speed.py GGUF THREADS MAX_NEW PROMPT_FILE [--chat]
 Prints one JSON line: prompt_tokens, prompt_secs, new_tokens, decode_tokens_per_sec.
 
 With --chat the prompt is one user turn rendered with the GGUF's own chat template (as
@@ -42,7 +42,7 @@ def main():
     else:
         prompt = text
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    greedy = dict(temperature=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0)
+    greedy = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     # Prompt processing: the prompt and one token.
     llm.reset()
     t0 = time.perf_counter()
