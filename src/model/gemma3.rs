@@ -583,18 +583,14 @@ impl DecoderEnds for Ends {
         super::linear::lm_head(&x, self.lm_head.as_ref(), &self.embed, &self.head_q)
     }
 
-    /// Gemma 3 has no final-logit soft-capping: the head is the plain matmul the chunked
-    /// loss (`model::head_loss`) fuses.
     fn keep_quantized_head(&mut self, pb: &mut ParamBuilder) -> Result<()> {
-        if self.lm_head.is_none() {
-            let shape = candle_core::Shape::from(self.embed.dims());
-            if let Some(q) = pb.quantized_matmul("model.embed_tokens.weight", &shape)? {
-                self.head_q = QuantizedTiedHead::new(q, &self.embed);
-            }
-        }
+        let tied = self.lm_head.is_none();
+        self.head_q = pb.quantized_tied_head(tied, "model.embed_tokens.weight", &self.embed)?;
         Ok(())
     }
 
+    /// Gemma 3 has no final-logit soft-capping: the head is the plain matmul the chunked
+    /// loss (`model::head_loss`) fuses.
     fn head_split(&self, x: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
         let Some(w) = super::linear::dense_lm_head(self.lm_head.as_ref(), &self.embed) else {
             return Ok(None);

@@ -364,12 +364,8 @@ impl DecoderEnds for Ends {
     }
 
     fn keep_quantized_head(&mut self, pb: &mut ParamBuilder) -> Result<()> {
-        if self.lm_head.is_none() {
-            let shape = candle_core::Shape::from(self.embed.dims());
-            if let Some(q) = pb.quantized_matmul("model.embed_tokens.weight", &shape)? {
-                self.head_q = QuantizedTiedHead::new(q, &self.embed);
-            }
-        }
+        let tied = self.lm_head.is_none();
+        self.head_q = pb.quantized_tied_head(tied, "model.embed_tokens.weight", &self.embed)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::model::linear::{BaseWeight, Linear, Quant4Kind};
+use crate::model::linear::{BaseWeight, Linear, Quant4Kind, QuantizedTiedHead};
 
 /// How a parameter is initialised when a source has no stored value (tests, new heads).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,6 +252,24 @@ impl<'a> ParamBuilder<'a> {
             Some(q) => Ok(Some(candle_core::quantized::QMatMul::from_qtensor(q)?)),
             None => Ok(None),
         }
+    }
+
+    /// For a tied LM head (`tied`), the quantised copy of its table `name` (the tensor
+    /// `table`, as loaded) when weights stay quantised and the file quantises it; otherwise
+    /// an empty one, and the head multiplies the dense table.
+    pub fn quantized_tied_head(
+        &mut self,
+        tied: bool,
+        name: &str,
+        table: &candle_core::Tensor,
+    ) -> Result<QuantizedTiedHead> {
+        if !tied {
+            return Ok(QuantizedTiedHead::default());
+        }
+        Ok(match self.quantized_matmul(name, table.shape())? {
+            Some(q) => QuantizedTiedHead::new(q, table),
+            None => QuantizedTiedHead::default(),
+        })
     }
 
     /// The trainable parameters created so far, by name.
