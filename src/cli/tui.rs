@@ -31,6 +31,8 @@ enum Msg {
     Term(Event),
     Sup(SupervisorEvent),
     Infer(InferEvent),
+    /// A model's licence notice (Gemma's terms), shown in the footer.
+    Notice(String),
 }
 
 /// The dashboard; its Inference tab loads models on `device`.
@@ -77,6 +79,17 @@ pub fn run(device: crate::config::DeviceChoice) -> Result<()> {
             let _ = tx.send(Msg::Infer(ev));
         })
     };
+    {
+        // A model fetched from the dashboard shows its licence notice in the footer, not
+        // on the terminal the dashboard draws on.
+        let tx = tx.clone();
+        crate::hub::licence::redirect_notices(move |n| {
+            tx.send(Msg::Notice(n)).map_err(|e| match e.0 {
+                Msg::Notice(n) => n,
+                _ => String::new(),
+            })
+        });
+    }
     {
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -184,6 +197,10 @@ fn event_loop(
                 }
                 Msg::Infer(ev) => {
                     app.on_infer(ev);
+                    Vec::new()
+                }
+                Msg::Notice(n) => {
+                    app.message = Some(n);
                     Vec::new()
                 }
             };

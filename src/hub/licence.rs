@@ -3,6 +3,7 @@
 //! remembered in the model directory so that it is not repeated.
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use super::registry::WheelModel;
 
@@ -32,4 +33,54 @@ pub fn take_notice(spec: &WheelModel, dir: &Path) -> Option<String> {
         dir.join(&licence.file).display(),
         licence.url
     ))
+}
+
+type Sink = Box<dyn FnMut(String) -> Result<(), String> + Send>;
+
+static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
+
+/// Sends every later notice to `sink` instead of stderr: the dashboard shows them in its
+/// footer, since a line written to the terminal it draws on would be drawn over. A notice
+/// the sink hands back (its receiver is gone) goes to stderr. The first call wins.
+pub fn redirect_notices(sink: impl FnMut(String) -> Result<(), String> + Send + 'static) {
+    let _ = SINK.set(Mutex::new(Box::new(sink)));
+}
+
+/// Shows `notice`: on stderr, or where [`redirect_notices`] sent notices.
+pub fn announce(notice: String) {
+    let back = match SINK.get() {
+        Some(sink) => match sink.lock() {
+            Ok(mut f) => f(notice).err(),
+            Err(_) => Some(notice),
+        },
+        None => Some(notice),
+    };
+    if let Some(n) = back {
+        eprintln!("{n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Redirected notices reach the sink; one it hands back goes to stderr (not lost).
+    #[test]
+    fn notices_go_where_they_are_redirected() {
+        let (tx, rx) = mpsc::channel();
+        redirect_notices(move |n| {
+            if n.contains("refuse") {
+                Err(n)
+            } else {
+                tx.send(n).map_err(|e| e.0)
+            }
+        });
+        announce("note: terms".to_string());
+        announce("refuse this one".to_string());
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            vec!["note: terms".to_string()]
+        );
+    }
 }

