@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::config::{RunConfig, TaskKind};
-use crate::plan::process_peak;
-use crate::train::setup::{arch_of, plan_data, plan_for, plan_input, row_lengths};
+use crate::plan::{process_peak, step_plan};
+use crate::train::setup::{plan_data, plan_input_for};
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -44,9 +44,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
             },
             TaskKind::Sts => None,
         };
-        let plan = plan_for(&cfg, data.as_ref())?;
-        let rows = data.as_ref().map(|d| row_lengths(&cfg, d)).transpose()?;
-        let input = plan_input(&cfg, &arch_of(&cfg)?, rows);
+        let input = plan_input_for(&cfg, data.as_ref())?;
+        let plan = step_plan(&input);
         let process = process_peak(&input);
         if args.json {
             println!(
@@ -63,7 +62,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
                 })
             );
         } else {
-            let rows_from = if rows.is_some() {
+            let rows_from = if data.is_some() {
                 "the data's longest row"
             } else {
                 "data.max_seq_len"

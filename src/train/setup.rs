@@ -12,8 +12,7 @@ use crate::infer::LanguageModel;
 use crate::model::linear::Quant4Kind;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
 use crate::plan::{
-    process_peak, step_plan, LoraPlan, LoraTargets, MemoryPlan, PlanDevice, PlanInput, RowLengths,
-    Technique,
+    process_peak, LoraPlan, LoraTargets, PlanDevice, PlanInput, RowLengths, Technique,
 };
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
@@ -139,9 +138,9 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig, rows: Option<RowLengths>) 
     input
 }
 
-/// The memory plan of a run config's training step (its worst micro-batch), from the
-/// model's metadata (no weights are loaded) and, when given, its tokenised data.
-pub fn plan_for(cfg: &RunConfig, data: Option<&SftData>) -> Result<MemoryPlan> {
+/// The memory-plan input of a run config, from the model's metadata (no weights are
+/// loaded) and, when given, its tokenised data; STS runs have no plan.
+pub fn plan_input_for(cfg: &RunConfig, data: Option<&SftData>) -> Result<PlanInput> {
     if cfg.task == crate::config::TaskKind::Sts {
         anyhow::bail!(
             "`{}`: the memory plan models causal-LM training only; STS runs (task = \"sts\") are measured (ftlab train prints RSS), not predicted",
@@ -149,7 +148,7 @@ pub fn plan_for(cfg: &RunConfig, data: Option<&SftData>) -> Result<MemoryPlan> {
         );
     }
     let rows = data.map(|d| row_lengths(cfg, d)).transpose()?;
-    Ok(step_plan(&plan_input(cfg, &arch_of(cfg)?, rows)))
+    Ok(plan_input(cfg, &arch_of(cfg)?, rows))
 }
 
 /// The architecture of `cfg`'s model, from its metadata (no weights are loaded).
@@ -191,14 +190,8 @@ pub fn row_lengths(cfg: &RunConfig, data: &SftData) -> Result<RowLengths> {
         ..RowLengths::default()
     };
     let (mut steps, mut epoch) = (0usize, 0usize);
-    let done = |steps: usize, epoch: usize| {
-        if t.max_steps > 0 {
-            steps >= t.max_steps
-        } else {
-            epoch >= t.epochs.max(1)
-        }
-    };
-    while !done(steps, epoch) {
+    // Until `max_steps` (returned from inside), or through the epochs.
+    while t.max_steps > 0 || epoch < t.epochs.max(1) {
         let batches =
             data.train
                 .micro_batch_lengths(epoch, t.batch_size, t.micro_batch(), t.seed)?;
