@@ -31,11 +31,19 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
                 Err(_) => None,
             },
         };
-    if let Some(n) = n {
-        anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
-        // Before any thread starts (the first thing main does).
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    let n = match n {
+        Some(n) => n,
+        // Every core, counted once: candle asks for its thread count at each matmul and,
+        // with RAYON_NUM_THREADS unset, counts the cores again by reading /proc/cpuinfo
+        // (about 40 reads per decoded token).
+        None => match std::env::var("RAYON_NUM_THREADS") {
+            Ok(_) => return Ok(()),
+            Err(_) => candle_core::utils::get_num_threads(),
+        },
+    };
+    anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
+    // Before any thread starts (the first thing main does).
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     Ok(())
 }
 

@@ -27,7 +27,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 }
 
 /// In place: `row ← softmax(row)`; a row that is −∞ everywhere becomes zeros.
-fn softmax_row(row: &mut [f32]) {
+pub(crate) fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
@@ -223,11 +223,11 @@ pub fn generic_log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn randn(shape: &[usize], seed: u64) -> Tensor {
         // A small LCG: the values only need to be varied and reproducible.
         let n: usize = shape.iter().product();
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -242,7 +242,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

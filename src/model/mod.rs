@@ -4,9 +4,11 @@
 pub mod arch;
 pub mod bert;
 pub mod causal;
+pub mod decode_attention;
 pub mod decoder;
 pub mod export;
 pub mod fused;
+pub mod fused_rows;
 pub mod gemma3;
 pub mod generic;
 pub mod gpt_neox;

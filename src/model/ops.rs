@@ -19,8 +19,15 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     super::fused::log_softmax(x)
 }
 
-/// Root-mean-square norm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32.
+/// Root-mean-square norm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 (the fused
+/// kernel of `fused_rows` where it applies).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    super::fused_rows::rms_norm(x, weight, eps)
+}
+
+/// [`rms_norm`] composed of candle ops: the fused kernel's twin, and the path of other
+/// devices and dtypes.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -101,6 +108,17 @@ impl Rope {
     /// `start..start + seq`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_b, _h, t, head_dim) = x.dims4()?;
+        let (cos, sin) = self.tables(start, t)?;
+        if self.rot_dim == head_dim {
+            return super::fused_rows::rope(x, &cos, &sin);
+        }
+        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
+        let pass = x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?;
+        Tensor::cat(&[&rope_composed(&rot, &cos, &sin)?, &pass], D::Minus1)
+    }
+
+    /// The cos/sin rows (t, rot_dim) of positions `start..start + t`.
+    pub fn tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
         if start + t > self.max_positions() {
             candle_core::bail!(
                 "sequence position {} exceeds the model's maximum of {} positions",
@@ -108,21 +126,17 @@ impl Rope {
                 self.max_positions()
             );
         }
-        let (cos, sin) = if start + t <= self.cos.dim(0)? {
-            (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?)
+        if start + t <= self.cos.dim(0)? {
+            Ok((self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?))
         } else {
-            Self::rows(&self.inv_freq, start, t, self.cos.dtype())?
-        };
-        if self.rot_dim == head_dim {
-            return rotate(x, &cos, &sin);
+            Self::rows(&self.inv_freq, start, t, self.cos.dtype())
         }
-        let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
-        let pass = x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?;
-        Tensor::cat(&[&rotate(&rot, &cos, &sin)?, &pass], D::Minus1)
     }
 }
 
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// The half-split rotation `x·cos + rotate_half(x)·sin` composed of candle ops: the fused
+/// kernel's twin (`fused_rows::rope`), and the path of other devices and dtypes.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -199,8 +213,24 @@ pub fn split_heads(y: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> 
 }
 
 /// Grouped-query attention: q (b, h, t, d) over k/v (b, kv, s, d) with h a multiple of kv,
-/// scores scaled by `scale`; the heads merged back to (b, t, h·d).
+/// scores scaled by `scale`; the heads merged back to (b, t, h·d). A decoding step (a few
+/// queries, nothing tracked, on the CPU) goes through `decode_attention`'s kernel.
 pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    if super::decode_attention::applies(q, k, v, mask) {
+        return super::decode_attention::attend(q, k, v, mask, scale);
+    }
+    grouped_attention_composed(q, k, v, mask, scale)
+}
+
+/// [`grouped_attention`] composed of candle ops (with a backward): the decoding kernel's
+/// twin, and the path of training and prompts.
+pub fn grouped_attention_composed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

@@ -7,6 +7,7 @@
 //! update). Choosing which layers get what is `adapt`'s business.
 pub mod frozen;
 pub mod lora;
+pub mod qgemv;
 pub mod quant4;
 pub mod quant4_kernel;
 
@@ -77,7 +78,7 @@ impl BaseWeight {
                 let y = if x32.dim(0)? > QUANTIZED_MATMUL_MAX_ROWS {
                     x32.matmul(&self.dense()?.t()?)?
                 } else {
-                    candle_core::Module::forward(q, &x32)?
+                    quantized_matmul_t(q, &x32)?
                 };
                 y.to_dtype(x.dtype())
             }
@@ -87,6 +88,21 @@ impl BaseWeight {
 
 /// Rows up to which a GGUF-quantised weight is multiplied in its quantisation.
 const QUANTIZED_MATMUL_MAX_ROWS: usize = 8;
+
+/// x (rows, in) in f32 · Wᵀ for a GGUF-quantised W: ftlab's kernel (`qgemv`) for the
+/// 32-value block formats on the CPU, candle's quantised matmul for the others (k-quants,
+/// which it has fast kernels for) and on other devices.
+fn quantized_matmul_t(q: &candle_core::quantized::QMatMul, x: &Tensor) -> Result<Tensor> {
+    if let candle_core::quantized::QMatMul::QTensor(t) = q {
+        if let (Some(format), true) = (qgemv::Format::of(t.dtype()), x.device().is_cpu()) {
+            let (n, k) = t.shape().dims2()?;
+            let rows = x.dim(0)?;
+            let y = qgemv::matmul_t(format, &t.data()?, n, k, &x.flatten_all()?.to_vec1()?)?;
+            return Tensor::from_vec(y, (rows, n), x.device());
+        }
+    }
+    candle_core::Module::forward(q, x)
+}
 
 /// x (rows, in) · Wᵀ for a dense W (out, in). A trainable W gets its gradient; a frozen
 /// one goes through an op whose backward computes only the input gradient.
@@ -114,8 +130,7 @@ pub fn lm_head(
             let rows = x.reshape((b * t, h))?;
             let y = match quantized.for_table(tied_embed) {
                 Some(q) if b * t <= QUANTIZED_MATMUL_MAX_ROWS && !x.track_op() => {
-                    candle_core::Module::forward(q, &rows.to_dtype(DType::F32)?)?
-                        .to_dtype(x.dtype())?
+                    quantized_matmul_t(q, &rows.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?
                 }
                 _ => matmul_t(&rows, tied_embed)?,
             };
