@@ -16,7 +16,7 @@ use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::load::gguf::GgufFile;
 use super::load::{Init, ParamBuilder, TensorSource};
-use super::shape::{Arch, ModelShape};
+use super::shape::{Arch, ModelShape, RowOps};
 
 pub use super::decoder::{Decoder, DecoderBlock, DecoderEnds, Positions};
 
@@ -456,9 +456,12 @@ pub struct GgufSupport {
 /// plan's per-architecture part; see `plan::activations`).
 pub struct MemoryProfile {
     /// Elements one block keeps per token, before LoRA.
-    pub block_kept_per_token: fn(&ModelShape) -> f64,
+    pub block_kept_per_token: fn(&ModelShape, RowOps) -> f64,
     /// Elements the final norm keeps per token.
-    pub final_norm_kept_per_token: fn(&ModelShape) -> f64,
+    pub final_norm_kept_per_token: fn(&ModelShape, RowOps) -> f64,
+    /// Whether the norms are RMSNorms (fused on the CPU: a frozen weight's gradient is
+    /// one vector, not one per token).
+    pub rms_norms: bool,
 }
 
 /// The static description of an architecture, registered in [`REGISTRY`].

@@ -44,6 +44,21 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// Runs `f(row index, row)` on every `width`-long row of `out`, the rows shared among
+/// candle's CPU threads.
+pub(crate) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / width.max(1);
+    let at = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for r in range {
+            // SAFETY: each row index is handed to one thread once; `out` outlives the call.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut((at as *mut f32).add(r * width), width) };
+            f(r, row);
+        }
+    });
+}
+
 struct ScaledMaskedSoftmax {
     scale: f64,
 }
@@ -70,13 +85,13 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         }
         let scale = self.scale as f32;
         let mut out = vec![0f32; x.len()];
-        for (r, (xr, yr)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
-            let mr = &m[(r % t) * s..(r % t + 1) * s];
+        par_rows(&mut out, s, |r, yr| {
+            let (xr, mr) = (&x[r * s..(r + 1) * s], &m[(r % t) * s..(r % t + 1) * s]);
             for ((y, &xv), &mv) in yr.iter_mut().zip(xr).zip(mr) {
                 *y = xv * scale + mv;
             }
             softmax_row(yr);
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -88,9 +103,47 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // d/dx softmax(a·x + m) = a · p ⊙ (g − Σ g ⊙ p)
-        let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+        let (probs, grad) = (probs.detach(), grad.detach().contiguous()?);
+        if !generic_kernels(probs.device()) && grad.dtype() == DType::F32 {
+            let dx = probs.apply_op2(&grad, SoftmaxGrad { scale: self.scale })?;
+            return Ok((Some(dx), None));
+        }
+        let dot = (&grad * &probs)?.sum_keepdim(D::Minus1)?;
         let dx = ((grad.broadcast_sub(&dot)? * probs)? * self.scale)?;
         Ok((Some(dx), None))
+    }
+}
+
+/// The backward of [`ScaledMaskedSoftmax`] in one pass per row: a · p ⊙ (g − Σ g ⊙ p).
+struct SoftmaxGrad {
+    scale: f64,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "scaled-masked-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = f32_slice(s1, l1, "attention probabilities")?;
+        let g = f32_slice(s2, l2, "attention gradient")?;
+        let s = l1.shape().dims().last().copied().unwrap_or(1);
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; p.len()];
+        par_rows(&mut out, s, |r, dx| {
+            let (pr, gr) = (&p[r * s..(r + 1) * s], &g[r * s..(r + 1) * s]);
+            let dot: f32 = pr.iter().zip(gr).map(|(p, g)| p * g).sum();
+            for ((d, p), g) in dx.iter_mut().zip(pr).zip(gr) {
+                *d = scale * p * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

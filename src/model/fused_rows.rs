@@ -1,16 +1,19 @@
 //! Fused CPU kernels, with their own backward, for the row-wise layers every block runs:
-//! RMSNorm (twice per block) and the rotary position embedding (of queries and keys).
+//! RMSNorm (twice per block), the rotary position embedding (of queries and keys) and
+//! LLaMA's SwiGLU (`silu(gate) · up`).
 //!
-//! Composed of candle ops (`ops::rms_norm_composed`, `ops::rope_composed`), they take seven
-//! and six ops, each with its own pass over the data, a fresh buffer and, for training, a
-//! node that keeps its inputs; a decoding step runs several hundred of them. Fused, each
-//! is one pass forward and one pass backward, and keeps only its inputs.
+//! Composed of candle ops (`ops::rms_norm_composed`, `ops::rope_composed`,
+//! [`swiglu_composed`]), they take seven, six and two ops (and more in their backward),
+//! each with its own pass over the data, a fresh buffer and, for training, a node that
+//! keeps its inputs; a decoding step runs several hundred of them. Fused, each is one pass
+//! forward and one pass backward, and keeps only its inputs.
 //!
 //! The kernels apply to f32 tensors on the CPU; elsewhere (another device or dtype, the
 //! generic path forced: `model::generic`) the composed ops run, and the tests below
 //! compare the two, values and gradients, against f64.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use super::fused::par_rows;
 use super::generic::generic_kernels;
 
 fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -47,13 +50,14 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "rms norm input")?;
         let w = f32_data(s2, l2, "rms norm weight")?;
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
+        let (h, mut y) = (w.len(), vec![0f32; x.len()]);
+        par_rows(&mut y, h, |i, yr| {
+            let xr = &x[i * h..(i + 1) * h];
             let r = inverse_rms(xr, self.eps);
             for ((y, x), w) in yr.iter_mut().zip(xr).zip(w) {
                 *y = x * r * w;
             }
-        }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -169,7 +173,8 @@ impl CustomOp3 for Rope {
         }
         let half = d / 2;
         let mut y = vec![0f32; x.len()];
-        for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        par_rows(&mut y, d, |r, yr| {
+            let xr = &x[r * d..(r + 1) * d];
             let p = (r % t) * d;
             let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
             let (x1, x2) = xr.split_at(half);
@@ -178,7 +183,7 @@ impl CustomOp3 for Rope {
                 y1[i] = x1[i] * c[i] - x2[i] * s[i];
                 y2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
             }
-        }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -215,6 +220,108 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     super::ops::rope_composed(x, cos, sin)
 }
 
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu(gate) · up`, element-wise (LLaMA's MLP).
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s1, l1, "swiglu gate")?;
+        let u = f32_data(s2, l2, "swiglu up")?;
+        if g.len() != u.len() {
+            candle_core::bail!("swiglu: {} gate values for {} up values", g.len(), u.len());
+        }
+        let width = l1.shape().dims().last().copied().unwrap_or(1);
+        let mut y = vec![0f32; g.len()];
+        par_rows(&mut y, width, |r, yr| {
+            let (gr, ur) = (&g[r * width..], &u[r * width..]);
+            for ((y, g), u) in yr.iter_mut().zip(gr).zip(ur) {
+                *y = g * sigmoid(*g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = g
+            .detach()
+            .apply_op3(&u.detach(), &dy.detach().contiguous()?, SwiGluGrad)?;
+        let dg = both.get(0)?.reshape(g.shape())?;
+        let du = both.get(1)?.reshape(u.shape())?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// The backward of [`SwiGlu`], (2, n): d gate = dy·u·σ(g)·(1 + g·(1 − σ(g))), then
+/// d up = dy·silu(g).
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s1, l1, "swiglu gate")?;
+        let u = f32_data(s2, l2, "swiglu up")?;
+        let dy = f32_data(s3, l3, "swiglu gradient")?;
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        for i in 0..n {
+            let sg = sigmoid(g[i]);
+            dg[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+            du[i] = dy[i] * g[i] * sg;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((2, n))))
+    }
+}
+
+/// `silu(gate) · up`: the fused kernel where it applies (f32 on the CPU, same shapes).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fused = !generic_kernels(gate.device())
+        && gate.dtype() == DType::F32
+        && up.dtype() == DType::F32
+        && gate.shape() == up.shape();
+    if fused {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    swiglu_composed(gate, up)
+}
+
+/// [`swiglu`] composed of candle ops: the kernel's twin, and the path of other devices and
+/// dtypes.
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(gate)? * up
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +356,30 @@ mod tests {
                 let g = grads(&y, &upstream, &[&x32, &w32]);
                 let g64 = grads(&y64, &upstream.to_dtype(DType::F64).unwrap(), &[&x64, &w64]);
                 for (a, b) in g.iter().zip(&g64) {
+                    let d = max_diff(a, b);
+                    assert!(d < 1e-5, "generic {generic}: gradients differ by {d}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn swiglu_values_and_gradients_equal_the_f64_composed_ops() {
+        for generic in [false, true] {
+            with_generic_kernels(generic, || {
+                let (g, u) = (
+                    (randn(&[3, 7, 24], 6) * 3.0).unwrap(),
+                    randn(&[3, 7, 24], 7),
+                );
+                let upstream = randn(&[3, 7, 24], 8);
+                let (g32, u32) = (Var::from_tensor(&g).unwrap(), Var::from_tensor(&u).unwrap());
+                let (g64, u64) = (var64(&g), var64(&u));
+                let y = swiglu(g32.as_tensor(), u32.as_tensor()).unwrap();
+                let y64 = swiglu_composed(g64.as_tensor(), u64.as_tensor()).unwrap();
+                assert!(max_diff(&y, &y64.to_dtype(DType::F32).unwrap()) < 1e-5);
+                let gr = grads(&y, &upstream, &[&g32, &u32]);
+                let gr64 = grads(&y64, &upstream.to_dtype(DType::F64).unwrap(), &[&g64, &u64]);
+                for (a, b) in gr.iter().zip(&gr64) {
                     let d = max_diff(a, b);
                     assert!(d < 1e-5, "generic {generic}: gradients differ by {d}");
                 }

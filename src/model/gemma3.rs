@@ -20,7 +20,7 @@ use super::linear::{Linear, QuantizedTiedHead};
 use super::load::gguf::{GgufFile, GgufLayout, GgufSource};
 use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
-use super::shape::{Arch, ModelShape};
+use super::shape::{Arch, ModelShape, RowOps};
 
 /// Gemma 3 in the registry (`model::arch::REGISTRY`).
 pub const ARCH: Arch = Arch::new(&SPEC);
@@ -44,7 +44,8 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s| 3.0 * s.hidden as f64 + 3.0,
+        final_norm_kept_per_token: |s, ops| ops.rms_norm_kept(s.hidden as f64, 1.0),
+        rms_norms: true,
     },
 };
 
@@ -76,11 +77,11 @@ const GEMMA3_LAYOUT: GgufLayout = GgufLayout {
 /// RMSNorms over h (3h + 3 each, the (1 + w) is a vector), the q/k norms over their heads,
 /// q/k/v/o projections (2·qd + 4·kvd), RoPE on q and k, the repeated k/v of grouped-query
 /// attention, the attention output, the two residual adds, and GeGLU (4I + h).
-fn block_kept_per_token(s: &ModelShape) -> f64 {
+fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
-    let norm = 3.0 * h + 3.0;
-    let qk_norms = 3.0 * (qd + kvd) + 3.0 * (s.heads + s.kv_heads) as f64;
+    let norm = ops.rms_norm_kept(h, 1.0);
+    let qk_norms = ops.rms_norm_kept(qd + kvd, (s.heads + s.kv_heads) as f64);
     let proj = 2.0 * qd + 4.0 * kvd;
     let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
     let attn = 3.0 * qd;
@@ -88,8 +89,8 @@ fn block_kept_per_token(s: &ModelShape) -> f64 {
     4.0 * norm
         + qk_norms
         + proj
-        + s.rope_kept_per_token(s.heads)
-        + s.rope_kept_per_token(s.kv_heads)
+        + s.rope_kept_per_token(s.heads, ops)
+        + s.rope_kept_per_token(s.kv_heads, ops)
         + repeat
         + attn
         + 2.0 * h

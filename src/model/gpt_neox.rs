@@ -15,7 +15,7 @@ use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::load::{Init, ParamBuilder};
 use super::ops::{self, Rope};
-use super::shape::{Arch, ModelShape};
+use super::shape::{Arch, ModelShape, RowOps};
 
 /// GPT-NeoX in the registry (`model::arch::REGISTRY`).
 pub const ARCH: Arch = Arch::new(&SPEC);
@@ -30,21 +30,22 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s| 5.0 * s.hidden as f64 + 3.0,
+        final_norm_kept_per_token: |s, _| 5.0 * s.hidden as f64 + 3.0,
+        rms_norms: false,
     },
 };
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// LayerNorms (5h + 3 each), the fused qkv and its split (9h), partial RoPE on q and k,
 /// the attention output, the dense projection, the GELU MLP (3I + 2h) and the residuals.
-fn block_kept_per_token(s: &ModelShape) -> f64 {
+fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let norm = 5.0 * h + 3.0;
     let qkv = 6.0 * h + 3.0 * h;
     let attn = 3.0 * h;
     let dense = 2.0 * h;
     let mlp = 3.0 * i + 2.0 * h;
-    2.0 * norm + qkv + 2.0 * s.rope_kept_per_token(s.heads) + attn + dense + mlp + 2.0 * h
+    2.0 * norm + qkv + 2.0 * s.rope_kept_per_token(s.heads, ops) + attn + dense + mlp + 2.0 * h
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use super::linear::{Linear, QuantizedTiedHead};
 use super::load::gguf::{GgufFile, GgufSource, LLAMA_LAYOUT};
 use super::load::{Init, ParamBuilder, TensorSource};
 use super::ops::{self, Rope};
-use super::shape::{Arch, ModelShape};
+use super::shape::{Arch, ModelShape, RowOps};
 
 /// The LLaMA family in the registry (`model::arch::REGISTRY`).
 pub const ARCH: Arch = Arch::new(&SPEC);
@@ -39,18 +39,19 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s| 3.0 * s.hidden as f64 + 3.0,
+        final_norm_kept_per_token: |s, ops| ops.rms_norm_kept(s.hidden as f64, 1.0),
+        rms_norms: true,
     },
 };
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// RMSNorms (3h + 3 each), q/k/v/o projections (2·qd + 4·kvd, + q/k/v biases), RoPE on q
 /// and k, the repeated k/v of grouped-query attention, the attention output, the two
-/// residual adds, and SwiGLU (4I + h).
-fn block_kept_per_token(s: &ModelShape) -> f64 {
+/// residual adds, and SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
+fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
-    let norm = 3.0 * h + 3.0;
+    let norm = ops.rms_norm_kept(h, 1.0);
     let bias = if s.attention_bias {
         qd + 2.0 * kvd
     } else {
@@ -59,11 +60,11 @@ fn block_kept_per_token(s: &ModelShape) -> f64 {
     let proj = 2.0 * qd + 4.0 * kvd + bias;
     let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
     let attn = 3.0 * qd;
-    let mlp = 4.0 * i + h;
+    let mlp = ops.swiglu_kept(i) + h;
     2.0 * norm
         + proj
-        + s.rope_kept_per_token(s.heads)
-        + s.rope_kept_per_token(s.kv_heads)
+        + s.rope_kept_per_token(s.heads, ops)
+        + s.rope_kept_per_token(s.kv_heads, ops)
         + repeat
         + attn
         + h
@@ -292,8 +293,10 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj
+            .forward(&super::fused_rows::swiglu(&gate, &up)?)
     }
 }
 

@@ -23,4 +23,4 @@ pub mod tiny;
 
 pub use arch::ArchConfig;
 pub use causal::{CausalLm, LoadOptions, LoadedCausalLm};
-pub use shape::{Arch, ModelShape};
+pub use shape::{Arch, ModelShape, RowOps};

@@ -257,27 +257,66 @@ impl ModelShape {
 
     /// Elements one block keeps for its backward pass per token, before LoRA (the
     /// architecture's own count of what its forward code keeps).
-    pub fn block_kept_per_token(&self) -> f64 {
-        (self.arch.spec().memory.block_kept_per_token)(self)
+    pub fn block_kept_per_token(&self, ops: RowOps) -> f64 {
+        (self.arch.spec().memory.block_kept_per_token)(self, ops)
     }
 
     /// Elements the final norm keeps for its backward pass per token.
-    pub fn final_norm_kept_per_token(&self) -> f64 {
-        (self.arch.spec().memory.final_norm_kept_per_token)(self)
+    pub fn final_norm_kept_per_token(&self, ops: RowOps) -> f64 {
+        (self.arch.spec().memory.final_norm_kept_per_token)(self, ops)
     }
 
-    /// Elements `ops::Rope::apply` keeps per token for `heads` heads of this shape: the
-    /// rotated half, the two broadcast products and their sum (4.5 × the rotated width),
-    /// plus the `cat` with the pass-through dims when only part of a head rotates.
-    pub fn rope_kept_per_token(&self, heads: usize) -> f64 {
+    /// Whether this architecture's norms are RMSNorms (`model::fused_rows`' kernel).
+    pub fn rms_norms(&self) -> bool {
+        self.arch.spec().memory.rms_norms
+    }
+
+    /// Elements `ops::Rope::apply` keeps per token for `heads` heads of this shape. The
+    /// fused kernel (a whole head rotated): its output. Composed: the rotated half, the two
+    /// broadcast products and their sum (4.5 × the rotated width), plus the `cat` with the
+    /// pass-through dims when only part of a head rotates (always composed).
+    pub fn rope_kept_per_token(&self, heads: usize, ops: RowOps) -> f64 {
         let full = (heads * self.head_dim) as f64;
         let rot = (heads * self.rotary_dim.min(self.head_dim)) as f64;
         if self.rotary_dim >= self.head_dim {
-            4.5 * full
+            match ops {
+                RowOps::Fused => full,
+                RowOps::Composed => 4.5 * full,
+            }
         } else if self.rotary_dim == 0 {
             0.0
         } else {
             4.5 * rot + full
+        }
+    }
+}
+
+/// Which row-wise ops (RMSNorm, RoPE, SwiGLU) a run's forward pass uses, for the memory plan:
+/// `model::fused_rows`' kernels (f32 on the CPU), which keep their output only, or the
+/// composed candle ops (other devices and dtypes, or the generic path forced), which keep
+/// every intermediate and leave gradients for their untracked inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOps {
+    Fused,
+    Composed,
+}
+
+impl RowOps {
+    /// Per-token elements an RMSNorm over `width` values in `rows` rows keeps: its output
+    /// (fused), or the square, mean, +eps, sqrt, quotient and product (composed).
+    pub fn rms_norm_kept(self, width: f64, rows: f64) -> f64 {
+        match self {
+            RowOps::Fused => width,
+            RowOps::Composed => 3.0 * width + 3.0 * rows,
+        }
+    }
+
+    /// Per-token elements of an MLP's gate and up outputs (`width` each) and its SwiGLU:
+    /// gate, up and the product (fused), and `silu(gate)` as well (composed).
+    pub fn swiglu_kept(self, width: f64) -> f64 {
+        match self {
+            RowOps::Fused => 3.0 * width,
+            RowOps::Composed => 4.0 * width,
         }
     }
 }

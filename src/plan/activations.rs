@@ -24,6 +24,7 @@
 //!
 //! Counts below are in elements ("floats"); `plan` multiplies by bytes per element.
 use super::shape::{LinearSpec, ModelShape};
+use crate::model::RowOps;
 
 /// LoRA as the activation model needs it.
 #[derive(Debug, Clone)]
@@ -37,13 +38,15 @@ pub(crate) struct LoraOverlay {
 /// LLaMA block (`Block::forward`), per token, h = hidden, qd = heads·hd, kvd = kv·hd,
 /// I = intermediate:
 /// - `rms_norm` (input): `x.sqr()` h, `mean_keepdim` 1, `+eps` 1, `sqrt` 1,
-///   `broadcast_div` h, `broadcast_mul(weight)` h → 3h + 3
+///   `broadcast_div` h, `broadcast_mul(weight)` h → 3h + 3 composed; the fused kernel
+///   (`model::fused_rows`, f32 on the CPU: [`RowOps::Fused`]) keeps its output, h
 /// - q/k/v `Linear::forward`: matmul output (qd | kvd); with biases + `broadcast_add`
 ///   (qd | kvd); then `reshape → transpose(1,2) → contiguous()` copies → 2qd + 4kvd
 ///   (+ qd + 2kvd with biases)
 /// - `Rope::apply` (`rotate`): `x2.neg()` d/2, `cat` d, `x·cos` d, `rotated·sin` d,
 ///   `add` d → 4.5 per rotated element, for q and k; a partial rotation (GPT-NeoX) adds
-///   the final `cat` with the pass-through part (+ the full width)
+///   the final `cat` with the pass-through part (+ the full width); fused (a whole head
+///   rotated), the output: 1 per element
 /// - `repeat_kv` (grouped-query, heads ≠ kv_heads): broadcast then `reshape` of a
 ///   strided tensor copies → qd for k and qd for v
 /// - `ops::attention`: `k.t().contiguous()` qd; scores (counted in [`block_scores`]);
@@ -51,6 +54,7 @@ pub(crate) struct LoraOverlay {
 /// - o_proj matmul h, residual add h
 /// - `rms_norm` (post-attention) 3h + 3
 /// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
+///   (fused SwiGLU: no `silu` tensor, 3I + h)
 /// - residual add h
 ///
 /// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 20,166 floats per token per block.
@@ -77,8 +81,9 @@ pub(crate) fn block_retained_per_token(
     layer_linears: &[&LinearSpec],
     lora: Option<&LoraOverlay>,
     lora_targets: &dyn Fn(&LinearSpec) -> bool,
+    ops: RowOps,
 ) -> f64 {
-    let base = s.block_kept_per_token();
+    let base = s.block_kept_per_token(ops);
     let lora_extra: f64 = match lora {
         Some(l) => layer_linears
             .iter()
@@ -109,27 +114,36 @@ pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
 /// Stray gradients of one block that stay in the `GradStore` (see the module docs), in
 /// elements.
 ///
-/// RoPE: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked tables
-/// give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and k.
-/// The mask gets no gradient (the fused softmax returns none for it).
-/// Frozen norms (LoRA/QLoRA): `broadcast_mul(weight)` (and `+bias`) → h per token each;
+/// RoPE, composed: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked
+/// tables give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and
+/// k (the fused kernel returns none). The mask gets no gradient (the fused softmax returns
+/// none for it). Frozen norms (LoRA/QLoRA), composed: `broadcast_mul(weight)` (and
+/// `+bias`) → h per token each (the fused RMSNorm returns one vector);
 /// frozen biases of linears → out per token. Dropout masks (LoRA dropout) are untracked
 /// inputs of a `Mul` → in per token. Frozen linear weights: none (custom op).
 pub(crate) fn block_stray(
     s: &ModelShape,
     layer_linears: &[&LinearSpec],
-    b: usize,
-    t: usize,
+    tokens: usize,
     frozen_base: bool,
     lora: Option<&LoraOverlay>,
     lora_targets: &dyn Fn(&LinearSpec) -> bool,
+    ops: RowOps,
 ) -> f64 {
-    let n = (b * t) as f64;
+    let n = tokens as f64;
     let rot = s.rotary_dim.min(s.head_dim) as f64;
-    let rope = 2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot);
-    let mut per_token = rope;
+    // The fused kernels return no gradient for the tables and one vector for a norm weight.
+    let fused_rope = ops == RowOps::Fused && s.rotary_dim >= s.head_dim;
+    let fused_norms = ops == RowOps::Fused && s.rms_norms();
+    let mut per_token = if fused_rope {
+        0.0
+    } else {
+        2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot)
+    };
     if frozen_base {
-        per_token += s.block_small_params() as f64;
+        if !fused_norms {
+            per_token += s.block_small_params() as f64;
+        }
         per_token += layer_linears
             .iter()
             .filter(|lin| lin.bias)
@@ -170,18 +184,25 @@ fn head_chunk_rows(s: &ModelShape, scored: f64) -> f64 {
 /// per token; for b > 1 the `narrow(1, 0, t−1).reshape(..)` of the normed states is
 /// strided and copies (h per scored token). The fused loss keeps no logits: its backward
 /// recomputes them from the hidden states and the head weight, which exist anyway.
-pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize) -> f64 {
+pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize, ops: RowOps) -> f64 {
     let (n, scored) = ((b * t) as f64, (b * t.saturating_sub(1).max(1)) as f64);
     let copy = if b > 1 { s.hidden as f64 } else { 0.0 };
-    n * s.final_norm_kept_per_token() + scored * copy
+    n * s.final_norm_kept_per_token(ops) + scored * copy
 }
 
-/// Stray gradients of the head: a frozen final norm → h (| 2h) per token. (The fused
-/// loss returns no gradient for a frozen head weight: nothing.)
-pub(crate) fn head_stray(s: &ModelShape, b: usize, t: usize, frozen_base: bool) -> f64 {
+/// Stray gradients of the head: a frozen final norm → h (| 2h) per token, composed (the
+/// fused RMSNorm's is one vector). (The fused loss returns no gradient for a frozen head
+/// weight: nothing.)
+pub(crate) fn head_stray(
+    s: &ModelShape,
+    b: usize,
+    t: usize,
+    frozen_base: bool,
+    ops: RowOps,
+) -> f64 {
     let n = (b * t) as f64;
     let mut e = 0.0;
-    if frozen_base {
+    if frozen_base && !(ops == RowOps::Fused && s.rms_norms()) {
         e += n * s.top_small_params() as f64;
     }
     e

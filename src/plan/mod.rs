@@ -48,9 +48,16 @@ pub const PROCESS_BASELINE: u64 = 32 << 20;
 pub const LOAD_SLACK: u64 = 32 << 20;
 /// Fraction of the blocks' kept per-token activations that the allocator keeps resident
 /// by the end of a plain (non-checkpointed) backward pass: freed intermediate gradients
-/// that glibc can neither reuse nor return. Measured on SmolLM2 (`diagnose_plain_phases`):
-/// 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA 1×256.
-pub const HEAP_SLACK: f64 = 0.3;
+/// that glibc can neither reuse nor return. Measured on SmolLM2 (`diagnose_plain_phases`),
+/// with the composed RMSNorm and RoPE: 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA
+/// 1×256. With the fused kernels (`model::fused_rows`), whose backward makes no
+/// intermediate gradients (`measure_*_backward`, 1×256): 0.17 full FT, 0.04 LoRA, ~0 QLoRA.
+pub fn heap_slack(ops: crate::model::RowOps) -> f64 {
+    match ops {
+        crate::model::RowOps::Composed => 0.3,
+        crate::model::RowOps::Fused => 0.1,
+    }
+}
 /// Memory of a model's text side while its GGUF loads, per vocabulary entry: the metadata's
 /// token, score and type arrays and the tokenizer built from them are alive together until
 /// the file is closed. Measured with `/usr/bin/time -f %M ftlab plan PRESET` (which reads
@@ -254,6 +261,19 @@ pub struct RowLengths {
 }
 
 impl PlanInput {
+    /// The row-wise ops the run's forward uses: `model::fused_rows`' kernels for f32 on
+    /// the CPU (unless the generic path is forced), the composed ops otherwise.
+    pub fn row_ops(&self) -> crate::model::RowOps {
+        let fused = self.device == PlanDevice::Cpu
+            && self.compute_dtype_bytes == 4
+            && !crate::model::generic::generic_forced();
+        if fused {
+            crate::model::RowOps::Fused
+        } else {
+            crate::model::RowOps::Composed
+        }
+    }
+
     /// f32, no gradient accumulation.
     pub fn new(shape: ModelShape, batch_size: usize, seq_len: usize, technique: Technique) -> Self {
         Self {
@@ -431,16 +451,25 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     };
 
     // ---- per-layer activations and stray gradients.
+    let ops = input.row_ops();
     let blocks_tracked = tech.full || !targeted.is_empty();
     let mut block_acts = Vec::with_capacity(s.layers);
     let mut per_token_sum = 0.0;
     let mut block_stray = Vec::with_capacity(s.layers);
     for layer in 0..s.layers {
         let lins: Vec<&LinearSpec> = linears.iter().filter(|l| l.layer == layer).collect();
-        let per_token = activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets);
+        let per_token =
+            activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets, ops);
         let acts = bytes(per_token * n) + f32b(activations::block_scores(s, b, t));
-        let stray =
-            activations::block_stray(s, &lins, b, t, frozen_base, overlay.as_ref(), &targets);
+        let stray = activations::block_stray(
+            s,
+            &lins,
+            b * t,
+            frozen_base,
+            overlay.as_ref(),
+            &targets,
+            ops,
+        );
         if blocks_tracked {
             per_token_sum += per_token;
         }
@@ -449,8 +478,8 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     }
     let acts_blocks: u64 = block_acts.iter().sum();
     let stray_blocks: u64 = block_stray.iter().sum();
-    let head_acts = bytes(activations::head_retained(s, b, t));
-    let head_stray = bytes(activations::head_stray(s, b, t, frozen_base));
+    let head_acts = bytes(activations::head_retained(s, b, t, ops));
+    let head_stray = bytes(activations::head_stray(s, b, t, frozen_base, ops));
     let head_transient = bytes(activations::head_backward_transient(
         s,
         b,
@@ -492,7 +521,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // activations and new stray gradients stay allocated around them, so glibc cannot
         // reuse or return all of the freed chunks: measured (`diagnose_plain_phases`) 0.25-
         // 0.33 × each block's kept (non-score) activations stay resident by the end.
-        let heap_slack = bytes(malloc_slack * HEAP_SLACK * n * per_token_sum);
+        let heap_slack = bytes(malloc_slack * heap_slack(ops) * n * per_token_sum);
         details.push(("freed gradients kept by malloc".into(), heap_slack));
         let end_phase = kept
             + grads
