@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use ftlab::infer::chat_template::ChatMessage;
 use ftlab::infer::LanguageModel;
 use ftlab::model::load::tokenizer::SpecialTokens;
+use ftlab::plan::SteadyRows;
 use ftlab::train::data::{
     load_files, load_jsonl, neftune_magnitude, neftune_noise, parse_jsonl, Batch, Batching,
     DataError, DataFormat, Example, PromptTemplate, Record, SftConfig, SftDataset, SftSample,
@@ -1002,11 +1003,29 @@ fn plan_row_lengths_follow_the_runs_micro_batches() {
     // One batch per step: the longest batch comes first (group by length); nothing later.
     let r = row_lengths(&run("batch_size = 4\nmax_steps = 1"), &data).unwrap();
     assert_eq!((r.first, r.later, r.eval), (longest, 0, 9));
+    assert_eq!(r.steady, SteadyRows::default());
     assert_eq!(max_of(&plan[0]), longest);
+
+    // Three steps: the steps after the first (run with the optimiser's state) start with
+    // the second and third batches.
+    let r = row_lengths(&run("batch_size = 4\nmax_steps = 3"), &data).unwrap();
+    assert_eq!(
+        (r.first, r.steady.first, r.steady.later),
+        (longest, max_of(&plan[1]).max(max_of(&plan[2])), 0)
+    );
 
     // Two batches per step: the second batch runs with the first one's gradients alive.
     let r = row_lengths(&run("batch_size = 4\ngrad_accum = 2\nmax_steps = 1"), &data).unwrap();
     assert_eq!((r.first, r.later), (longest, max_of(&plan[1])));
+    assert_eq!(r.steady, SteadyRows::default());
+
+    // Two steps of two batches: the second step starts with the third batch and
+    // accumulates the fourth.
+    let r = row_lengths(&run("batch_size = 4\ngrad_accum = 2\nmax_steps = 2"), &data).unwrap();
+    assert_eq!(
+        (r.steady.first, r.steady.later),
+        (max_of(&plan[2]), max_of(&plan[3]))
+    );
 
     // Micro-batches of 2: each batch is split; its second half is a later micro-batch.
     let r = row_lengths(

@@ -12,8 +12,9 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// Weights of a quantised GGUF for inference: auto keeps the file's quantisation
-    /// (Q4_K, Q8_0, …) in the block linear layers and multiplies with candle's quantised
-    /// kernels; f32 dequantises everything at load (the exact path training uses).
+    /// (Q4_1, Q8_0, Q4_K, …) in the block linear layers and multiplies with quantised
+    /// kernels (ftlab's for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, candle's for k-quants); f32
+    /// dequantises everything at load (the exact path training uses).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32"])]
     pub dtype: String,
 }

@@ -58,6 +58,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
                     "load_peak": plan.load_peak, "params": plan.params, "trainable_params": plan.trainable_params,
                     "process_peak": process, "seq_len": input.seq_len, "accum_seq_len": input.accum_seq_len,
                     "eval_seq_len": input.eval_seq_len,
+                    "steady_seq_len": input.steady.map(|r| r.first.max(r.later)),
                     "micro_batch": input.batch_size,
                 })
             );

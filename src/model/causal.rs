@@ -49,7 +49,7 @@ pub struct LoadOptions {
     /// Block linear weights stored in 4 bits as they are read (kind, double quantisation).
     pub quant4: Option<(Quant4Kind, bool)>,
     /// Inference: frozen block linear weights kept in a GGUF's own quantisation (read by
-    /// candle's quantised matmul: a quarter of the memory traffic of f32 per token).
+    /// a quantised matmul: a quarter of the memory traffic of f32 per token).
     pub keep_quantized: bool,
 }
 

@@ -235,6 +235,12 @@ pub struct PlanInput {
     /// the first of its optimiser step (the earlier micro-batches' gradients are alive
     /// during its backward); 0 when there is none.
     pub accum_seq_len: usize,
+    /// The steps after the first, when the run's rows are known: tokens of the longest
+    /// row of a micro-batch that starts such a step and of one that accumulates into it
+    /// (0 and 0: the run has one step). The optimiser's state is created by the first
+    /// step, so the first step's micro-batches (`seq_len`, `accum_seq_len`) run without
+    /// it; `None` plans every step with it.
+    pub steady: Option<SteadyRows>,
     /// Tokens of the longest evaluation row (evaluation runs forward-only batches of the
     /// micro-batch size); 0 when the run has no evaluation set.
     pub eval_seq_len: usize,
@@ -258,6 +264,16 @@ pub struct RowLengths {
     pub first: usize,
     pub later: usize,
     pub eval: usize,
+    /// The steps after the first (0 and 0: one step).
+    pub steady: SteadyRows,
+}
+
+/// The longest rows of the optimiser steps after the first: of the micro-batch that
+/// starts a step, and of the ones that accumulate into it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SteadyRows {
+    pub first: usize,
+    pub later: usize,
 }
 
 impl PlanInput {
@@ -281,6 +297,7 @@ impl PlanInput {
             batch_size,
             seq_len,
             accum_seq_len: seq_len,
+            steady: None,
             eval_seq_len: seq_len,
             compute_dtype_bytes: 4,
             grad_accum_steps: 1,
@@ -554,8 +571,15 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // and interleave with the dequantised weights, which are freed at once): measured
         // on SmolLM2 QLoRA, 258 / 313 / 413 MiB at 1×128 / 1×256 / 2×256 against 283 /
         // 356 / 493 predicted with two blocks (`ftlab bench qlora`).
+        // With the fused row kernels (`RowOps::Fused`) a block makes fewer, larger
+        // intermediates and about half as much stays: the shipped 4-bit preset at 2×256
+        // measured 346 MiB against 391 predicted with one block (`tests/process_peak.rs`).
         let one_block = block_acts.iter().copied().max().unwrap_or(0);
-        let blocks_kept = if quant { 1.0 } else { 2.0 };
+        let blocks_kept = match (quant, ops) {
+            (true, crate::model::RowOps::Fused) => 0.2,
+            (true, crate::model::RowOps::Composed) => 1.0,
+            (false, _) => 2.0,
+        };
         let kept_free = (malloc_slack * blocks_kept * one_block as f64) as u64;
         if kept_free > 0 {
             details.push(("freed block intermediates kept by malloc".into(), kept_free));
@@ -661,23 +685,50 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
 
 /// The plan of the training step's worst micro-batch: the first of a step (no accumulated
 /// gradients alive yet) at `seq_len`, or a later one at `accum_seq_len` with the earlier
-/// micro-batches' gradients alive, whichever needs more.
+/// micro-batches' gradients alive, whichever needs more. With the run's rows known
+/// (`steady`), the first step (the longest rows come first with `group_by_length`) is
+/// planned without the optimiser's state, which it creates at its end (every gradient
+/// alive: the steady step at its shortest covers that moment), and the later steps with
+/// it at their own rows.
 pub fn step_plan(input: &PlanInput) -> MemoryPlan {
-    let first = plan(&PlanInput {
-        grad_accum_steps: 1,
-        ..input.clone()
-    });
-    if input.grad_accum_steps <= 1 || input.accum_seq_len == 0 {
-        return first;
-    }
-    let later = plan(&PlanInput {
-        seq_len: input.accum_seq_len,
-        ..input.clone()
-    });
-    if later.total > first.total {
-        later
-    } else {
-        first
+    let micro = |seq_len: usize, grad_accum_steps: usize| {
+        plan(&PlanInput {
+            seq_len: seq_len.max(1),
+            grad_accum_steps,
+            ..input.clone()
+        })
+    };
+    let step = |first_len: usize, later_len: usize| {
+        let first = micro(first_len, 1);
+        if input.grad_accum_steps <= 1 || later_len == 0 {
+            return first;
+        }
+        let later = micro(later_len, input.grad_accum_steps);
+        if later.total > first.total {
+            later
+        } else {
+            first
+        }
+    };
+    let opening = step(input.seq_len, input.accum_seq_len);
+    match input.steady {
+        None => opening,
+        Some(rows) => {
+            let label = opening.label.clone();
+            let mut opening = opening.without_optimizer();
+            opening.label = format!("{label} (the first step, before the optimiser's state)");
+            let mut steady = step(rows.first, rows.later);
+            if steady.total >= opening.total {
+                steady.label = format!(
+                    "{} (a later step, rows up to {} tokens)",
+                    steady.label,
+                    rows.first.max(rows.later).max(1)
+                );
+                steady
+            } else {
+                opening
+            }
+        }
     }
 }
 

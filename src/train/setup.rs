@@ -12,7 +12,7 @@ use crate::infer::LanguageModel;
 use crate::model::linear::Quant4Kind;
 use crate::model::{ArchConfig, CausalLm, LoadOptions};
 use crate::plan::{
-    process_peak, LoraPlan, LoraTargets, PlanDevice, PlanInput, RowLengths, Technique,
+    process_peak, LoraPlan, LoraTargets, PlanDevice, PlanInput, RowLengths, SteadyRows, Technique,
 };
 
 /// Parameters of the whole model (4-bit weights counted by their logical size).
@@ -124,6 +124,10 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig, rows: Option<RowLengths>) 
         Some(r) => (r.later.min(max), r.eval.min(max)),
         None => (max, if cfg.data.eval.is_some() { max } else { 0 }),
     };
+    input.steady = rows.map(|r| SteadyRows {
+        first: r.steady.first.min(max),
+        later: r.steady.later.min(max),
+    });
     input.grad_accum_steps = cfg.train.micro_batches_per_step();
     input.compute_dtype_bytes = cfg
         .compute_dtype_on_gpu(cfg.model.device.may_be_gpu())
@@ -200,12 +204,16 @@ pub fn row_lengths(cfg: &RunConfig, data: &SftData) -> Result<RowLengths> {
         }
         for (b, micros) in batches.iter().enumerate() {
             for (k, &len) in micros.iter().enumerate() {
-                let slot = if b % grad_accum == 0 && k == 0 {
-                    &mut rows.first
+                let starts_step = b % grad_accum == 0 && k == 0;
+                let (slot, steady) = if starts_step {
+                    (&mut rows.first, &mut rows.steady.first)
                 } else {
-                    &mut rows.later
+                    (&mut rows.later, &mut rows.steady.later)
                 };
                 *slot = (*slot).max(len);
+                if steps > 0 {
+                    *steady = (*steady).max(len);
+                }
             }
             if (b + 1) % grad_accum == 0 || b + 1 == batches.len() {
                 steps += 1;

@@ -24,7 +24,8 @@ pub enum BaseWeight {
     /// A frozen blockwise 4-bit weight (QLoRA); dequantised on the fly, never trained.
     Quant4(std::sync::Arc<Quant4Tensor>),
     /// A GGUF weight kept in its file's quantisation (Q4_K, Q8_0, …) for inference:
-    /// candle's quantised matmul reads it as it is (no backward; never trained).
+    /// a quantised matmul reads it as it is (`qgemv`, or candle's for k-quants; no
+    /// backward; never trained).
     Gguf(candle_core::quantized::QMatMul),
 }
 
@@ -74,7 +75,7 @@ impl BaseWeight {
                 let x32 = x.to_dtype(DType::F32)?;
                 // Decoding (a few rows) reads the quantised blocks directly; a prompt's many
                 // rows go faster through the dense matmul of the weight dequantised for
-                // this call (candle's quantised CPU kernel works row by row).
+                // this call (the quantised kernels work row by row).
                 let y = if x32.dim(0)? > QUANTIZED_MATMUL_MAX_ROWS {
                     x32.matmul(&self.dense()?.t()?)?
                 } else {

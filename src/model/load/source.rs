@@ -138,7 +138,8 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// Keeps frozen block linear weights in the file's quantisation where the source has
-    /// one (GGUF): inference reads them with candle's quantised matmul.
+    /// one (GGUF): inference reads them with a quantised matmul (`linear::qgemv`, or
+    /// candle's for k-quants).
     pub fn with_keep_quantized(mut self, keep: bool) -> Self {
         self.keep_quantized = keep;
         self
