@@ -2,11 +2,12 @@
 """Greedy generation speed of llama.cpp (llama-cpp-python) on a GGUF, as `ftlab generate`
 measures it.
 
-Usage: llama_speed.py GGUF THREADS MAX_NEW PROMPT_FILE [--chat]
+Usage: llama_speed.py GGUF THREADS MAX_NEW PROMPT_FILE [--chat] [--bos]
 Prints one JSON line: prompt_tokens, prompt_secs, new_tokens, decode_tokens_per_sec.
 
 With --chat the prompt is one user turn rendered with the GGUF's own chat template (as
-`ftlab generate --chat` does); otherwise the file's text is the prompt. Prompt processing is
+`ftlab generate --chat` does); otherwise the file's text is the prompt, after the BOS token
+with --bos (as `ftlab generate` starts a Gemma prompt). Prompt processing is
 timed apart from decoding (a first call generating one token); decoding's rate counts the
 tokens after the first.
 """
@@ -20,6 +21,7 @@ from llama_cpp import Llama
 def main():
     gguf, threads, max_new, prompt_file = sys.argv[1:5]
     chat = "--chat" in sys.argv[5:]
+    bos = "--bos" in sys.argv[5:]
     threads, max_new = int(threads), int(max_new)
     text = open(prompt_file, encoding="utf-8").read()
     llm = Llama(
@@ -41,7 +43,7 @@ def main():
         prompt = fmt(messages=[{"role": "user", "content": text}]).prompt
     else:
         prompt = text
-    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    ids = llm.tokenize(prompt.encode(), add_bos=bos and not chat, special=True)
     greedy = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     # Prompt processing: the prompt and one token.
     llm.reset()
