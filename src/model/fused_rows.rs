@@ -13,18 +13,8 @@
 //! compare the two, values and gradients, against f64.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::fused::par_rows;
+use super::fused::{f32_slice, par_rows};
 use super::generic::generic_kernels;
-
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32 data");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: expected contiguous data");
-    };
-    Ok(&v[a..b])
-}
 
 fn inverse_rms(row: &[f32], eps: f32) -> f32 {
     let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
@@ -48,8 +38,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rms norm input")?;
-        let w = f32_data(s2, l2, "rms norm weight")?;
+        let x = f32_slice(s1, l1, "rms norm input")?;
+        let w = f32_slice(s2, l2, "rms norm weight")?;
         let (h, mut y) = (w.len(), vec![0f32; x.len()]);
         par_rows(&mut y, h, |i, yr| {
             let xr = &x[i * h..(i + 1) * h];
@@ -103,9 +93,9 @@ impl CustomOp3 for RmsNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rms norm input")?;
-        let w = f32_data(s2, l2, "rms norm weight")?;
-        let dy = f32_data(s3, l3, "rms norm gradient")?;
+        let x = f32_slice(s1, l1, "rms norm input")?;
+        let w = f32_slice(s2, l2, "rms norm weight")?;
+        let dy = f32_slice(s3, l3, "rms norm gradient")?;
         let h = w.len();
         let rows = x.len() / h;
         let mut out = vec![0f32; (rows + 1) * h];
@@ -160,9 +150,9 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rope input")?;
-        let cos = f32_data(s2, l2, "rope cos table")?;
-        let sin = f32_data(s3, l3, "rope sin table")?;
+        let x = f32_slice(s1, l1, "rope input")?;
+        let cos = f32_slice(s2, l2, "rope cos table")?;
+        let sin = f32_slice(s3, l3, "rope sin table")?;
         let dims = l1.shape().dims();
         let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         if cos.len() != t * d || sin.len() != t * d || !d.is_multiple_of(2) {
@@ -239,8 +229,8 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_data(s1, l1, "swiglu gate")?;
-        let u = f32_data(s2, l2, "swiglu up")?;
+        let g = f32_slice(s1, l1, "swiglu gate")?;
+        let u = f32_slice(s2, l2, "swiglu up")?;
         if g.len() != u.len() {
             candle_core::bail!("swiglu: {} gate values for {} up values", g.len(), u.len());
         }
@@ -289,9 +279,9 @@ impl CustomOp3 for SwiGluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_data(s1, l1, "swiglu gate")?;
-        let u = f32_data(s2, l2, "swiglu up")?;
-        let dy = f32_data(s3, l3, "swiglu gradient")?;
+        let g = f32_slice(s1, l1, "swiglu gate")?;
+        let u = f32_slice(s2, l2, "swiglu up")?;
+        let dy = f32_slice(s3, l3, "swiglu gradient")?;
         let n = g.len();
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);

@@ -317,13 +317,8 @@ impl CustomOp2 for LinearCrossEntropy {
 }
 
 fn rows_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("logits: expected f32 data");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("logits: expected contiguous data");
-    };
-    Ok((&v[a..b], l.shape().dims()[l.shape().rank() - 1]))
+    let v = super::fused::f32_slice(s, l, "logits")?;
+    Ok((v, l.shape().dims()[l.shape().rank() - 1]))
 }
 
 /// Row max and log of Σ exp(x − max): the log-sum-exp is their sum.
