@@ -84,9 +84,24 @@ impl CustomOp2 for ScaledMaskedSoftmax {
             candle_core::bail!("attention mask: expected {t}×{s} values, got {}", m.len());
         }
         let scale = self.scale as f32;
+        // Where a mask row ends in −∞ (a causal mask: half of every score matrix) those
+        // probabilities are exactly 0: each row is computed up to its mask row's last
+        // finite entry and the rest left at 0, the same values (exp(−∞) adds nothing).
+        let ends: Vec<usize> = m
+            .chunks_exact(s)
+            .map(|mr| {
+                s - mr
+                    .iter()
+                    .rev()
+                    .take_while(|&&v| v == f32::NEG_INFINITY)
+                    .count()
+            })
+            .collect();
         let mut out = vec![0f32; x.len()];
         par_rows(&mut out, s, |r, yr| {
-            let (xr, mr) = (&x[r * s..(r + 1) * s], &m[(r % t) * s..(r % t + 1) * s]);
+            let e = ends[r % t];
+            let (xr, mr) = (&x[r * s..r * s + e], &m[(r % t) * s..(r % t) * s + e]);
+            let yr = &mut yr[..e];
             for ((y, &xv), &mv) in yr.iter_mut().zip(xr).zip(mr) {
                 *y = xv * scale + mv;
             }
@@ -367,6 +382,33 @@ pub(crate) mod tests {
 
     /// The kernel or (forced) its generic twin against the f64 reference.
     fn check_softmax() {
+        // A sliding window of 2: −∞ before the window as well as after the diagonal.
+        let window = |t: usize, s: usize| {
+            let v: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..s).map(move |j| {
+                        let diag = s - t + i;
+                        if j <= diag && j + 2 > diag {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            Tensor::from_vec(v, (t, s), &Device::Cpu).unwrap()
+        };
+        for (t, s) in [(4, 6), (5, 5)] {
+            let m = window(t, s);
+            check_against_f64(
+                &randn(&[2, 3, t, s], 3),
+                &randn(&[2, 3, t, s], 4),
+                |x| scaled_masked_softmax(x, Some(&m), 0.37).unwrap(),
+                |x| reference_softmax(x, Some(&m), 0.37),
+                1e-6,
+                1e-5,
+            );
+        }
         for (mask, t, s) in [(true, 5, 5), (true, 3, 7), (false, 4, 6)] {
             let m = mask.then(|| causal(t, s));
             let y = check_against_f64(
