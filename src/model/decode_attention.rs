@@ -109,13 +109,16 @@ impl CustomOp3 for DecodeAttention {
 
 /// Whether [`attend`] applies to these inputs.
 pub fn applies(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> bool {
-    let f32_cpu = |x: &Tensor| x.dtype() == candle_core::DType::F32 && x.device().is_cpu();
-    let plain = |x: &Tensor| !x.track_op() && f32_cpu(x) && x.rank() == 4;
+    let plain = |x: &Tensor| {
+        !x.track_op()
+            && x.dtype() == candle_core::DType::F32
+            && !super::generic::generic_kernels(x.device())
+            && x.rank() == 4
+    };
     plain(q)
         && plain(k)
         && plain(v)
         && q.dim(2).is_ok_and(|t| t <= MAX_QUERIES)
-        && !super::generic::generic_forced()
         && mask.is_none_or(|m| !m.track_op() && m.rank() == 2)
 }
 

@@ -25,6 +25,7 @@ use std::fmt;
 pub use render::Comparison;
 pub use shape::{Arch, LinearSpec, ModelShape, ParamKind, ParamTensor};
 
+use crate::model::RowOps;
 use activations::LoraOverlay;
 
 /// Bits per parameter of a 4-bit (NF4/FP4) linear weight with double quantisation:
@@ -52,10 +53,10 @@ pub const LOAD_SLACK: u64 = 32 << 20;
 /// with the composed RMSNorm and RoPE: 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA
 /// 1×256. With the fused kernels (`model::fused_rows`), whose backward makes no
 /// intermediate gradients (`measure_*_backward`, 1×256): 0.17 full FT, 0.04 LoRA, ~0 QLoRA.
-pub fn heap_slack(ops: crate::model::RowOps) -> f64 {
+pub fn heap_slack(ops: RowOps) -> f64 {
     match ops {
-        crate::model::RowOps::Composed => 0.3,
-        crate::model::RowOps::Fused => 0.1,
+        RowOps::Composed => 0.3,
+        RowOps::Fused => 0.1,
     }
 }
 /// Memory of a model's text side while its GGUF loads, per vocabulary entry: the metadata's
@@ -279,14 +280,14 @@ pub struct SteadyRows {
 impl PlanInput {
     /// The row-wise ops the run's forward uses: `model::fused_rows`' kernels for f32 on
     /// the CPU (unless the generic path is forced), the composed ops otherwise.
-    pub fn row_ops(&self) -> crate::model::RowOps {
+    pub fn row_ops(&self) -> RowOps {
         let fused = self.device == PlanDevice::Cpu
             && self.compute_dtype_bytes == 4
             && !crate::model::generic::generic_forced();
         if fused {
-            crate::model::RowOps::Fused
+            RowOps::Fused
         } else {
-            crate::model::RowOps::Composed
+            RowOps::Composed
         }
     }
 
@@ -576,8 +577,8 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // measured 346 MiB against 391 predicted with one block (`tests/process_peak.rs`).
         let one_block = block_acts.iter().copied().max().unwrap_or(0);
         let blocks_kept = match (quant, ops) {
-            (true, crate::model::RowOps::Fused) => 0.2,
-            (true, crate::model::RowOps::Composed) => 1.0,
+            (true, RowOps::Fused) => 0.2,
+            (true, RowOps::Composed) => 1.0,
             (false, _) => 2.0,
         };
         let kept_free = (malloc_slack * blocks_kept * one_block as f64) as u64;
