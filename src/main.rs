@@ -18,33 +18,25 @@ struct Cli {
     device: cli::device::DeviceArgs,
 }
 
-/// Sets the thread count of candle's CPU kernels and rayon (both read RAYON_NUM_THREADS
-/// when their pools start) for this process and its children.
+/// Sets up the CPU threads of this process (`model::pool`): `--threads`, else
+/// FTLAB_THREADS, else RAYON_NUM_THREADS, else every core. Children (training and bench
+/// workers) inherit the count through RAYON_NUM_THREADS.
 fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    let n =
-        match threads {
-            Some(n) => Some(n),
-            None => match std::env::var("FTLAB_THREADS") {
-                Ok(v) => Some(v.trim().parse::<usize>().map_err(|_| {
-                    anyhow::anyhow!("FTLAB_THREADS={v}: expected a number of threads")
-                })?),
-                Err(_) => None,
-            },
-        };
-    let n = match n {
+    let n = match threads {
         Some(n) => n,
-        // Every core, counted once: candle asks for its thread count at each matmul and,
-        // with RAYON_NUM_THREADS unset, counts the cores again by reading /proc/cpuinfo
-        // (about 40 reads per decoded token).
-        None => match std::env::var("RAYON_NUM_THREADS") {
-            Ok(_) => return Ok(()),
+        None => match std::env::var("FTLAB_THREADS") {
+            Ok(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("FTLAB_THREADS={v}: expected a number of threads"))?,
+            // RAYON_NUM_THREADS when set, else the cores (counted once here: candle asks
+            // for its thread count at each matmul and, with RAYON_NUM_THREADS unset,
+            // reads /proc/cpuinfo again each time).
             Err(_) => candle_core::utils::get_num_threads(),
         },
     };
-    anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
     // Before any thread starts (the first thing main does).
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(())
+    ftlab::model::pool::configure(n)
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,30 +92,40 @@ fn quiet_on_closed_pipe(command: &Option<Command>) {
 }
 
 fn main() {
+    // Before any thread starts: one heap for all of them.
+    ftlab::telemetry::memory::one_heap();
     let cli = Cli::parse();
     if let Err(e) = set_threads(cli.threads) {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
     quiet_on_closed_pipe(&cli.command);
-    let result = match cli.command {
-        Some(Command::Models(cmd)) => cli::models::run(cmd),
-        Some(Command::Generate(args)) => cli::generate::run(args),
-        Some(Command::Perplexity(args)) => cli::perplexity::run(args),
-        Some(Command::Train(args)) => cli::train::run(args),
-        Some(Command::Presets(cmd)) => cli::presets::run(cmd),
-        Some(Command::Merge(args)) => cli::merge::run(args),
-        Some(Command::Embed(args)) => cli::embed::run(args),
-        Some(Command::Bench(args)) => cli::bench::run(args),
-        Some(Command::Index(cmd)) => cli::index::run(cmd),
-        Some(Command::Search(args)) => cli::search::run(args),
-        Some(Command::Rag(args)) => cli::rag::run(args),
-        Some(Command::StsEval(args)) => cli::sts::run(args),
-        Some(Command::Plan(args)) => cli::plan::run(args),
-        Some(Command::Eval(args)) => cli::eval::run(args),
-        Some(Command::CheckKernels(args)) => cli::check::run(args),
-        None => cli::tui::run(cli.device.device),
+    let Some(command) = cli.command else {
+        // The dashboard computes nothing itself (its inference thread enters the pool).
+        if let Err(e) = cli::tui::run(cli.device.device) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
     };
+    // The command runs on a thread of the CPU pool, where the matmul's threads are.
+    let result = ftlab::model::pool::run(move || match command {
+        Command::Models(cmd) => cli::models::run(cmd),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Perplexity(args) => cli::perplexity::run(args),
+        Command::Train(args) => cli::train::run(args),
+        Command::Presets(cmd) => cli::presets::run(cmd),
+        Command::Merge(args) => cli::merge::run(args),
+        Command::Embed(args) => cli::embed::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Index(cmd) => cli::index::run(cmd),
+        Command::Search(args) => cli::search::run(args),
+        Command::Rag(args) => cli::rag::run(args),
+        Command::StsEval(args) => cli::sts::run(args),
+        Command::Plan(args) => cli::plan::run(args),
+        Command::Eval(args) => cli::eval::run(args),
+        Command::CheckKernels(args) => cli::check::run(args),
+    });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -78,7 +78,7 @@ impl CustomOp3 for DecodeAttention {
         let mut out = vec![0f32; b * t * h * d];
         let out_at = out.as_mut_ptr() as usize;
         // One item per (batch, head, query); its output row is (batch, query, head).
-        candle_core::utils::barrier_pool().execute_chunked(b * h * t, |items| {
+        super::pool::par_ranges(b * h * t, |items| {
             let mut p = vec![0f32; s];
             for item in items {
                 let (bi, hi, ti) = (item / (h * t), item / t % h, item % t);

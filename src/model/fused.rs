@@ -45,11 +45,11 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
 }
 
 /// Runs `f(row index, row)` on every `width`-long row of `out`, the rows shared among
-/// candle's CPU threads.
+/// the CPU threads (`pool`).
 pub(crate) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = out.len() / width.max(1);
     let at = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+    super::pool::par_ranges(rows, |range| {
         for r in range {
             // SAFETY: each row index is handed to one thread once; `out` outlives the call.
             let row =

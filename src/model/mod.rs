@@ -18,6 +18,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod pool;
 pub mod shape;
 pub mod tiny;
 

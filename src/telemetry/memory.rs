@@ -93,6 +93,23 @@ pub fn release_free_heap() -> bool {
     }
 }
 
+/// One heap for every thread of the process (glibc's `M_ARENA_MAX` = 1) instead of one
+/// per thread that allocates. Work moves between the CPU pool's threads (`model::pool`),
+/// and with a heap per thread the memory one thread freed was not reused by the next:
+/// a full fine-tuning step of SmolLM2 peaked 150 MiB higher. Call it first in `main`,
+/// before any thread starts. A no-op elsewhere; returns whether the allocator took it.
+pub fn one_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes glibc's allocation parameters; it takes no pointers.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -380,7 +380,8 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("ftlab-infer".into())
-        .spawn(move || serve(device, rx, cancel, out))
+        // On the CPU pool's thread, where the matmul's threads are (`model::pool`).
+        .spawn(move || crate::model::pool::run(move || serve(device, rx, cancel, out)))
         .expect("spawning the inference thread");
     tx
 }

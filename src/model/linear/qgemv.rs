@@ -169,7 +169,7 @@ fn dot(format: Format, row: &[u8], a: &Q8Row) -> f32 {
 }
 
 /// y (m × n, row-major) = x (m × k) · Wᵀ for W (n × k) stored as `format` blocks row after
-/// row; the output rows are shared among candle's CPU threads.
+/// row; the output rows are shared among the CPU threads (`pool`).
 pub fn matmul_t(format: Format, w: &[u8], n: usize, k: usize, x: &[f32]) -> Result<Vec<f32>> {
     if !k.is_multiple_of(BLOCK) {
         candle_core::bail!("quantised matmul: {k} input features is not a multiple of {BLOCK}");
@@ -186,7 +186,7 @@ pub fn matmul_t(format: Format, w: &[u8], n: usize, k: usize, x: &[f32]) -> Resu
     let m = rows.len();
     let mut y = vec![0f32; m * n];
     let out = y.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+    crate::model::pool::par_ranges(n, |range| {
         for j in range {
             let wr = &w[j * row_bytes..(j + 1) * row_bytes];
             for (i, a) in rows.iter().enumerate() {
