@@ -12,6 +12,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::quant4::Quant4Tensor;
+use super::transpose::{transpose_first, transpose_into};
+use crate::model::fused::f32_slice;
 use crate::model::generic::{attach1, generic_kernels};
 
 /// x (rows, in) · dequant(W)ᵀ → (rows, out), differentiable with respect to x only.
@@ -142,11 +144,21 @@ impl CustomOp1 for QuantMatmul {
                 self.name()
             );
         }
+        // x · Wᵀ with Wᵀ laid out contiguously where the matmul is faster so (`transpose`).
+        let transpose_w = matches!(self.mode, Mode::XWt) && transpose_first(m, in_f, out_f);
+        let wt_layout = Layout::contiguous((in_f, out_f));
         // The scratch weight lives only for this call.
         let out = match &self.w {
             Frozen::Quant4(q) => {
                 let mut scratch = vec![0f32; out_f * in_f];
                 q.dequantize_into(&mut scratch)?;
+                let (scratch, rhs_layout) = if transpose_w {
+                    let mut wt = vec![0f32; out_f * in_f];
+                    transpose_into(&scratch, out_f, in_f, &mut wt);
+                    (wt, wt_layout)
+                } else {
+                    (scratch, rhs_layout)
+                };
                 let rhs = match storage.dtype() {
                     DType::F32 => CpuStorage::F32(scratch),
                     DType::F64 => CpuStorage::F64(scratch.into_iter().map(f64::from).collect()),
@@ -159,6 +171,15 @@ impl CustomOp1 for QuantMatmul {
                     dt => bail!("{}: unsupported input dtype {dt:?}", self.name()),
                 };
                 storage.matmul(&rhs, (1, m, n, k), layout, &rhs_layout)?
+            }
+            Frozen::Dense(t) if transpose_w && t.dtype() == DType::F32 => {
+                let (guard, wl) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(rhs) = &*guard else {
+                    bail!("{}: the frozen weight is not on the CPU", self.name())
+                };
+                let mut wt = vec![0f32; out_f * in_f];
+                transpose_into(f32_slice(rhs, wl, self.name())?, out_f, in_f, &mut wt);
+                storage.matmul(&CpuStorage::F32(wt), (1, m, n, k), layout, &wt_layout)?
             }
             Frozen::Dense(t) => {
                 let (guard, wl) = t.storage_and_layout();

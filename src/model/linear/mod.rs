@@ -10,6 +10,7 @@ pub mod lora;
 pub mod qgemv;
 pub mod quant4;
 pub mod quant4_kernel;
+pub mod transpose;
 
 use candle_core::{DType, Result, Tensor};
 
@@ -109,7 +110,7 @@ fn quantized_matmul_t(q: &candle_core::quantized::QMatMul, x: &Tensor) -> Result
 /// one goes through an op whose backward computes only the input gradient.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.track_op() {
-        x.matmul(&w.t()?)
+        transpose::trainable_matmul_t(x, w)
     } else {
         frozen::frozen_matmul_t(x, w)
     }
