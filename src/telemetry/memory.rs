@@ -110,6 +110,32 @@ pub fn one_heap() -> bool {
     }
 }
 
+/// From now on, blocks up to 32 MiB that training frees stay in the allocator for the
+/// next allocation instead of going back to the operating system (glibc's `mallopt`:
+/// a fixed mmap threshold of 32 MiB, its maximum, and no trimming of the heap's top; a
+/// no-op elsewhere). A step allocates and frees the same tensors every time; returned to
+/// the system, each was faulted in again as fresh zeroed pages: at 1 × 512 tokens a
+/// SmolLM2 LoRA step took 3.1 s instead of 2.6. Larger blocks (a 49k- or 262k-token
+/// vocabulary's logits and embedding gradients) are still mapped and unmapped each time:
+/// kept, they left holes that raised Gemma 3's peak by 13 %. The peak is otherwise the
+/// step's own; the resident size no longer shrinks between steps. Call it once the model
+/// is loaded (after [`release_free_heap`]), in a process that trains. Returns whether the
+/// allocator took the settings.
+pub fn keep_freed_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes glibc's allocation parameters; it takes no pointers.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,8 @@ pub fn prepare(cfg: &RunConfig, device: &Device) -> Result<(LanguageModel, Train
     // The f32 buffers of loading (and of the dense weights quantisation replaced) are free
     // now; hand them back so they do not count against the run's memory.
     crate::telemetry::memory::release_free_heap();
+    // What the steps free is reused by the next step rather than faulted in again.
+    crate::telemetry::memory::keep_freed_heap();
     let tm = TrainModel {
         model: lm.model.clone(),
         params,

@@ -415,6 +415,9 @@ impl StsTask {
             .map(|p| load(p, cfg.data.eval_limit))
             .transpose()?;
         let total_params = count_params(embedder.model_mut());
+        // Loading's buffers go back; what the steps free is reused by the next step.
+        crate::telemetry::memory::release_free_heap();
+        crate::telemetry::memory::keep_freed_heap();
         Ok(Self {
             embedder,
             params,
