@@ -101,7 +101,7 @@ fn main() {
     }
     quiet_on_closed_pipe(&cli.command);
     let Some(command) = cli.command else {
-        // The dashboard computes nothing itself (its inference thread enters the pool).
+        // The dashboard computes nothing itself (its inference thread runs each job on the pool).
         if let Err(e) = cli::tui::run(cli.device.device) {
             eprintln!("error: {e:#}");
             std::process::exit(1);

@@ -195,7 +195,7 @@ pub fn serve(
     device: DeviceChoice,
     jobs: Receiver<InferJob>,
     cancel: Arc<AtomicBool>,
-    out: impl Fn(InferEvent),
+    out: impl Fn(InferEvent) + Sync,
 ) {
     let mut loaded = Loaded {
         choice: device,
@@ -204,7 +204,10 @@ pub fn serve(
     while let Ok(job) = jobs.recv() {
         cancel.store(false, Ordering::SeqCst);
         let id = job.id;
-        if let Err(e) = run_job(&job, &mut loaded, &cancel, &out) {
+        // Each job computes on a thread of the CPU pool, where the matmul's threads are
+        // (`model::pool`); between jobs the pool's threads are free.
+        let result = crate::model::pool::run(|| run_job(&job, &mut loaded, &cancel, &out));
+        if let Err(e) = result {
             out(InferEvent::Failed {
                 job: id,
                 error: format!("{e:#}"),
@@ -375,13 +378,12 @@ fn emit_pieces<'a>(
 pub fn spawn(
     device: DeviceChoice,
     cancel: Arc<AtomicBool>,
-    out: impl Fn(InferEvent) + Send + 'static,
+    out: impl Fn(InferEvent) + Send + Sync + 'static,
 ) -> Sender<InferJob> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("ftlab-infer".into())
-        // On the CPU pool's thread, where the matmul's threads are (`model::pool`).
-        .spawn(move || crate::model::pool::run(move || serve(device, rx, cancel, out)))
+        .spawn(move || serve(device, rx, cancel, out))
         .expect("spawning the inference thread");
     tx
 }
