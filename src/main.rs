@@ -100,16 +100,20 @@ fn main() {
         std::process::exit(2);
     }
     quiet_on_closed_pipe(&cli.command);
-    let Some(command) = cli.command else {
+    let result = match cli.command {
         // The dashboard computes nothing itself (its inference thread runs each job on the pool).
-        if let Err(e) = cli::tui::run(cli.device.device) {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
+        None => cli::tui::run(cli.device.device),
+        // A command runs on a thread of the CPU pool, where the matmul's threads are.
+        Some(command) => ftlab::model::pool::run(move || run(command)),
     };
-    // The command runs on a thread of the CPU pool, where the matmul's threads are.
-    let result = ftlab::model::pool::run(move || match command {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Generate(args) => cli::generate::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),
@@ -125,9 +129,5 @@ fn main() {
         Command::Plan(args) => cli::plan::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::CheckKernels(args) => cli::check::run(args),
-    });
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }

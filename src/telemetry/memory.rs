@@ -115,7 +115,7 @@ pub fn one_heap() -> bool {
 /// a fixed mmap threshold of 32 MiB, its maximum, and no trimming of the heap's top; a
 /// no-op elsewhere). A step allocates and frees the same tensors every time; returned to
 /// the system, each was faulted in again as fresh zeroed pages: at 1 × 512 tokens a
-/// SmolLM2 LoRA step took 3.1 s instead of 2.6. Larger blocks (a 49k- or 262k-token
+/// SmolLM2 LoRA step took 3.1 s instead of 2.4. Larger blocks (a 49k- or 262k-token
 /// vocabulary's logits and embedding gradients) are still mapped and unmapped each time:
 /// kept, they left holes that raised Gemma 3's peak by 13 %. The peak is otherwise the
 /// step's own; the resident size no longer shrinks between steps. Call it once the model

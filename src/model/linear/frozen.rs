@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::quant4::Quant4Tensor;
-use super::transpose::{transpose_first, transpose_into};
+use super::transpose::{matmul_by_transposed, transpose_first, transposed};
 use crate::model::fused::f32_slice;
 use crate::model::generic::{attach1, generic_kernels};
 
@@ -144,18 +144,19 @@ impl CustomOp1 for QuantMatmul {
                 self.name()
             );
         }
-        // x · Wᵀ with Wᵀ laid out contiguously where the matmul is faster so (`transpose`).
+        // x · Wᵀ with Wᵀ laid out contiguously first, for the shapes where candle's matmul
+        // is faster so (`transpose`).
         let transpose_w = matches!(self.mode, Mode::XWt) && transpose_first(m, in_f, out_f);
-        let wt_layout = Layout::contiguous((in_f, out_f));
         // The scratch weight lives only for this call.
         let out = match &self.w {
             Frozen::Quant4(q) => {
                 let mut scratch = vec![0f32; out_f * in_f];
                 q.dequantize_into(&mut scratch)?;
                 let (scratch, rhs_layout) = if transpose_w {
-                    let mut wt = vec![0f32; out_f * in_f];
-                    transpose_into(&scratch, out_f, in_f, &mut wt);
-                    (wt, wt_layout)
+                    (
+                        transposed(&scratch, out_f, in_f),
+                        Layout::contiguous((in_f, out_f)),
+                    )
                 } else {
                     (scratch, rhs_layout)
                 };
@@ -172,20 +173,15 @@ impl CustomOp1 for QuantMatmul {
                 };
                 storage.matmul(&rhs, (1, m, n, k), layout, &rhs_layout)?
             }
-            Frozen::Dense(t) if transpose_w && t.dtype() == DType::F32 => {
-                let (guard, wl) = t.storage_and_layout();
-                let candle_core::Storage::Cpu(rhs) = &*guard else {
-                    bail!("{}: the frozen weight is not on the CPU", self.name())
-                };
-                let mut wt = vec![0f32; out_f * in_f];
-                transpose_into(f32_slice(rhs, wl, self.name())?, out_f, in_f, &mut wt);
-                storage.matmul(&CpuStorage::F32(wt), (1, m, n, k), layout, &wt_layout)?
-            }
             Frozen::Dense(t) => {
                 let (guard, wl) = t.storage_and_layout();
                 let candle_core::Storage::Cpu(rhs) = &*guard else {
                     bail!("{}: the frozen weight is not on the CPU", self.name())
                 };
+                if transpose_w && t.dtype() == DType::F32 {
+                    let w = f32_slice(rhs, wl, self.name())?;
+                    return Ok((matmul_by_transposed(storage, layout, w, n)?, (m, n).into()));
+                }
                 let off = wl.start_offset();
                 let rhs_layout = match self.mode {
                     Mode::XWt => Layout::new((in_f, out_f).into(), vec![1, in_f], off),

@@ -22,11 +22,11 @@ pub fn transpose_first(rows: usize, in_f: usize, out_f: usize) -> bool {
     rows >= 64 && in_f >= out_f
 }
 
-/// `dst` (cols × rows, row-major) ← the transpose of `src` (rows × cols, row-major), in
+/// The transpose (cols × rows, row-major) of `src` (rows × cols, row-major), copied in
 /// tiles, bands of source rows shared among the CPU threads.
-pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(src.len(), rows * cols, "transpose: source size");
-    assert_eq!(dst.len(), rows * cols, "transpose: destination size");
+    let mut dst = vec![0f32; rows * cols];
     let at = dst.as_mut_ptr() as usize;
     crate::model::pool::par_ranges(rows.div_ceil(TILE), |bands| {
         for band in bands {
@@ -47,6 +47,26 @@ pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f
             }
         }
     });
+    dst
+}
+
+/// x (m × k, any layout) · Wᵀ for a row-major f32 W (n × k), with Wᵀ laid out
+/// contiguously first (a transient copy).
+pub(crate) fn matmul_by_transposed(
+    x: &CpuStorage,
+    xl: &Layout,
+    w: &[f32],
+    n: usize,
+) -> Result<CpuStorage> {
+    let (m, k) = xl.shape().dims2()?;
+    if w.len() != n * k {
+        candle_core::bail!(
+            "matmul: x has {k} features, W has {} values for {n} rows",
+            w.len()
+        );
+    }
+    let wt = CpuStorage::F32(transposed(w, n, k));
+    x.matmul(&wt, (1, m, n, k), xl, &Layout::contiguous((k, n)))
 }
 
 /// x (rows, in) · Wᵀ for a trainable W (out, in), both differentiable. For
@@ -60,6 +80,7 @@ pub fn trainable_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && x.rank() == 2
+        && w.is_contiguous()
         && transpose_first(x.dim(0)?, in_f, out_f);
     if !fast {
         return x.matmul(&w.t()?);
@@ -86,14 +107,7 @@ impl CustomOp2 for MatmulT {
         if k != in_f {
             candle_core::bail!("{}: x has {k} features, W ({n}, {in_f})", self.name());
         }
-        let mut wt = vec![0f32; n * k];
-        transpose_into(f32_slice(ws, wl, self.name())?, n, k, &mut wt);
-        let y = xs.matmul(
-            &CpuStorage::F32(wt),
-            (1, m, n, k),
-            xl,
-            &Layout::contiguous((k, n)),
-        )?;
+        let y = matmul_by_transposed(xs, xl, f32_slice(ws, wl, self.name())?, n)?;
         Ok((y, (m, n).into()))
     }
 
@@ -120,8 +134,7 @@ mod tests {
     fn transpose_matches_the_strided_view_on_ragged_shapes() {
         for (r, c) in [(1, 1), (3, 70), (33, 31), (64, 96), (100, 37)] {
             let src: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
-            let mut dst = vec![0f32; r * c];
-            transpose_into(&src, r, c, &mut dst);
+            let dst = transposed(&src, r, c);
             for i in 0..r {
                 for j in 0..c {
                     assert_eq!(dst[j * r + i], src[i * c + j], "{r}x{c} at ({i}, {j})");
