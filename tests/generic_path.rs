@@ -18,7 +18,7 @@ use ftlab::train::data::sft::Batch;
 use ftlab::train::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use ftlab::train::setup;
 use ftlab::train::sft_task;
-use ftlab::train::step::forward_backward;
+use ftlab::train::step::{forward_backward, Checkpointing};
 
 type Grads = (f64, Vec<(String, Tensor)>);
 
@@ -27,9 +27,10 @@ fn grads(
     model: &CausalLm,
     params: &[(String, Var)],
     batch: &Batch,
-    ckpt: bool,
+    ckpt: impl Into<Checkpointing>,
     generic: bool,
 ) -> Grads {
+    let ckpt = ckpt.into();
     with_generic_kernels(generic, || {
         let mut acc = vec![None; params.len()];
         let (loss, _) = forward_backward(model, params, batch, ckpt, None, &mut acc).unwrap();
@@ -77,6 +78,7 @@ fn every_technique_has_the_cpu_kernels_gradients_on_the_generic_path() {
         ("gradient checkpointing", ""),
         ("lora", lora),
         ("qlora", lora),
+        ("qlora, selective checkpointing", lora),
     ] {
         let preset = common::preset(root.path(), &model, &data, extra);
         let mut cfg = RunConfig::load(&preset, &[]).unwrap();
@@ -85,6 +87,11 @@ fn every_technique_has_the_cpu_kernels_gradients_on_the_generic_path() {
             "qlora" => {
                 cfg.model.quant = ftlab::config::QuantKind::Nf4;
                 cfg.model.gradient_checkpointing = true;
+            }
+            "qlora, selective checkpointing" => {
+                cfg.model.quant = ftlab::config::QuantKind::Nf4;
+                cfg.model.gradient_checkpointing = true;
+                cfg.model.selective_checkpointing = true;
             }
             _ => {}
         }
@@ -96,7 +103,7 @@ fn every_technique_has_the_cpu_kernels_gradients_on_the_generic_path() {
         }
         let (train, _) = sft_task::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
         let batch = &train.batches(0, 4, 1).unwrap()[0];
-        let ckpt = cfg.model.gradient_checkpointing;
+        let ckpt = Checkpointing::of(&cfg.model);
         let kernels = grads(&tm.model, &tm.params, batch, ckpt, false);
         let generic = grads(&tm.model, &tm.params, batch, ckpt, true);
         assert_same(&format!("tiny LLaMA, {name}"), &kernels, &generic);
@@ -153,9 +160,11 @@ fn other_architectures_and_4bit_bases_have_the_same_gradients_too() {
                 v.set(&Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap())
                     .unwrap();
             }
-            let k = grads(&q.model, &params, &batch, true, false);
-            let g = grads(&q.model, &params, &batch, true, true);
-            assert_same(&format!("{name} 4-bit {kind:?} + LoRA"), &k, &g);
+            for mode in [Checkpointing::Full, Checkpointing::Selective] {
+                let k = grads(&q.model, &params, &batch, mode, false);
+                let g = grads(&q.model, &params, &batch, mode, true);
+                assert_same(&format!("{name} 4-bit {kind:?} + LoRA ({mode:?})"), &k, &g);
+            }
         }
     }
 }

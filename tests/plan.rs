@@ -180,6 +180,32 @@ fn component_ordering_follows_the_techniques() {
     }
 }
 
+/// Selective checkpointing keeps one output per frozen linear per block and token: SmolLM2
+/// has 7 linears of outputs 576 + 192 + 192 + 576 + 1536 + 1536 + 576 per block, 30 blocks.
+#[test]
+fn selective_checkpointing_adds_the_kept_matmul_outputs() {
+    for (b, t) in [(1, 256), (2, 256), (1, 512)] {
+        for base in [Technique::qlora(8), Technique::lora(8)] {
+            let full = total(base.clone().with_checkpointing(true), b, t);
+            let selective = total(base.clone().with_selective_checkpointing(), b, t);
+            let kept = (b * t * 30 * (576 + 192 + 192 + 576 + 1536 + 1536 + 576) * 4) as u64;
+            assert_eq!(selective - full, kept, "{} at {b}×{t}", base.describe());
+            assert!(selective < total(base.clone(), b, t));
+        }
+    }
+    // Full fine-tuning has no frozen weights: nothing more is kept.
+    let mut full = Technique::grad_ckpt();
+    full.selective_checkpointing = true;
+    assert_eq!(total(full, 1, 256), total(Technique::grad_ckpt(), 1, 256));
+    let p = plan(&PlanInput::new(
+        smol(),
+        1,
+        256,
+        Technique::qlora(8).with_selective_checkpointing(),
+    ));
+    assert!(p.label.ends_with("+ selective ckpt"), "{}", p.label);
+}
+
 #[test]
 fn eight_bit_optimizer_state_is_about_a_quarter() {
     // 2 bytes + 8/256 per element instead of 8; tensors under 4096 elements stay f32

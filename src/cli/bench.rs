@@ -17,7 +17,7 @@ use crate::config::{OptimizerKind, RunConfig};
 use crate::train::optim::{clip_grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
 use crate::train::setup;
 use crate::train::sft_task;
-use crate::train::step::forward_backward;
+use crate::train::step::{forward_backward, Checkpointing};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -172,7 +172,7 @@ fn worker(args: &BenchArgs, preset: &std::path::Path) -> Result<BenchResult> {
             &tm.model,
             &tm.params,
             batch,
-            cfg.model.gradient_checkpointing,
+            Checkpointing::of(&cfg.model),
             None,
             &mut accum,
         )?;

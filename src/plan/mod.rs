@@ -106,6 +106,9 @@ pub struct Technique {
     pub quant4: bool,
     /// Per-block recomputation in the backward pass (`train::step`, checkpointing).
     pub gradient_checkpointing: bool,
+    /// With checkpointing, the frozen base's matmul outputs are kept and only the rest of
+    /// each block is recomputed (`model.selective_checkpointing`).
+    pub selective_checkpointing: bool,
     /// Blockwise 8-bit AdamW moments instead of f32.
     pub optimizer_8bit: bool,
 }
@@ -160,6 +163,7 @@ impl Technique {
             lora: None,
             quant4: false,
             gradient_checkpointing: false,
+            selective_checkpointing: false,
             optimizer_8bit: false,
         }
     }
@@ -179,6 +183,7 @@ impl Technique {
             lora: Some(LoraPlan::all_linear(r)),
             quant4: false,
             gradient_checkpointing: false,
+            selective_checkpointing: false,
             optimizer_8bit: false,
         }
     }
@@ -193,6 +198,13 @@ impl Technique {
 
     pub fn with_checkpointing(mut self, on: bool) -> Self {
         self.gradient_checkpointing = on;
+        self
+    }
+
+    /// Checkpointing that keeps the frozen base's matmul outputs.
+    pub fn with_selective_checkpointing(mut self) -> Self {
+        self.gradient_checkpointing = true;
+        self.selective_checkpointing = true;
         self
     }
 
@@ -211,7 +223,11 @@ impl Technique {
             (None, false, _) => "frozen".to_string(),
         };
         if self.gradient_checkpointing {
-            s.push_str(" + grad ckpt");
+            s.push_str(if self.selective_checkpointing {
+                " + selective ckpt"
+            } else {
+                " + grad ckpt"
+            });
         }
         if self.optimizer_8bit {
             s.push_str(" + 8-bit AdamW");
@@ -560,8 +576,22 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // first shares the embedding output) + the `Var` copy of the last hidden state;
         // the head graph (normed states; the fused loss keeps no logits) stays alive to the end because `loss` is
         // read after the block loop.
-        let inputs = hidden_state * (s.layers as u64 + 1);
-        details.push(("block inputs (checkpoints)".into(), inputs));
+        let checkpoints = hidden_state * (s.layers as u64 + 1);
+        details.push(("block inputs (checkpoints)".into(), checkpoints));
+        // Selective checkpointing: every frozen matmul's output of every block, kept from
+        // the forward pass until its block is recomputed (`model::linear::recompute`).
+        let kept_matmuls = if tech.selective_checkpointing && frozen_base {
+            bytes(n * linears.iter().map(|l| l.out_f as f64).sum::<f64>())
+        } else {
+            0
+        };
+        if kept_matmuls > 0 {
+            details.push((
+                "kept frozen-matmul outputs (selective)".into(),
+                kept_matmuls,
+            ));
+        }
+        let inputs = checkpoints + kept_matmuls;
         details.push(("head graph (final norm)".into(), head_acts));
         // Each block's intermediates are built (tracked) and freed once per forward and
         // once per recompute; glibc keeps those freed heap chunks resident (tensors under

@@ -112,6 +112,7 @@ pub fn plan_input(cfg: &RunConfig, arch: &ArchConfig, rows: Option<RowLengths>) 
         lora,
         quant4: cfg.model.quant != QuantKind::None,
         gradient_checkpointing: cfg.model.gradient_checkpointing,
+        selective_checkpointing: cfg.model.selective_checkpointing,
         optimizer_8bit: cfg.train.optimizer == OptimizerKind::Adamw8bit,
     };
     // Memory follows the micro-batch actually run, not the batch it is a part of.

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor, Var};
 use super::checkpoint::{save_vars, FULL_WEIGHTS};
 use super::data::neftune_noise;
 use super::setup;
-use super::step::{eval_loss, forward_backward, EmbedNoise};
+use super::step::{eval_loss, forward_backward, Checkpointing, EmbedNoise};
 use super::trainer::{Evaluation, TrainModel, TrainTask};
 use crate::adapt::peft::{save_adapter, LoraConfig};
 use crate::config::DataConfig;
@@ -95,7 +95,7 @@ pub struct SftTask {
     pub train: SftDataset,
     pub eval: Option<SftDataset>,
     pub lora: Option<LoraConfig>,
-    pub checkpointing: bool,
+    pub checkpointing: Checkpointing,
 }
 
 /// The train (and eval) sets of a run config, tokenised with its model's tokenizer before
@@ -134,7 +134,7 @@ impl SftTask {
             train,
             eval,
             lora: cfg.lora.clone(),
-            checkpointing: cfg.model.gradient_checkpointing,
+            checkpointing: Checkpointing::of(&cfg.model),
         })
     }
 }

@@ -5,6 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::model::head_loss::linear_cross_entropy;
+use crate::model::linear::recompute::{self, Tape};
 use crate::model::ops::{causal_mask, masked_cross_entropy};
 use crate::model::CausalLm;
 use crate::train::data::Batch;
@@ -84,12 +85,45 @@ pub fn accumulate(
     Ok(())
 }
 
+/// What a training step keeps for its backward pass, and so what it recomputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Every block's activations are kept; nothing is recomputed.
+    Off,
+    /// Each block's input is kept and the whole block recomputed (gradient checkpointing).
+    Full,
+    /// Each block's input and its frozen-weight matmul outputs are kept; the rest of the
+    /// block is recomputed (`model.selective_checkpointing`).
+    Selective,
+}
+
+impl Checkpointing {
+    pub fn of(model: &crate::config::ModelConfig) -> Self {
+        match (model.gradient_checkpointing, model.selective_checkpointing) {
+            (false, _) => Self::Off,
+            (true, false) => Self::Full,
+            (true, true) => Self::Selective,
+        }
+    }
+}
+
+impl From<bool> for Checkpointing {
+    /// Gradient checkpointing on (full recomputation) or off.
+    fn from(on: bool) -> Self {
+        if on {
+            Self::Full
+        } else {
+            Self::Off
+        }
+    }
+}
+
 /// Forward + backward of one micro-batch. Returns the mean loss and counted tokens.
 pub fn forward_backward(
     model: &CausalLm,
     params: &[(String, Var)],
     batch: &Batch,
-    checkpointing: bool,
+    checkpointing: impl Into<Checkpointing>,
     noise: EmbedNoise,
     accum: &mut [Option<Tensor>],
 ) -> Result<(f64, usize)> {
@@ -98,7 +132,8 @@ pub fn forward_backward(
         Some(f) => f(&embeds)?,
         None => embeds,
     };
-    if !checkpointing {
+    let checkpointing = checkpointing.into();
+    if checkpointing == Checkpointing::Off {
         let x = last_hidden(model, embeds, true)?;
         let (loss, n) = head_loss(model, &x, batch)?;
         let store = loss.backward()?;
@@ -113,6 +148,7 @@ pub fn forward_backward(
     };
     let (loss, n) = checkpointed_backward(
         &embeds,
+        checkpointing == Checkpointing::Selective,
         model.num_blocks(),
         |i, x| model.block(i, x, 0, mask.as_ref(), None),
         |x| head_loss(model, x, batch),
@@ -134,8 +170,13 @@ pub fn forward_backward(
 /// trainable before the first block. Gradients are added into `accum` (aligned with
 /// `params`); the loss is returned with `head`'s extra value. The result equals a plain
 /// backward (bit for bit on CPU).
+///
+/// With `keep_frozen_matmuls` (selective checkpointing) the forward pass also keeps each
+/// block's frozen-weight matmul outputs, and the recomputation takes them instead of
+/// multiplying again (`model::linear::recompute`); the result is the same.
 pub fn checkpointed_backward<R>(
     embeds: &Tensor,
+    keep_frozen_matmuls: bool,
     num_blocks: usize,
     block: impl Fn(usize, &Tensor) -> candle_core::Result<Tensor>,
     head: impl FnOnce(&Tensor) -> Result<(Tensor, R)>,
@@ -143,10 +184,17 @@ pub fn checkpointed_backward<R>(
     accum: &mut [Option<Tensor>],
 ) -> Result<(Tensor, R)> {
     let mut inputs = Vec::with_capacity(num_blocks);
+    let mut tapes = Vec::with_capacity(num_blocks);
     let mut x = embeds.detach();
     for i in 0..num_blocks {
         inputs.push(x.clone());
-        x = block(i, &x)?.detach();
+        let (out, tape) = if keep_frozen_matmuls {
+            recompute::record(|| block(i, &x))?
+        } else {
+            (block(i, &x)?, Tape::default())
+        };
+        tapes.push(tape);
+        x = out.detach();
     }
     let top = Var::from_tensor(&x)?;
     let (loss, extra) = head(top.as_tensor())?;
@@ -158,7 +206,12 @@ pub fn checkpointed_backward<R>(
     drop(store);
     for i in (0..num_blocks).rev() {
         let input = Var::from_tensor(&inputs[i])?;
-        let out = block(i, input.as_tensor())?;
+        let tape = tapes.pop().unwrap_or_default();
+        let out = if keep_frozen_matmuls {
+            recompute::replay(tape, || block(i, input.as_tensor()))?
+        } else {
+            block(i, input.as_tensor())?
+        };
         let mut store = (out * &upstream)?.sum_all()?.backward()?;
         accumulate(&store, params, accum)?;
         upstream = store

@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::checkpoint::save_vars;
 use super::data::sts::{load_pairs, LabelScale, LabelTarget, StsFormat, StsPair};
-use super::step::{accumulate, checkpointed_backward};
+use super::step::{accumulate, checkpointed_backward, Checkpointing};
 use super::trainer::{Evaluation, TrainTask};
 use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, AdapterKind, LoraConfig};
 use crate::config::RunConfig;
@@ -184,23 +184,26 @@ pub fn cosine_mse_loss(emb: &Tensor, targets: &Tensor) -> candle_core::Result<Te
 
 /// Forward and backward of one STS micro-batch on `model`, adding the gradients of `params`
 /// into `accum`; with `checkpointing`, each encoder layer is recomputed in the backward pass
-/// instead of keeping its activations. Returns the loss.
+/// instead of keeping its activations (all of it, or all but its frozen matmuls). Returns
+/// the loss.
 pub fn forward_backward(
     model: &Bert,
     params: &[(String, Var)],
     batch: &StsBatch,
-    checkpointing: bool,
+    checkpointing: impl Into<Checkpointing>,
     accum: &mut [Option<Tensor>],
 ) -> Result<f64> {
+    let checkpointing = checkpointing.into();
     let mask = model.additive_mask(&batch.attention_mask)?;
     let embeds = model.embed(&batch.input_ids, None)?;
     let head = |h: &Tensor| -> Result<(Tensor, ())> {
         let e = l2_normalize(&mean_pool(h, &batch.attention_mask)?)?;
         Ok((cosine_mse_loss(&e, &batch.targets)?, ()))
     };
-    let loss = if checkpointing {
+    let loss = if checkpointing != Checkpointing::Off {
         checkpointed_backward(
             &embeds,
+            checkpointing == Checkpointing::Selective,
             model.num_layers(),
             |i, x| model.layer(i, x, Some(&mask)),
             head,
@@ -365,7 +368,7 @@ pub struct StsTask {
     pub train: StsData,
     pub eval: Option<StsData>,
     pub lora: Option<LoraConfig>,
-    pub checkpointing: bool,
+    pub checkpointing: Checkpointing,
     /// Name of the base model, for adapter configs.
     pub base_name: String,
     /// The base model's directory: its config and tokenizer files are copied next to fully
@@ -425,7 +428,7 @@ impl StsTask {
             train,
             eval,
             lora: cfg.lora.clone(),
-            checkpointing: cfg.model.gradient_checkpointing,
+            checkpointing: Checkpointing::of(&cfg.model),
             base_name: cfg.model.spec.clone(),
             base_dir: Some(dir),
         })

@@ -83,6 +83,28 @@ pub fn generic_quant_matmul_t(x: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tenso
     })
 }
 
+/// The backward of [`frozen_matmul_t`]: g (rows, out) · W → (rows, in).
+pub fn frozen_input_grad(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if g.dtype() != w.dtype() || generic_kernels(g.device()) {
+        return g.matmul(w);
+    }
+    g.apply_op1(QuantMatmul {
+        w: Frozen::Dense(w.contiguous()?),
+        mode: Mode::GW,
+    })
+}
+
+/// The backward of [`quant_matmul_t`]: g (rows, out) · dequant(W) → (rows, in).
+pub fn quant_input_grad(g: &Tensor, w: &Arc<Quant4Tensor>) -> Result<Tensor> {
+    if generic_kernels(g.device()) {
+        return g.matmul(&w.dequantize_on(g.dtype(), g.device())?);
+    }
+    g.apply_op1(QuantMatmul {
+        w: Frozen::Quant4(w.clone()),
+        mode: Mode::GW,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// x (rows, in) · Wᵀ → (rows, out): the forward pass.

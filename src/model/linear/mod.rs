@@ -10,6 +10,7 @@ pub mod lora;
 pub mod qgemv;
 pub mod quant4;
 pub mod quant4_kernel;
+pub mod recompute;
 pub mod transpose;
 
 use candle_core::{DType, Result, Tensor};
@@ -65,8 +66,29 @@ impl BaseWeight {
     /// x (rows, in) · Wᵀ → (rows, out).
     fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            BaseWeight::Dense(w) => matmul_t(x, w),
-            BaseWeight::Quant4(q) => frozen::quant_matmul_t(x, q),
+            BaseWeight::Dense(w) if w.track_op() => matmul_t(x, w),
+            BaseWeight::Dense(w) => {
+                let key = recompute::WeightKey::Tensor(w.id());
+                let wb = w.clone();
+                recompute::frozen_matmul(
+                    x,
+                    key,
+                    w.dim(0)?,
+                    || frozen::frozen_matmul_t(x, w),
+                    move |g| frozen::frozen_input_grad(g, &wb),
+                )
+            }
+            BaseWeight::Quant4(q) => {
+                let key = recompute::WeightKey::Shared(std::sync::Arc::as_ptr(q) as usize);
+                let qb = q.clone();
+                recompute::frozen_matmul(
+                    x,
+                    key,
+                    q.dims().0,
+                    || frozen::quant_matmul_t(x, q),
+                    move |g| frozen::quant_input_grad(g, &qb),
+                )
+            }
             BaseWeight::Gguf(q) => {
                 if x.track_op() {
                     candle_core::bail!(

@@ -125,7 +125,11 @@ fn model_line(c: &RunConfig) -> String {
         notes.push("double quant".into());
     }
     if c.model.gradient_checkpointing {
-        notes.push("grad checkpointing".into());
+        notes.push(if c.model.selective_checkpointing {
+            "selective checkpointing".into()
+        } else {
+            "grad checkpointing".into()
+        });
     }
     // What `auto` means with this binary: the GPU of a CUDA build (bf16 for a frozen
     // base), else the CPU in f32.
