@@ -20,8 +20,8 @@ use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Storage,
-    Tensor,
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape,
+    Storage, Tensor,
 };
 
 /// The environment variable that forces the generic path on the CPU (`generic`), or the
@@ -219,6 +219,73 @@ pub fn attach2(
     a.apply_op2(
         b,
         Attach2 {
+            name,
+            y: Precomputed::new(y)?,
+            bwd: Box::new(bwd),
+        },
+    )
+}
+
+/// Gradients of three inputs (`None` for one that needs none).
+pub type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+type Backward3 = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync;
+
+struct Attach3 {
+    name: &'static str,
+    y: Precomputed,
+    bwd: Box<Backward3>,
+}
+
+impl CustomOp3 for Attach3 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.y.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.y.cuda()
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, c: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Grads3> {
+        (self.bwd)(&a.detach(), &b.detach(), &c.detach(), g)
+    }
+}
+
+/// Like [`attach1`] for a result of three inputs; `bwd(a, b, c, dL/dy)` returns their
+/// gradients (the result itself is not kept for it).
+pub fn attach3(
+    name: &'static str,
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    y: &Tensor,
+    bwd: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() && !c.track_op() {
+        return Ok(y.detach());
+    }
+    a.apply_op3(
+        b,
+        c,
+        Attach3 {
             name,
             y: Precomputed::new(y)?,
             bwd: Box::new(bwd),

@@ -69,12 +69,14 @@ pub(crate) struct LoraOverlay {
 /// - MLP: h_to_4h I + bias I, GELU I, 4h_to_h h + bias h → 3I + 2h
 /// - two residual adds 2h
 ///
-/// LoRA on a targeted linear (`Linear::forward` + `LoraAdapter::forward`), per token:
-/// `x·Aᵀ` r, `·scale` r, `·Bᵀ` out, `y + lora` out → 2r + 2·out; with dropout in
-/// training, `candle_nn::ops::dropout` keeps its f32 mask and the product (2·in), and the
-/// freed uniform draw and its f32 cast (2·in more) stay resident between the kept tensors
-/// (glibc cannot return them): + 4·in. Each adapter draws its own mask, so q/k/v (and
-/// gate/up) pay it separately. Measured on SmolLM2, r 8, 1×256: dropout 0.05 costs
+/// LoRA on a targeted linear without dropout: one op of x, A and B adds the update to
+/// the base output (`LoraAdapter::add_update`), keeping nothing beyond the output the base
+/// keeps anyway → 0. With dropout in training, the composed form (`Linear::forward` +
+/// `LoraAdapter::forward`), per token: `x·Aᵀ` r, `·scale` r, `·Bᵀ` out, `y + lora` out →
+/// 2r + 2·out; `candle_nn::ops::dropout` keeps its f32 mask and the product (2·in), and
+/// the freed uniform draw and its f32 cast (2·in more) stay resident between the kept
+/// tensors (glibc cannot return them): + 4·in. Each adapter draws its own mask, so q/k/v
+/// (and gate/up) pay it separately. Measured on SmolLM2, r 8, 1×256: dropout 0.05 costs
 /// ~860 MiB (`measure_lora_dropout_backward`).
 pub(crate) fn block_retained_per_token(
     s: &ModelShape,
@@ -85,19 +87,12 @@ pub(crate) fn block_retained_per_token(
 ) -> f64 {
     let base = s.block_kept_per_token(ops);
     let lora_extra: f64 = match lora {
-        Some(l) => layer_linears
+        Some(l) if l.dropout => layer_linears
             .iter()
             .filter(|lin| lora_targets(lin))
-            .map(|lin| {
-                let drop = if l.dropout {
-                    4.0 * lin.in_f as f64
-                } else {
-                    0.0
-                };
-                2.0 * l.r as f64 + 2.0 * lin.out_f as f64 + drop
-            })
+            .map(|lin| 2.0 * l.r as f64 + 2.0 * lin.out_f as f64 + 4.0 * lin.in_f as f64)
             .sum(),
-        None => 0.0,
+        _ => 0.0,
     };
     base + lora_extra
 }

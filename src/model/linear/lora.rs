@@ -88,6 +88,58 @@ impl LoraAdapter {
         h.matmul(&b.t()?)
     }
 
+    /// Whether [`Self::add_update`] applies: a trained adapter (not frozen for inference)
+    /// without dropout in training (whose masks the composed form keeps).
+    pub fn fuses(&self) -> bool {
+        !self.frozen && !(self.training && self.dropout > 0.0)
+    }
+
+    /// `base` + (alpha / r) · x Aᵀ Bᵀ for x (rows, in), where `base` = x Wᵀ was computed
+    /// from x outside autograd and `input_grad` is its backward (g ↦ g W), as one op of x,
+    /// A and B whose backward gives
+    /// - dx = g W + s (g B) A,
+    /// - dA = s (g B)ᵀ x,
+    /// - dB = s gᵀ (x Aᵀ),
+    ///
+    /// so the graph keeps x, A and B only: the composed form (`Linear::forward` with
+    /// [`Self::forward`]) keeps x Aᵀ, its scaled copy, the (rows, out) update and the sum,
+    /// and its backward fills and adds two (rows, out) gradients more. Device-generic
+    /// (tensor ops); the same values as the composed form. x's gradient is computed only
+    /// when x is tracked.
+    pub fn add_update(
+        &self,
+        x: &Tensor,
+        base: &Tensor,
+        input_grad: super::InputGrad,
+    ) -> Result<Tensor> {
+        let cast = |t: &Tensor| {
+            if t.dtype() == x.dtype() {
+                Ok(t.clone())
+            } else {
+                t.to_dtype(x.dtype())
+            }
+        };
+        let (a, b) = (cast(self.a.as_tensor())?, cast(self.b.as_tensor())?);
+        let s = self.scale;
+        let y = {
+            let h = (x.detach().matmul(&a.detach().t()?)? * s)?;
+            (base + h.matmul(&b.detach().t()?)?)?
+        };
+        let x_tracked = x.track_op();
+        crate::model::generic::attach3("lora-linear", (x, &a, &b), &y, move |x, a, b, g| {
+            let gb = (g.matmul(b)? * s)?;
+            let dx = if x_tracked {
+                Some((input_grad(g)? + gb.matmul(a)?)?)
+            } else {
+                None
+            };
+            let da = gb.t()?.matmul(x)?;
+            let h = (x.matmul(&a.t()?)? * s)?;
+            let db = g.t()?.matmul(&h)?;
+            Ok((dx, Some(da), Some(db)))
+        })
+    }
+
     /// ΔW = scale · B A, shaped (out, in) like the base weight.
     pub fn delta_weight(&self) -> Result<Tensor> {
         self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
