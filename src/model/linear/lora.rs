@@ -91,7 +91,8 @@ impl LoraAdapter {
     /// Whether [`Self::add_update`] applies: a trained adapter (not frozen for inference)
     /// without dropout in training (whose masks the composed form keeps).
     pub fn fuses(&self) -> bool {
-        !self.frozen && !(self.training && self.dropout > 0.0)
+        let dropout = self.training && self.dropout > 0.0;
+        !self.frozen && !dropout
     }
 
     /// `base` + (alpha / r) · x Aᵀ Bᵀ for x (rows, in), where `base` = x Wᵀ was computed
