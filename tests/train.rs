@@ -371,7 +371,7 @@ fn the_fused_head_loss_equals_the_logits_path_on_every_head_kind() {
             .reshape((b * (t - 1), v));
         let (loss, _) =
             masked_cross_entropy(&logits.unwrap(), &batch.targets, &batch.loss_mask).unwrap();
-        accumulate(&loss.backward().unwrap(), params, &mut composed).unwrap();
+        accumulate(&mut loss.backward().unwrap().into(), params, &mut composed).unwrap();
         let expected = loss.to_scalar::<f32>().unwrap() as f64;
         for ckpt in [false, true] {
             let mut fused = vec![None; params.len()];

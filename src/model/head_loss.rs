@@ -16,7 +16,7 @@
 //! on any device and in any dtype; on the CPU when the generic path is forced) keeps the
 //! same: the inputs only. [`composed_linear_cross_entropy`] is the plain twin. All are
 //! checked against an f64 reference below.
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape};
 use candle_core::{Device, Tensor, D};
 use rayon::prelude::*;
 
@@ -285,6 +285,7 @@ impl CustomOp2 for LinearCrossEntropy {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let coef = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.count as f32;
         let weight_grad = weight.track_op();
+        let weight_var = weight;
         let (hidden, weight) = (hidden.detach(), weight.detach());
         let mut dh = Vec::new();
         let mut dw: Option<Tensor> = None;
@@ -299,8 +300,8 @@ impl CustomOp2 for LinearCrossEntropy {
             dh.push(logits.matmul(&weight)?);
             if weight_grad {
                 let part = logits.t()?.matmul(&rows)?;
-                match &dw {
-                    Some(acc) => acc.inplace_op2(&part, &AddAssign)?,
+                match &mut dw {
+                    Some(acc) => super::grad_sink::add_into(acc, &part)?,
                     None => dw = Some(part),
                 }
             }
@@ -311,6 +312,11 @@ impl CustomOp2 for LinearCrossEntropy {
         } else {
             let idx = Tensor::from_slice(&self.rows, self.rows.len(), hidden.device())?;
             Tensor::zeros(hidden.dims(), DType::F32, hidden.device())?.index_add(&idx, &dh, 0)?
+        };
+        // The head weight's gradient goes to the training step's sink when one is open.
+        let dw = match dw {
+            Some(dw) => super::grad_sink::deposit(weight_var, dw)?,
+            None => None,
         };
         Ok((Some(dh), dw))
     }
@@ -386,38 +392,6 @@ impl candle_core::InplaceOp1 for RowGrad<'_> {
 }
 
 /// In place: `dst += src` (same shape, both contiguous f32).
-struct AddAssign;
-
-impl InplaceOp2 for AddAssign {
-    fn name(&self) -> &'static str {
-        "add-assign"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let (src, _) = rows_of(s2, l2)?;
-        let CpuStorage::F32(dst) = s1 else {
-            candle_core::bail!("accumulator: expected f32 data");
-        };
-        let Some((a, b)) = l1.contiguous_offsets() else {
-            candle_core::bail!("accumulator: expected contiguous data");
-        };
-        if b - a != src.len() {
-            candle_core::bail!("accumulator: {} values, addend {}", b - a, src.len());
-        }
-        dst[a..b]
-            .par_iter_mut()
-            .zip(src.par_iter())
-            .for_each(|(d, s)| *d += s);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

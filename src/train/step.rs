@@ -4,6 +4,7 @@ use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use crate::model::grad_sink::{self, Sink};
 use crate::model::head_loss::linear_cross_entropy;
 use crate::model::linear::recompute::{self, Tape};
 use crate::model::ops::{causal_mask, masked_cross_entropy};
@@ -68,17 +69,51 @@ pub fn eval_loss(model: &CausalLm, batch: &Batch) -> Result<(f64, usize)> {
     Ok((loss.to_scalar::<f32>()? as f64, n))
 }
 
-/// Adds the gradients of `params` found in `store` into `accum` (aligned with `params`).
+/// The gradients of one backward pass: candle's store, and the weight gradients the ops
+/// handed to the sink instead (`model::grad_sink`).
+pub struct Grads {
+    pub store: GradStore,
+    sink: Sink,
+}
+
+impl From<GradStore> for Grads {
+    /// A plain `backward()`'s gradients (no sink was open).
+    fn from(store: GradStore) -> Self {
+        Self {
+            store,
+            sink: Sink::default(),
+        }
+    }
+}
+
+/// `loss.backward()` with a gradient sink open.
+pub fn backward(loss: &Tensor) -> Result<Grads> {
+    let (store, sink) = grad_sink::collect(|| loss.backward())?;
+    Ok(Grads { store, sink })
+}
+
+/// Adds the gradients of `params` found in `grads` (the store's and the sink's) into
+/// `accum` (aligned with `params`).
 pub fn accumulate(
-    store: &GradStore,
+    grads: &mut Grads,
     params: &[(String, Var)],
     accum: &mut [Option<Tensor>],
 ) -> Result<()> {
     for ((_, var), acc) in params.iter().zip(accum.iter_mut()) {
-        if let Some(g) = store.get(var.as_tensor()) {
+        let g = match (grads.store.get(var.as_tensor()), grads.sink.remove(var)) {
+            // A tied table: the head's gradient from the sink (the step's own), the
+            // embedding's from the store, added in place.
+            (Some(a), Some(mut b)) => {
+                grad_sink::add_into(&mut b, a)?;
+                Some(b)
+            }
+            (Some(a), None) => Some(a.clone()),
+            (None, b) => b,
+        };
+        if let Some(g) = g {
             *acc = Some(match acc.take() {
                 Some(a) => (a + g)?,
-                None => g.clone(),
+                None => g,
             });
         }
     }
@@ -136,8 +171,8 @@ pub fn forward_backward(
     if checkpointing == Checkpointing::Off {
         let x = last_hidden(model, embeds, true)?;
         let (loss, n) = head_loss(model, &x, batch)?;
-        let store = loss.backward()?;
-        accumulate(&store, params, accum)?;
+        let mut grads = backward(&loss)?;
+        accumulate(&mut grads, params, accum)?;
         return Ok((loss.to_scalar::<f32>()? as f64, n));
     }
     let t = embeds.dim(1)?;
@@ -198,12 +233,13 @@ pub fn checkpointed_backward<R>(
     }
     let top = Var::from_tensor(&x)?;
     let (loss, extra) = head(top.as_tensor())?;
-    let mut store = loss.backward()?;
-    accumulate(&store, params, accum)?;
-    let mut upstream = store
+    let mut grads = backward(&loss)?;
+    accumulate(&mut grads, params, accum)?;
+    let mut upstream = grads
+        .store
         .remove(top.as_tensor())
         .ok_or_else(|| anyhow!("no gradient reached the last hidden state"))?;
-    drop(store);
+    drop(grads);
     for i in (0..num_blocks).rev() {
         let input = Var::from_tensor(&inputs[i])?;
         let tape = tapes.pop().unwrap_or_default();
@@ -212,14 +248,15 @@ pub fn checkpointed_backward<R>(
         } else {
             block(i, input.as_tensor())?
         };
-        let mut store = (out * &upstream)?.sum_all()?.backward()?;
-        accumulate(&store, params, accum)?;
-        upstream = store
+        let mut grads = backward(&(out * &upstream)?.sum_all()?)?;
+        accumulate(&mut grads, params, accum)?;
+        upstream = grads
+            .store
             .remove(input.as_tensor())
             .ok_or_else(|| anyhow!("no gradient reached the input of block {i}"))?;
     }
     // The embeddings (and anything trainable before the first block).
-    let store = (embeds * &upstream)?.sum_all()?.backward()?;
-    accumulate(&store, params, accum)?;
+    let mut grads = backward(&(embeds * &upstream)?.sum_all()?)?;
+    accumulate(&mut grads, params, accum)?;
     Ok((loss.detach(), extra))
 }

@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::checkpoint::save_vars;
 use super::data::sts::{load_pairs, LabelScale, LabelTarget, StsFormat, StsPair};
-use super::step::{accumulate, checkpointed_backward, Checkpointing};
+use super::step::{accumulate, backward, checkpointed_backward, Checkpointing};
 use super::trainer::{Evaluation, TrainTask};
 use crate::adapt::peft::{apply_lora_to_linears, save_adapter_linears, AdapterKind, LoraConfig};
 use crate::config::RunConfig;
@@ -217,8 +217,8 @@ pub fn forward_backward(
             x = model.layer(i, &x, Some(&mask))?;
         }
         let (loss, ()) = head(&x)?;
-        let store = loss.backward()?;
-        accumulate(&store, params, accum)?;
+        let mut grads = backward(&loss)?;
+        accumulate(&mut grads, params, accum)?;
         loss
     };
     Ok(loss.to_scalar::<f32>()? as f64)

@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::model::fused::f32_slice;
 use crate::model::generic::generic_kernels;
+use crate::model::grad_sink;
 
 /// Side of the square tiles the transpose copies (a 32 × 32 f32 tile is 4 KiB).
 const TILE: usize = 32;
@@ -69,19 +70,19 @@ pub(crate) fn matmul_by_transposed(
     x.matmul(&wt, (1, m, n, k), xl, &Layout::contiguous((k, n)))
 }
 
-/// x (rows, in) · Wᵀ for a trainable W (out, in), both differentiable. For
-/// [`transpose_first`] shapes on the CPU in f32 the forward multiplies by a transient
-/// contiguous Wᵀ (dropped at once: the graph keeps x and W, as a matmul does) and the
-/// backward gives dx = g · W and dW = gᵀ · x, the latter already in W's layout. Elsewhere
-/// `x.matmul(&w.t())`, its composed twin.
+/// x (rows, in) · Wᵀ for a trainable W (out, in), both differentiable. On the CPU in f32
+/// an op whose forward multiplies by a transient contiguous Wᵀ for [`transpose_first`]
+/// shapes (dropped at once: the graph keeps x and W, as a matmul does), by the strided
+/// view otherwise, and whose backward gives dx = g · W and dW = gᵀ · x, the latter already
+/// in W's layout and handed to the training step's gradient sink when one is open
+/// (`model::grad_sink`). Elsewhere `x.matmul(&w.t())`, its composed twin.
 pub fn trainable_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (out_f, in_f) = w.dims2()?;
     let fast = !generic_kernels(x.device())
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && x.rank() == 2
-        && w.is_contiguous()
-        && transpose_first(x.dim(0)?, in_f, out_f);
+        && w.rank() == 2
+        && w.is_contiguous();
     if !fast {
         return x.matmul(&w.t()?);
     }
@@ -107,7 +108,13 @@ impl CustomOp2 for MatmulT {
         if k != in_f {
             candle_core::bail!("{}: x has {k} features, W ({n}, {in_f})", self.name());
         }
-        let y = matmul_by_transposed(xs, xl, f32_slice(ws, wl, self.name())?, n)?;
+        let y = if transpose_first(m, k, n) {
+            matmul_by_transposed(xs, xl, f32_slice(ws, wl, self.name())?, n)?
+        } else {
+            // Row-major W (out, in); Wᵀ is the same buffer read with swapped strides.
+            let wt = Layout::new((k, n).into(), vec![1, k], wl.start_offset());
+            xs.matmul(ws, (1, m, n, k), xl, &wt)?
+        };
         Ok((y, (m, n).into()))
     }
 
@@ -120,8 +127,10 @@ impl CustomOp2 for MatmulT {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // Detached: x and W track ops, and a gradient built from them would keep the
         // graph (and every gradient before it) alive.
-        let (x, w) = (x.detach(), w.detach());
-        Ok((Some(g.matmul(&w)?), Some(g.t()?.matmul(&x)?)))
+        let (xd, wd) = (x.detach(), w.detach());
+        let dw = g.t()?.matmul(&xd)?;
+        // W's gradient goes to the training step's sink when one is open.
+        Ok((Some(g.matmul(&wd)?), grad_sink::deposit(w, dw)?))
     }
 }
 
@@ -146,11 +155,19 @@ mod tests {
     #[test]
     fn values_and_gradients_equal_the_composed_matmul() -> Result<()> {
         let dev = Device::Cpu;
-        // in ≥ out and ≥ 64 rows: the kernel applies.
+        // in ≥ out and ≥ 64 rows (W transposed first), then in < out (W read strided).
         assert!(transpose_first(65, 72, 40));
-        let w = Var::randn(0f32, 1.0, (40, 72), &dev)?;
-        let x = Var::randn(0f32, 1.0, (65, 72), &dev)?;
-        let g = Tensor::randn(0f32, 1.0, (65, 40), &dev)?;
+        assert!(!transpose_first(65, 40, 72));
+        for (out_f, in_f) in [(40, 72), (72, 40)] {
+            check_against_composed(&dev, out_f, in_f)?;
+        }
+        Ok(())
+    }
+
+    fn check_against_composed(dev: &Device, out_f: usize, in_f: usize) -> Result<()> {
+        let w = Var::randn(0f32, 1.0, (out_f, in_f), dev)?;
+        let x = Var::randn(0f32, 1.0, (65, in_f), dev)?;
+        let g = Tensor::randn(0f32, 1.0, (65, out_f), dev)?;
         let fast_y = trainable_matmul_t(x.as_tensor(), w.as_tensor())?;
         let plain_y = x.as_tensor().matmul(&w.as_tensor().t()?)?;
         let fast = (&fast_y * &g)?.sum_all()?.backward()?;
