@@ -111,7 +111,7 @@ impl Precomputed {
     }
 }
 
-type Backward1 = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+type Backward1 = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Option<Tensor>> + Send + Sync;
 type Backward2 = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)>
     + Send
     + Sync;
@@ -136,7 +136,7 @@ impl CustomOp1 for Attach1 {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        (self.bwd)(&x.detach(), &y.detach(), g).map(Some)
+        (self.bwd)(&x.detach(), &y.detach(), g)
     }
 }
 
@@ -148,6 +148,17 @@ pub fn attach1(
     x: &Tensor,
     y: &Tensor,
     bwd: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    attach1_opt(name, x, y, move |x, y, g| bwd(x, y, g).map(Some))
+}
+
+/// [`attach1`] whose backward may give no gradient (`None`: it delivered it elsewhere,
+/// as to `grad_sink`).
+pub fn attach1_opt(
+    name: &'static str,
+    x: &Tensor,
+    y: &Tensor,
+    bwd: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Option<Tensor>> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     if !x.track_op() {
         return Ok(y.detach());

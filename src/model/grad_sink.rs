@@ -86,6 +86,81 @@ pub fn deposit(weight: &Tensor, grad: Tensor) -> Result<Option<Tensor>> {
     })
 }
 
+/// Adds row i of `rows` (n, h) into row `ids[i]` of the open sink's gradient for the
+/// table `weight` (vocab, h) — in place into one already there (a tied head's), else
+/// into a zero table made for it. `false` (nothing done) when no sink is open, `weight`
+/// is not a variable or the data is not f32 on the CPU (or the generic path is forced):
+/// the caller builds the gradient.
+pub fn scatter_rows(weight: &Tensor, ids: &[u32], rows: &Tensor) -> Result<bool> {
+    let plain = weight.is_variable()
+        && !super::generic::generic_kernels(weight.device())
+        && weight.dtype() == candle_core::DType::F32
+        && rows.dtype() == candle_core::DType::F32;
+    if !plain {
+        return Ok(false);
+    }
+    OPEN.with(|o| {
+        let mut open = o.borrow_mut();
+        let Some(sink) = open.as_mut() else {
+            return Ok(false);
+        };
+        let acc = match sink.0.entry(weight.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(weight.zeros_like()?),
+        };
+        if !acc.is_contiguous() {
+            *acc = acc.contiguous()?;
+        }
+        acc.inplace_op2(rows, &ScatterRows { ids })?;
+        Ok(true)
+    })
+}
+
+/// `acc[ids[i]] += rows[i]` for a contiguous (vocab, h) `acc`.
+struct ScatterRows<'a> {
+    ids: &'a [u32],
+}
+
+impl InplaceOp2 for ScatterRows<'_> {
+    fn name(&self) -> &'static str {
+        "scatter-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let src = super::fused::f32_slice(s2, l2, self.name())?;
+        let CpuStorage::F32(dst) = s1 else {
+            bail!("{}: expected f32 data", self.name());
+        };
+        let (Some((a, b)), &[vocab, h]) = (l1.contiguous_offsets(), l1.dims()) else {
+            bail!("{}: expected a contiguous (vocab, h) table", self.name());
+        };
+        if src.len() != self.ids.len() * h || b - a != vocab * h {
+            bail!(
+                "{}: {} rows of {h} for {} ids",
+                self.name(),
+                src.len() / h.max(1),
+                self.ids.len()
+            );
+        }
+        let table = &mut dst[a..b];
+        for (&id, row) in self.ids.iter().zip(src.chunks_exact(h)) {
+            let Some(out) = table.get_mut(id as usize * h..(id as usize + 1) * h) else {
+                bail!("{}: token id {id} outside a table of {vocab}", self.name());
+            };
+            for (o, r) in out.iter_mut().zip(row) {
+                *o += r;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `acc += x`: in place (in parallel) for contiguous f32 tensors, else into a new tensor.
 /// `acc` must be shared with nobody.
 pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
@@ -163,6 +238,33 @@ mod tests {
         });
         assert!(e.is_err());
         assert!(OPEN.with(|o| o.borrow().is_none()));
+        Ok(())
+    }
+
+    #[test]
+    fn scattered_rows_add_into_the_tables_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let table = Var::zeros((4, 2), candle_core::DType::F32, &dev)?;
+        let rows = Tensor::new(&[[1f32, 2.], [10., 20.], [100., 200.]], &dev)?;
+        // No sink: nothing done.
+        assert!(!scatter_rows(table.as_tensor(), &[0, 2, 0], &rows)?);
+        let (_, mut sink) = collect(|| {
+            // A tied head's gradient first, then the embedding's rows into it.
+            assert!(deposit(
+                table.as_tensor(),
+                Tensor::ones((4, 2), candle_core::DType::F32, &dev)?
+            )?
+            .is_none());
+            assert!(scatter_rows(table.as_tensor(), &[0, 2, 0], &rows)?);
+            let e = scatter_rows(table.as_tensor(), &[4], &rows.narrow(0, 0, 1)?);
+            assert!(e.is_err(), "an id outside the table");
+            Ok(())
+        })?;
+        let g = sink.remove(table.as_tensor()).expect("gradient");
+        assert_eq!(
+            g.to_vec2::<f32>()?,
+            vec![vec![102., 203.], vec![1., 1.], vec![11., 21.], vec![1., 1.]]
+        );
         Ok(())
     }
 }

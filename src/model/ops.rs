@@ -6,12 +6,30 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Rows of an embedding table (vocab, h) for token ids (b, t) → (b, t, h).
+///
+/// A trained table's gradient goes to the training step's sink when one is open
+/// (`grad_sink::scatter_rows`: the rows added in place, into the tied head's gradient
+/// where there is one) instead of candle's `index_add` into a zero table, itself added
+/// into another zero table.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let h = table.dim(1)?;
-    table
-        .index_select(&ids.flatten_all()?, 0)?
-        .reshape((b, t, h))
+    let flat = ids.flatten_all()?;
+    let rows = if table.is_variable() && ids.dtype() == DType::U32 {
+        let ids_v: Vec<u32> = flat.to_vec1()?;
+        let y = table.detach().index_select(&flat, 0)?;
+        let var = table.clone();
+        super::generic::attach1_opt("embedding", table, &y, move |_, _, g| {
+            if super::grad_sink::scatter_rows(&var, &ids_v, &g.contiguous()?)? {
+                return Ok(None);
+            }
+            let idx = Tensor::from_slice(&ids_v, ids_v.len(), g.device())?;
+            Ok(Some(var.detach().zeros_like()?.index_add(&idx, g, 0)?))
+        })?
+    } else {
+        table.index_select(&flat, 0)?
+    };
+    rows.reshape((b, t, h))
 }
 
 /// Log-softmax over the last dimension (max-shifted for stability).

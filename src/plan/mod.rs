@@ -522,7 +522,15 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     ));
     let block_transient = bytes(activations::block_backward_transient(s, b, t));
     let hidden_state = bytes(n * s.hidden as f64);
-    let embed_grad_transient = if embeddings_trainable { bytes(vh) } else { 0 };
+    // The embedding's backward: on the CPU its rows go into the step's gradient sink
+    // (`model::grad_sink`, in place into a tied head's gradient, else into the table's
+    // gradient, counted with the gradients); elsewhere `index_add` makes a new V×h table
+    // while the old one is alive.
+    let embed_grad_transient = if embeddings_trainable && input.device == PlanDevice::Cuda {
+        bytes(vh)
+    } else {
+        0
+    };
     let accum_prev = if input.grad_accum_steps > 1 { grads } else { 0 };
 
     let cuda = input.device == PlanDevice::Cuda;
@@ -643,10 +651,13 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             + 3 * hidden_state
             + dequant_scratch
             + accum_block;
-        // The embedding table's backward (full FT): `index_add` into a new V×h table and
-        // the accumulation `a + g`, while every other gradient is alive.
+        // The embedding table's backward (full FT), while every other gradient is alive:
+        // on the CPU its rows go into a new V×h gradient in the step's sink, which for a
+        // tied table is then added to the head's (`a + g`, one more); elsewhere
+        // `index_add` into a new V×h table and the accumulation.
+        let embed_tables = if cuda || s.tied_embeddings { 2 } else { 0 };
         let embed_phase = if embeddings_trainable {
-            inputs + kept_free + head_acts + grads + 2 * bytes(vh) + 2 * hidden_state
+            inputs + kept_free + head_acts + grads + embed_tables * bytes(vh) + 2 * hidden_state
         } else {
             0
         };

@@ -145,7 +145,7 @@ pub fn halve(dir: &Path) -> Result<Halving, NoRelaunch> {
         .filter(|_| from > 1)
     else {
         return Err(NoRelaunch::Cannot(format!(
-            "it already ran micro-batches of 1, so it cannot be split further: make the run smaller (a shorter data.max_seq_len, model.gradient_checkpointing = true, LoRA or QLoRA, train.optimizer = \"adamw8bit\") or free memory, then `ftlab train --resume {}`",
+            "it already ran micro-batches of 1, so it cannot be split further: make the run smaller (a shorter data.max_seq_len, model.gradient_checkpointing = true (with model.selective_checkpointing = false), LoRA or QLoRA, train.optimizer = \"adamw8bit\") or free memory, then `ftlab train --resume {}`",
             dir.display()
         )));
     };

@@ -93,7 +93,7 @@ pub fn choose_for(
             predicted,
             available: _,
         }) => bail!(
-            "`{}` does not fit in memory: even micro-batch 1 is predicted at {} ({} with the {:.0} % margin) and {room}. Free memory or raise the limit, or make the run smaller: a shorter data.max_seq_len, model.gradient_checkpointing = true, LoRA or QLoRA ([lora], model.quant = \"nf4\"), train.optimizer = \"adamw8bit\"; train.auto_batch = false runs it anyway",
+            "`{}` does not fit in memory: even micro-batch 1 is predicted at {} ({} with the {:.0} % margin) and {room}. Free memory or raise the limit, or make the run smaller: a shorter data.max_seq_len, model.gradient_checkpointing = true (with model.selective_checkpointing = false), LoRA or QLoRA ([lora], model.quant = \"nf4\"), train.optimizer = \"adamw8bit\"; train.auto_batch = false runs it anyway",
             cfg.name,
             mib(predicted),
             mib(with_margin(predicted)),
