@@ -26,6 +26,57 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     Ok(&v[a..b])
 }
 
+/// Runs `f` on the f32 data of `dst` (contiguous, on the CPU), to be changed in place,
+/// and of `src` (contiguous). `dst` must be shared with nobody who expects it unchanged.
+pub(crate) fn update_in_place(
+    dst: &Tensor,
+    src: &Tensor,
+    name: &'static str,
+    f: impl FnOnce(&mut [f32], &[f32]) -> Result<()>,
+) -> Result<()> {
+    let op = InPlace {
+        name,
+        f: std::cell::RefCell::new(Some(f)),
+    };
+    dst.inplace_op2(src, &op)?;
+    if op.f.borrow().is_some() {
+        candle_core::bail!("{name}: the in-place update did not run (not on the CPU?)");
+    }
+    Ok(())
+}
+
+struct InPlace<F> {
+    name: &'static str,
+    f: std::cell::RefCell<Option<F>>,
+}
+
+impl<F: FnOnce(&mut [f32], &[f32]) -> Result<()>> candle_core::InplaceOp2 for InPlace<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let src = f32_slice(s2, l2, self.name)?;
+        let CpuStorage::F32(dst) = s1 else {
+            candle_core::bail!("{}: expected f32 data", self.name);
+        };
+        let Some((a, b)) = l1.contiguous_offsets() else {
+            candle_core::bail!("{}: expected contiguous data", self.name);
+        };
+        let f = self.f.borrow_mut().take();
+        match f {
+            Some(f) => f(&mut dst[a..b], src),
+            None => candle_core::bail!("{}: the update ran twice", self.name),
+        }
+    }
+}
+
 /// In place: `row ← softmax(row)`; a row that is −∞ everywhere becomes zeros.
 pub(crate) fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

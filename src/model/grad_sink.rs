@@ -17,7 +17,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor, TensorId};
+use candle_core::{bail, Result, Tensor, TensorId};
+
+use super::fused::update_in_place;
 use rayon::prelude::*;
 
 /// The gradients deposited while a sink was open, by weight.
@@ -111,96 +113,46 @@ pub fn scatter_rows(weight: &Tensor, ids: &[u32], rows: &Tensor) -> Result<bool>
         if !acc.is_contiguous() {
             *acc = acc.contiguous()?;
         }
-        acc.inplace_op2(rows, &ScatterRows { ids })?;
+        let (vocab, h) = acc.dims2()?;
+        // acc[ids[i]] += rows[i]
+        update_in_place(acc, rows, "scatter-rows", |table, src| {
+            if src.len() != ids.len() * h {
+                bail!(
+                    "scatter-rows: {} values for {} ids of {h}",
+                    src.len(),
+                    ids.len()
+                );
+            }
+            for (&id, row) in ids.iter().zip(src.chunks_exact(h)) {
+                let Some(out) = table.get_mut(id as usize * h..(id as usize + 1) * h) else {
+                    bail!("scatter-rows: token id {id} outside a table of {vocab}");
+                };
+                for (o, r) in out.iter_mut().zip(row) {
+                    *o += r;
+                }
+            }
+            Ok(())
+        })?;
         Ok(true)
     })
-}
-
-/// `acc[ids[i]] += rows[i]` for a contiguous (vocab, h) `acc`.
-struct ScatterRows<'a> {
-    ids: &'a [u32],
-}
-
-impl InplaceOp2 for ScatterRows<'_> {
-    fn name(&self) -> &'static str {
-        "scatter-rows"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let src = super::fused::f32_slice(s2, l2, self.name())?;
-        let CpuStorage::F32(dst) = s1 else {
-            bail!("{}: expected f32 data", self.name());
-        };
-        let (Some((a, b)), &[vocab, h]) = (l1.contiguous_offsets(), l1.dims()) else {
-            bail!("{}: expected a contiguous (vocab, h) table", self.name());
-        };
-        if src.len() != self.ids.len() * h || b - a != vocab * h {
-            bail!(
-                "{}: {} rows of {h} for {} ids",
-                self.name(),
-                src.len() / h.max(1),
-                self.ids.len()
-            );
-        }
-        let table = &mut dst[a..b];
-        for (&id, row) in self.ids.iter().zip(src.chunks_exact(h)) {
-            let Some(out) = table.get_mut(id as usize * h..(id as usize + 1) * h) else {
-                bail!("{}: token id {id} outside a table of {vocab}", self.name());
-            };
-            for (o, r) in out.iter_mut().zip(row) {
-                *o += r;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `acc += x`: in place (in parallel) for contiguous f32 tensors, else into a new tensor.
 /// `acc` must be shared with nobody.
 pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
     if acc.device().is_cpu() && acc.dtype() == candle_core::DType::F32 && acc.is_contiguous() {
-        acc.inplace_op2(x, &AddAssign)
+        update_in_place(acc, x, "add-assign", |dst, src| {
+            if dst.len() != src.len() {
+                bail!("add-assign: {} values, addend {}", dst.len(), src.len());
+            }
+            dst.par_iter_mut()
+                .zip(src.par_iter())
+                .with_min_len(1 << 14)
+                .for_each(|(d, s)| *d += s);
+            Ok(())
+        })
     } else {
         *acc = (&*acc + x)?;
-        Ok(())
-    }
-}
-
-struct AddAssign;
-
-impl InplaceOp2 for AddAssign {
-    fn name(&self) -> &'static str {
-        "add-assign"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let src = super::fused::f32_slice(s2, l2, self.name())?;
-        let CpuStorage::F32(dst) = s1 else {
-            bail!("{}: expected f32 data", self.name());
-        };
-        let Some((a, b)) = l1.contiguous_offsets() else {
-            bail!("{}: expected contiguous data", self.name());
-        };
-        if b - a != src.len() {
-            bail!("{}: {} values, addend {}", self.name(), b - a, src.len());
-        }
-        dst[a..b]
-            .par_iter_mut()
-            .zip(src.par_iter())
-            .with_min_len(1 << 14)
-            .for_each(|(d, s)| *d += s);
         Ok(())
     }
 }

@@ -25,7 +25,6 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use adamw8bit::AdamW8bit;
 pub use clip::{clip_grad_norm, grad_norm};
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -163,14 +162,18 @@ where
     );
     let grad = host_f32(grad)?;
     if in_place_capable(var) {
-        let op = HostUpdate {
-            f: RefCell::new(Some(f)),
-        };
-        var.as_tensor().inplace_op2(&grad, &op)?;
-        ensure!(
-            op.f.borrow().is_none(),
-            "in-place optimizer update did not run"
-        );
+        crate::model::fused::update_in_place(
+            var.as_tensor(),
+            &grad,
+            "ftlab-optimizer-update",
+            |p, g| {
+                if p.len() != g.len() {
+                    candle_core::bail!("parameter has {} elements, gradient {}", p.len(), g.len());
+                }
+                f(p, g);
+                Ok(())
+            },
+        )?;
     } else {
         let mut p: Vec<f32> = var
             .as_tensor()
@@ -199,54 +202,6 @@ fn cpu_f32_slice<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Resu
             Ok(&v[a..b])
         }
         _ => bail!("expected an f32 CPU tensor"),
-    }
-}
-
-/// In-place op that hands the destination and source storages to a closure as slices.
-struct HostUpdate<F> {
-    f: RefCell<Option<F>>,
-}
-
-impl<F: FnOnce(&mut [f32], &[f32])> candle_core::InplaceOp2 for HostUpdate<F> {
-    fn name(&self) -> &'static str {
-        "ftlab-optimizer-update"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let (a1, b1) = l1
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("parameter is not contiguous".into()))?;
-        let (a2, b2) = l2
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("gradient is not contiguous".into()))?;
-        let (p, g) = match (s1, s2) {
-            (CpuStorage::F32(p), CpuStorage::F32(g)) => (&mut p[a1..b1], &g[a2..b2]),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "in-place optimizer update needs f32 parameter and gradient".into(),
-                ))
-            }
-        };
-        if p.len() != g.len() {
-            return Err(candle_core::Error::Msg(format!(
-                "parameter has {} elements, gradient {}",
-                p.len(),
-                g.len()
-            )));
-        }
-        let f = self
-            .f
-            .borrow_mut()
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("update closure already used".into()))?;
-        f(p, g);
-        Ok(())
     }
 }
 
