@@ -43,19 +43,8 @@ thread_local! {
 
 /// Runs `f` (a backward pass) with a sink open on this thread; returns what was deposited.
 pub fn collect<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, Sink)> {
-    struct Restore(Option<Option<Sink>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                OPEN.with(|o| *o.borrow_mut() = previous);
-            }
-        }
-    }
-    let mut restore = Restore(Some(OPEN.with(|o| o.replace(Some(Sink::default())))));
-    let r = f()?;
-    let previous = restore.0.take().flatten();
-    let sink = OPEN.with(|o| o.replace(previous)).unwrap_or_default();
-    Ok((r, sink))
+    let (r, sink) = super::scoped::with_state(&OPEN, Sink::default(), f)?;
+    Ok((r, sink.unwrap_or_default()))
 }
 
 /// Gives the gradient `grad` of `weight` to the open sink (`None` back: candle gets
@@ -137,10 +126,13 @@ pub fn scatter_rows(weight: &Tensor, ids: &[u32], rows: &Tensor) -> Result<bool>
     })
 }
 
-/// `acc += x`: in place (in parallel) for contiguous f32 tensors, else into a new tensor.
-/// `acc` must be shared with nobody.
+/// `acc += x`: in place (in parallel) for contiguous f32 tensors on the CPU, else into a
+/// new tensor. `acc` must be shared with nobody.
 pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
-    if acc.device().is_cpu() && acc.dtype() == candle_core::DType::F32 && acc.is_contiguous() {
+    let f32_cpu = |t: &Tensor| {
+        t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+    };
+    if f32_cpu(acc) && f32_cpu(x) {
         update_in_place(acc, x, "add-assign", |dst, src| {
             if dst.len() != src.len() {
                 bail!("add-assign: {} values, addend {}", dst.len(), src.len());

@@ -391,7 +391,6 @@ impl candle_core::InplaceOp1 for RowGrad<'_> {
     }
 }
 
-/// In place: `dst += src` (same shape, both contiguous f32).
 #[cfg(test)]
 mod tests {
     use super::*;

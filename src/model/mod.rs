@@ -20,6 +20,7 @@ pub mod llama;
 pub mod load;
 pub mod ops;
 pub mod pool;
+pub mod scoped;
 pub mod shape;
 pub mod tiny;
 

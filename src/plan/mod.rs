@@ -526,14 +526,14 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     // (`model::grad_sink`, in place into a tied head's gradient, else into the table's
     // gradient, counted with the gradients); elsewhere `index_add` makes a new V×h table
     // while the old one is alive.
-    let embed_grad_transient = if embeddings_trainable && input.device == PlanDevice::Cuda {
+    let cuda = input.device == PlanDevice::Cuda;
+    let embed_grad_transient = if embeddings_trainable && cuda {
         bytes(vh)
     } else {
         0
     };
     let accum_prev = if input.grad_accum_steps > 1 { grads } else { 0 };
 
-    let cuda = input.device == PlanDevice::Cuda;
     // Activation-shaped transients of the 4-bit custom op: one dequantised weight at a time
     // (on a GPU, the generic dequantisation's tensors: the codes as f32, the two nibbles,
     // the indices and the values, about four weight-sized f32 tensors at once).

@@ -69,23 +69,28 @@ impl LoraAdapter {
         };
         // The scale goes on the rank-r intermediate, not on the output: one fewer
         // output-sized tensor kept for the backward pass per adapted layer.
-        let (a, b) = if self.frozen {
-            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
-        } else {
-            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
-        };
-        // f32 master factors on a bf16/f16 model: cast where used (the cast's backward
-        // brings the gradient back to f32).
-        let cast = |t: Tensor| {
-            if t.dtype() == x.dtype() {
-                Ok(t)
-            } else {
-                t.to_dtype(x.dtype())
-            }
-        };
-        let (a, b) = (cast(a)?, cast(b)?);
+        let (a, b) = self.factors(x.dtype())?;
         let h = (x.matmul(&a.t()?)? * self.scale)?;
         h.matmul(&b.t()?)
+    }
+
+    /// A and B as the forward pass uses them: detached when frozen for inference, and
+    /// f32 master factors on a bf16/f16 model cast to `dtype` where used (the cast's
+    /// backward brings the gradient back to f32).
+    fn factors(&self, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let use_as = |v: &Var| {
+            let t = if self.frozen {
+                v.as_tensor().detach()
+            } else {
+                v.as_tensor().clone()
+            };
+            if t.dtype() == dtype {
+                Ok(t)
+            } else {
+                t.to_dtype(dtype)
+            }
+        };
+        Ok((use_as(&self.a)?, use_as(&self.b)?))
     }
 
     /// Whether [`Self::add_update`] applies: a trained adapter (not frozen for inference)
@@ -113,14 +118,7 @@ impl LoraAdapter {
         base: &Tensor,
         input_grad: super::InputGrad,
     ) -> Result<Tensor> {
-        let cast = |t: &Tensor| {
-            if t.dtype() == x.dtype() {
-                Ok(t.clone())
-            } else {
-                t.to_dtype(x.dtype())
-            }
-        };
-        let (a, b) = (cast(self.a.as_tensor())?, cast(self.b.as_tensor())?);
+        let (a, b) = self.factors(x.dtype())?;
         let s = self.scale;
         let y = {
             let h = (x.detach().matmul(&a.detach().t()?)? * s)?;

@@ -86,30 +86,21 @@ impl BaseWeight {
         }
     }
 
+    /// A frozen weight's `compute` of x · Wᵀ through the recomputation tape
+    /// (`recompute::frozen_matmul`: kept while recording, taken back while replaying).
+    fn through_tape(&self, x: &Tensor, compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let Some((key, grad)) = self.frozen_backward() else {
+            return compute();
+        };
+        recompute::frozen_matmul(x, key, self.dims().0, compute, move |g| grad(g))
+    }
+
     /// x (rows, in) · Wᵀ → (rows, out).
     fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             BaseWeight::Dense(w) if w.track_op() => matmul_t(x, w),
-            BaseWeight::Dense(w) => {
-                let (key, grad) = self.frozen_backward().expect("a frozen dense weight");
-                recompute::frozen_matmul(
-                    x,
-                    key,
-                    w.dim(0)?,
-                    || frozen::frozen_matmul_t(x, w),
-                    move |g| grad(g),
-                )
-            }
-            BaseWeight::Quant4(q) => {
-                let (key, grad) = self.frozen_backward().expect("a 4-bit weight");
-                recompute::frozen_matmul(
-                    x,
-                    key,
-                    q.dims().0,
-                    || frozen::quant_matmul_t(x, q),
-                    move |g| grad(g),
-                )
-            }
+            BaseWeight::Dense(w) => self.through_tape(x, || frozen::frozen_matmul_t(x, w)),
+            BaseWeight::Quant4(q) => self.through_tape(x, || frozen::quant_matmul_t(x, q)),
             BaseWeight::Gguf(q) => {
                 if x.track_op() {
                     candle_core::bail!(
@@ -304,14 +295,13 @@ impl Linear {
         let in_f = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let fused = match (&self.lora, self.base.frozen_backward()) {
-            (Some(lora), Some((_, grad)))
-                if lora.fuses() && self.bias.as_ref().is_none_or(|b| !b.track_op()) =>
-            {
-                Some((lora, grad))
-            }
-            _ => None,
-        };
+        // The base's backward is looked up only for a trained adapter (not on inference's
+        // path).
+        let fused = self
+            .lora
+            .as_ref()
+            .filter(|l| l.fuses() && self.bias.as_ref().is_none_or(|b| !b.track_op()))
+            .and_then(|l| Some((l, self.base.frozen_backward()?.1)));
         let y = match fused {
             // A trained adapter on a frozen base: the base's output computed outside
             // autograd, the update added by one op of x, A and B (`LoraAdapter::add_update`).

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use candle_core::{bail, Result, Tensor};
 
 use crate::model::generic::attach1;
+use crate::model::scoped::with_state;
 
 /// Which frozen weight a kept output belongs to (a replayed forward that does not make
 /// the recorded calls in the recorded order is an error, not a wrong gradient).
@@ -66,35 +67,10 @@ thread_local! {
     static ACTIVE: RefCell<Option<Active>> = const { RefCell::new(None) };
 }
 
-/// Puts back the previous state of this thread when dropped (also on an early return).
-struct Restore(Option<Option<Active>>);
-
-impl Restore {
-    fn install(state: Active) -> Self {
-        Self(Some(ACTIVE.with(|a| a.replace(Some(state)))))
-    }
-
-    /// This scope's state, the previous one restored.
-    fn finish(mut self) -> Option<Active> {
-        let previous = self.0.take().flatten();
-        ACTIVE.with(|a| a.replace(previous))
-    }
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        if let Some(previous) = self.0.take() {
-            ACTIVE.with(|a| *a.borrow_mut() = previous);
-        }
-    }
-}
-
 /// Runs `f` (a block's forward pass) keeping the output of every frozen matmul it makes.
 pub fn record<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, Tape)> {
-    let scope = Restore::install(Active::Record(Tape::default()));
-    let r = f()?;
-    match scope.finish() {
-        Some(Active::Record(tape)) => Ok((r, tape)),
+    match with_state(&ACTIVE, Active::Record(Tape::default()), f)? {
+        (r, Some(Active::Record(tape))) => Ok((r, tape)),
         _ => bail!("selective recomputation: the recording was replaced while it ran"),
     }
 }
@@ -102,11 +78,9 @@ pub fn record<R>(f: impl FnOnce() -> Result<R>) -> Result<(R, Tape)> {
 /// Runs `f` (the same forward pass again, now tracked for backward) with the frozen
 /// matmuls answered from `tape`. Every kept output must be used, in order.
 pub fn replay<R>(tape: Tape, f: impl FnOnce() -> Result<R>) -> Result<R> {
-    let scope = Restore::install(Active::Replay(tape));
-    let r = f()?;
-    match scope.finish() {
-        Some(Active::Replay(rest)) if rest.is_empty() => Ok(r),
-        Some(Active::Replay(rest)) => bail!(
+    match with_state(&ACTIVE, Active::Replay(tape), f)? {
+        (r, Some(Active::Replay(rest))) if rest.is_empty() => Ok(r),
+        (_, Some(Active::Replay(rest))) => bail!(
             "selective recomputation: the recomputed block made {} fewer frozen matmuls than its forward pass",
             rest.len()
         ),
