@@ -157,10 +157,14 @@ fn component_ordering_follows_the_techniques() {
     assert_eq!(base.weights, 134_515_008 * 4);
     assert_eq!(base.optimizer, 134_515_008 * 8);
     assert!(base.gradients >= 134_515_008 * 4);
-    // Checkpointing changes activations only.
+    // Checkpointing changes activations only: fewer of them, and less than half once the
+    // kept blocks outweigh the step's fixed transients (the head's loss chunks, one
+    // block's backward). At 1 × 256 they do not since attention keeps no scores.
     assert_eq!(ckpt.weights, base.weights);
     assert_eq!(ckpt.optimizer, base.optimizer);
-    assert!(ckpt.activations * 2 < base.activations);
+    assert!(ckpt.activations < base.activations);
+    let acts_4x256 = |t| plan(&PlanInput::new(smol(), 4, 256, t)).activations;
+    assert!(acts_4x256(Technique::grad_ckpt()) * 2 < acts_4x256(Technique::baseline()));
     // LoRA: small optimiser state. 4-bit base: linear weights at 1/7.75 of f32, while the
     // embedding table (28.3M params, 21 % of SmolLM2) stays dense.
     assert!(lora.optimizer * 20 < base.optimizer);

@@ -75,24 +75,21 @@ const GEMMA3_LAYOUT: GgufLayout = GgufLayout {
 
 /// Elements one block keeps per token for backward (see `plan::activations`): four
 /// RMSNorms over h (3h + 3 each, the (1 + w) is a vector), the q/k norms over their heads,
-/// q/k/v/o projections (2·qd + 4·kvd), RoPE on q and k, the repeated k/v of grouped-query
-/// attention, the attention output, the two residual adds, and GeGLU (4I + h).
+/// q/k/v/o projections (2·qd + 4·kvd), RoPE on q and k, attention
+/// (`ModelShape::attention_kept_per_token`), the two residual adds, and GeGLU (4I + h).
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
     let norm = ops.rms_norm_kept(h, 1.0);
     let qk_norms = ops.rms_norm_kept(qd + kvd, (s.heads + s.kv_heads) as f64);
     let proj = 2.0 * qd + 4.0 * kvd;
-    let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
-    let attn = 3.0 * qd;
     let mlp = 4.0 * i + h;
     4.0 * norm
         + qk_norms
         + proj
         + s.rope_kept_per_token(s.heads, ops)
         + s.rope_kept_per_token(s.kv_heads, ops)
-        + repeat
-        + attn
+        + s.attention_kept_per_token(ops)
         + 2.0 * h
         + mlp
 }

@@ -37,12 +37,12 @@ pub const SPEC: ArchSpec = ArchSpec {
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// LayerNorms (5h + 3 each), the fused qkv and its split (9h), partial RoPE on q and k,
-/// the attention output, the dense projection, the GELU MLP (3I + 2h) and the residuals.
+/// attention (`ModelShape::attention_kept_per_token`), the dense projection, the GELU MLP (3I + 2h) and the residuals.
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let norm = 5.0 * h + 3.0;
     let qkv = 6.0 * h + 3.0 * h;
-    let attn = 3.0 * h;
+    let attn = s.attention_kept_per_token(ops);
     let dense = 2.0 * h;
     let mlp = 3.0 * i + 2.0 * h;
     2.0 * norm + qkv + 2.0 * s.rope_kept_per_token(s.heads, ops) + attn + dense + mlp + 2.0 * h
@@ -276,10 +276,8 @@ impl NeoxBlock {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let y = ops::attention(&q, &k, &v, pos.mask)?;
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_head * self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y = ops::grouped_attention(&q, &k, &v, pos.mask, scale)?;
         self.dense.forward(&y)
     }
 

@@ -46,8 +46,7 @@ pub const SPEC: ArchSpec = ArchSpec {
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// RMSNorms (3h + 3 each), q/k/v/o projections (2·qd + 4·kvd, + q/k/v biases), RoPE on q
-/// and k, the repeated k/v of grouped-query attention, the attention output, the two
-/// residual adds, and SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
+/// and k, attention (`ModelShape::attention_kept_per_token`), the two residual adds, and SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
@@ -58,15 +57,12 @@ fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
         0.0
     };
     let proj = 2.0 * qd + 4.0 * kvd + bias;
-    let repeat = if s.heads != s.kv_heads { 2.0 * qd } else { 0.0 };
-    let attn = 3.0 * qd;
     let mlp = ops.swiglu_kept(i) + h;
     2.0 * norm
         + proj
         + s.rope_kept_per_token(s.heads, ops)
         + s.rope_kept_per_token(s.kv_heads, ops)
-        + repeat
-        + attn
+        + s.attention_kept_per_token(ops)
         + h
         + h
         + mlp

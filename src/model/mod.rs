@@ -8,6 +8,7 @@ pub mod decode_attention;
 pub mod decoder;
 pub mod export;
 pub mod fused;
+pub mod fused_attention;
 pub mod fused_rows;
 pub mod gemma3;
 pub mod generic;

@@ -232,7 +232,9 @@ pub fn split_heads(y: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> 
 
 /// Grouped-query attention: q (b, h, t, d) over k/v (b, kv, s, d) with h a multiple of kv,
 /// scores scaled by `scale`; the heads merged back to (b, t, h·d). A decoding step (a few
-/// queries, nothing tracked, on the CPU) goes through `decode_attention`'s kernel.
+/// queries, nothing tracked, on the CPU) goes through `decode_attention`'s kernel, a
+/// sequence (training, prompts) in f32 on the CPU through `fused_attention`'s, and the
+/// composed ops otherwise.
 pub fn grouped_attention(
     q: &Tensor,
     k: &Tensor,
@@ -243,11 +245,14 @@ pub fn grouped_attention(
     if super::decode_attention::applies(q, k, v, mask) {
         return super::decode_attention::attend(q, k, v, mask, scale);
     }
+    if super::fused_attention::applies(q, k, v, mask) {
+        return super::fused_attention::attend(q, k, v, mask, scale);
+    }
     grouped_attention_composed(q, k, v, mask, scale)
 }
 
-/// [`grouped_attention`] composed of candle ops (with a backward): the decoding kernel's
-/// twin, and the path of training and prompts.
+/// [`grouped_attention`] composed of candle ops (with a backward): the twin of the
+/// decoding and fused kernels, and the path of other devices and dtypes.
 pub fn grouped_attention_composed(
     q: &Tensor,
     k: &Tensor,

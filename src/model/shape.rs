@@ -289,6 +289,47 @@ impl ModelShape {
             4.5 * rot + full
         }
     }
+
+    /// Elements attention keeps per token besides q, k and v: with the fused kernel
+    /// (`model::fused_attention`) its merged output and one log-sum-exp per head; composed,
+    /// the repeated k and v of grouped-query attention (copies), `kᵀ` copied contiguous,
+    /// `probs·v` and the merged heads' copy (the score-sized tensors are in
+    /// [`Self::attention_scores_kept`]).
+    pub fn attention_kept_per_token(&self, ops: RowOps) -> f64 {
+        let qd = self.q_dim() as f64;
+        match ops {
+            RowOps::Fused => qd + self.heads as f64,
+            RowOps::Composed => {
+                let repeat = if self.heads != self.kv_heads {
+                    2.0 * qd
+                } else {
+                    0.0
+                };
+                repeat + 3.0 * qd
+            }
+        }
+    }
+
+    /// Score-sized elements one block's attention keeps over b sequences of t tokens: none
+    /// with the fused kernel (its backward recomputes them); composed, the scores and the
+    /// fused softmax's probabilities, (b, heads, t, t) each. (The all-composed fallback
+    /// keeps 6; not modelled.)
+    pub fn attention_scores_kept(&self, ops: RowOps, b: usize, t: usize) -> f64 {
+        match ops {
+            RowOps::Fused => 0.0,
+            RowOps::Composed => 2.0 * (b * self.heads * t * t) as f64,
+        }
+    }
+
+    /// Score-sized elements alive at once inside one block's attention backward: the
+    /// fused kernel's probabilities and their gradient for one key/value head's group of
+    /// query heads of one sequence; composed, about two (b, heads, t, t) gradients.
+    pub fn attention_backward_scores(&self, ops: RowOps, b: usize, t: usize) -> f64 {
+        match ops {
+            RowOps::Fused => 2.0 * (self.heads / self.kv_heads.max(1) * t * t) as f64,
+            RowOps::Composed => 2.0 * (b * self.heads * t * t) as f64,
+        }
+    }
 }
 
 /// Which row-wise ops (RMSNorm, RoPE, SwiGLU) a run's forward pass uses, for the memory plan:

@@ -47,17 +47,20 @@ pub(crate) struct LoraOverlay {
 ///   `add` d → 4.5 per rotated element, for q and k; a partial rotation (GPT-NeoX) adds
 ///   the final `cat` with the pass-through part (+ the full width); fused (a whole head
 ///   rotated), the output: 1 per element
-/// - `repeat_kv` (grouped-query, heads ≠ kv_heads): broadcast then `reshape` of a
-///   strided tensor copies → qd for k and qd for v
-/// - `ops::attention`: `k.t().contiguous()` qd; scores (counted in [`block_scores`]);
+/// - attention, fused (`model::fused_attention`, f32 on the CPU: [`RowOps::Fused`]): the
+///   merged output qd and a log-sum-exp per head; no score-sized tensor. Composed:
+///   `repeat_kv` (grouped-query, heads ≠ kv_heads) copies qd for k and qd for v;
+///   `k.t().contiguous()` qd; the scores and probabilities (b, heads, t, t) each;
 ///   `probs.matmul(v)` qd; `transpose(1,2).reshape` copies qd
+///   (`ModelShape::attention_kept_per_token`, `attention_scores_kept`)
 /// - o_proj matmul h, residual add h
 /// - `rms_norm` (post-attention) 3h + 3
 /// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
 ///   (fused SwiGLU: no `silu` tensor, 3I + h)
 /// - residual add h
 ///
-/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 20,166 floats per token per block.
+/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 20,166 floats per token per block composed, 11,337 with
+/// the fused kernels.
 ///
 /// GPT-NeoX block (`NeoxBlock::forward`), heads = kv heads, qd = h:
 /// - `layer_norm` ×2: `centered` h, `sqr` h, `broadcast_div` h, `·weight` h, `+bias` h
@@ -95,15 +98,6 @@ pub(crate) fn block_retained_per_token(
         _ => 0.0,
     };
     base + lora_extra
-}
-
-/// Elements of the attention-score tensors one block keeps, all (b, heads, t, t): `q·kᵀ`
-/// and the probabilities of the fused `model::fused::scaled_masked_softmax` → 2. (The
-/// composed fallback on other devices and dtypes keeps 6: scaled, masked, `x − max`,
-/// `exp`, probabilities and the scores; not modelled.)
-pub(crate) fn block_scores(s: &ModelShape, b: usize, t: usize) -> f64 {
-    let (b, t, nh) = (b as f64, t as f64, s.heads as f64);
-    2.0 * b * nh * t * t
 }
 
 /// Stray gradients of one block that stay in the `GradStore` (see the module docs), in
@@ -160,12 +154,12 @@ pub(crate) fn block_stray(
 /// Gradients alive at once inside one block's backward, besides the kept activations:
 /// the in-flight gradient of the node being processed, the accumulated gradients of its
 /// inputs and `or_insert`'s zero tensors. Worst around attention (a few score-sized
-/// tensors) and the MLP (a few (t, I) tensors). An estimate: 2 score tensors + 2I + 3h
-/// per token.
-pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize) -> f64 {
+/// tensors: `ModelShape::attention_backward_scores`) and the MLP (a few (t, I)
+/// tensors). An estimate: those score tensors + 2I + 3h per token.
+pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize, ops: RowOps) -> f64 {
     let n = (b * t) as f64;
-    let scores = (b * s.heads * t * t) as f64;
-    2.0 * scores + n * (2.0 * s.intermediate as f64 + 3.0 * s.hidden as f64)
+    s.attention_backward_scores(ops, b, t)
+        + n * (2.0 * s.intermediate as f64 + 3.0 * s.hidden as f64)
 }
 
 /// Rows of one chunk of the fused LM-head loss (`model::head_loss`), at most the scored

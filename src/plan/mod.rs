@@ -494,7 +494,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         let lins: Vec<&LinearSpec> = linears.iter().filter(|l| l.layer == layer).collect();
         let per_token =
             activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets, ops);
-        let acts = bytes(per_token * n) + f32b(activations::block_scores(s, b, t));
+        let acts = bytes(per_token * n) + f32b(s.attention_scores_kept(ops, b, t));
         let stray = activations::block_stray(
             s,
             &lins,
@@ -520,7 +520,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         t,
         embeddings_trainable,
     ));
-    let block_transient = bytes(activations::block_backward_transient(s, b, t));
+    let block_transient = bytes(activations::block_backward_transient(s, b, t, ops));
     let hidden_state = bytes(n * s.hidden as f64);
     // The embedding's backward: on the CPU its rows go into the step's gradient sink
     // (`model::grad_sink`, in place into a tied head's gradient, else into the table's
