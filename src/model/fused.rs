@@ -84,12 +84,7 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
         row.fill(0.0);
         return;
     }
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / super::vexp::exp_shifted_sum(row, max);
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -302,7 +297,7 @@ impl CustomOp1 for LogSoftmax {
         let mut out = x.to_vec();
         for row in out.chunks_exact_mut(n) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+            let lse = max + super::vexp::sum_exp_shifted(row, max).ln();
             for v in row.iter_mut() {
                 *v -= lse;
             }

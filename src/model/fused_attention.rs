@@ -352,11 +352,12 @@ impl Attention {
                     dsr.fill(0.0);
                     continue;
                 }
-                let m = x.mask.map(|m| &m[i * s..i * s + e]);
-                for (j, pv) in pr[..e].iter_mut().enumerate() {
-                    let mv = m.map_or(0.0, |m| m[j]);
-                    *pv = (*pv + mv - lse).exp();
+                if let Some(m) = x.mask {
+                    for (pv, mv) in pr[..e].iter_mut().zip(&m[i * s..i * s + e]) {
+                        *pv += mv;
+                    }
                 }
+                super::vexp::exp_shifted_scaled(&mut pr[..e], lse, 1.0);
                 pr[e..].fill(0.0);
                 let dot: f32 = pr.iter().zip(dsr.iter()).map(|(p, dp)| p * dp).sum();
                 for (dsv, pv) in dsr.iter_mut().zip(pr.iter()) {
@@ -448,11 +449,7 @@ fn softmax_in_place(row: &mut [f32], mask: Option<&[f32]>, end: usize) -> f32 {
         seen.fill(0.0);
         return f32::NEG_INFINITY;
     }
-    let mut sum = 0f32;
-    for x in seen.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let sum = super::vexp::exp_shifted_sum(seen, max);
     let inv = 1.0 / sum;
     for x in seen.iter_mut() {
         *x *= inv;

@@ -12,6 +12,7 @@
 //! generic path forced: `model::generic`) the composed ops run, and the tests below
 //! compare the two, values and gradients, against f64.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::fused::{f32_slice, par_rows};
 use super::generic::generic_kernels;
@@ -210,10 +211,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     super::ops::rope_composed(x, cos, sin)
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// `silu(gate) · up`, element-wise (LLaMA's MLP).
 struct SwiGlu;
 
@@ -237,9 +234,10 @@ impl CustomOp2 for SwiGlu {
         let width = l1.shape().dims().last().copied().unwrap_or(1);
         let mut y = vec![0f32; g.len()];
         par_rows(&mut y, width, |r, yr| {
-            let (gr, ur) = (&g[r * width..], &u[r * width..]);
+            let (gr, ur) = (&g[r * width..(r + 1) * width], &u[r * width..]);
+            super::vexp::sigmoid_into(gr, yr);
             for ((y, g), u) in yr.iter_mut().zip(gr).zip(ur) {
-                *y = g * sigmoid(*g) * u;
+                *y *= g * u;
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -285,11 +283,21 @@ impl CustomOp3 for SwiGluGrad {
         let n = g.len();
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
-        for i in 0..n {
-            let sg = sigmoid(g[i]);
-            dg[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
-            du[i] = dy[i] * g[i] * sg;
-        }
+        const CHUNK: usize = 1 << 12;
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let at = c * CHUNK;
+                let (g, u, dy) = (&g[at..at + dg.len()], &u[at..], &dy[at..]);
+                // σ(g) into dg first, then both gradients from it.
+                super::vexp::sigmoid_into(g, dg);
+                for i in 0..dg.len() {
+                    let sg = dg[i];
+                    du[i] = dy[i] * g[i] * sg;
+                    dg[i] = dy[i] * u[i] * sg * (1.0 + g[i] * (1.0 - sg));
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((2, n))))
     }
 }

@@ -330,7 +330,7 @@ fn rows_of<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
 /// Row max and log of Σ exp(x − max): the log-sum-exp is their sum.
 fn max_and_log_sum(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|v| (v - max).exp()).sum::<f32>().ln())
+    (max, super::vexp::sum_exp_shifted(row, max).ln())
 }
 
 /// (c, V) logits → (c,) negative log-likelihoods of the targets.
@@ -380,10 +380,11 @@ impl candle_core::InplaceOp1 for RowGrad<'_> {
             .par_chunks_exact_mut(v)
             .zip(self.targets.par_iter().zip(self.scales.par_iter()))
             .for_each(|(row, (&t, &scale))| {
-                let (max, log_sum) = max_and_log_sum(row);
-                let lse = max + log_sum;
+                // softmax = e^(x − max) / Σ: one pass of exp, then the scale.
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let k = scale / super::vexp::exp_shifted_sum(row, max);
                 for x in row.iter_mut() {
-                    *x = (*x - lse).exp() * scale;
+                    *x *= k;
                 }
                 row[t as usize] -= scale;
             });

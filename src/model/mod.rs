@@ -24,6 +24,7 @@ pub mod pool;
 pub mod scoped;
 pub mod shape;
 pub mod tiny;
+pub mod vexp;
 
 pub use arch::ArchConfig;
 pub use causal::{CausalLm, LoadOptions, LoadedCausalLm};
