@@ -22,7 +22,11 @@ pub fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
     let xc = if x > HI { HI } else { x };
     let xc = if xc < LO { LO } else { xc };
-    let n = (xc * LOG2E + SHIFT) - SHIFT;
+    let shifted = xc * LOG2E + SHIFT;
+    let n = shifted - SHIFT;
+    // n as an integer, from the shifted value's mantissa bits (a float-to-int `as` cast
+    // saturates, which keeps the compiler from vectorising it).
+    let ni = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p.mul_add(r, 1.398_199_9e-3);
@@ -32,7 +36,6 @@ pub fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 0.5);
     let y = p.mul_add(r * r, r) + 1.0;
     // 2ⁿ from the exponent bits; n ∈ [−126, 128] here (128 only at HI, where y < 1).
-    let ni = n as i32;
     let half = f32::from_bits(((ni / 2 + 127) as u32) << 23);
     let rest = f32::from_bits(((ni - ni / 2 + 127) as u32) << 23);
     let e = y * half * rest;
