@@ -6,10 +6,14 @@
 //! backward pass, several logits-sized gradients: with Gemma 3's 262,144-token vocabulary
 //! a (2 × 256)-token batch has 537 MB of f32 logits per copy. Here the forward walks the
 //! counted rows in chunks (chunk × V logits at a time: matmul, log-sum-exp, picked logit)
-//! and keeps nothing but the inputs; the backward recomputes each chunk's logits, turns
-//! them into `softmax − one-hot` in place of a new tensor and produces d hidden — and,
-//! only when the weight is trainable (full fine-tuning, a trained embedding or head), d
-//! weight, accumulated chunk after chunk into one (V, h) tensor.
+//! and keeps nothing but the inputs. When the inputs are tracked (training), the forward
+//! also turns each chunk's logits into `softmax − one-hot` in place and produces d hidden
+//! — and, only when the weight is trainable (full fine-tuning, a trained embedding or
+//! head), d weight, accumulated chunk after chunk into one (V, h) tensor — for a loss
+//! gradient of 1; the backward only scales them by the gradient it gets. (The loss is
+//! the graph's last op, so its backward follows at once: the gradients exist no longer
+//! than they would otherwise, and the head's logits are computed once, not again in the
+//! backward.) Should the backward find them taken, it recomputes them.
 //!
 //! Masked rows (prompt tokens, padding) are skipped entirely: they cost no matmul.
 //! The op runs on the CPU in f32. Its generic definition (the same chunks with tensor ops,
@@ -109,12 +113,22 @@ pub fn linear_cross_entropy_chunked(
         count,
         chunk: chunk.max(1),
         loss: 0.0,
+        grads: Default::default(),
     };
     if generic {
         return Ok((op.generic(hidden, weight)?, count));
     }
-    let loss = op.mean_loss(&hidden.detach(), &weight.detach())?;
-    let loss = hidden.apply_op2(weight, LinearCrossEntropy { loss, ..op })?;
+    let (hd, wd) = (hidden.detach(), weight.detach());
+    let op = if hidden.track_op() || weight.track_op() {
+        // Training: the gradients for a loss gradient of 1 with the value.
+        let (loss, dh, dw) = op.loss_and_grads(&hd, &wd, 1.0, weight.track_op())?;
+        *op.grads.lock().unwrap_or_else(|e| e.into_inner()) = Some((dh, dw));
+        LinearCrossEntropy { loss, ..op }
+    } else {
+        let loss = op.mean_loss(&hd, &wd)?;
+        LinearCrossEntropy { loss, ..op }
+    };
+    let loss = hidden.apply_op2(weight, op)?;
     Ok((loss, count))
 }
 
@@ -128,8 +142,12 @@ pub fn composed_linear_cross_entropy(
     masked_cross_entropy(&matmul_t(hidden, weight)?, targets, mask)
 }
 
-/// The op. Its value is computed before it is applied ([`Self::mean_loss`], with candle's
-/// matmul on the detached inputs), so `cpu_fwd` only hands it back; `bwd` recomputes.
+/// d hidden (n, h) and d weight (V, h) if the weight is trainable.
+type HeadGrads = (Tensor, Option<Tensor>);
+
+/// The op. Its value is computed before it is applied ([`Self::mean_loss`], or with the
+/// gradients by [`Self::loss_and_grads`], with candle's matmul on the detached inputs), so
+/// `cpu_fwd` only hands it back; `bwd` scales the gradients (or recomputes them).
 #[derive(Clone)]
 struct LinearCrossEntropy {
     /// Positions of the counted rows among the n hidden rows.
@@ -141,6 +159,8 @@ struct LinearCrossEntropy {
     count: usize,
     chunk: usize,
     loss: f32,
+    /// The gradients for a loss gradient of 1, computed with the value when training.
+    grads: std::sync::Arc<std::sync::Mutex<Option<HeadGrads>>>,
 }
 
 impl LinearCrossEntropy {
@@ -283,21 +303,61 @@ impl CustomOp2 for LinearCrossEntropy {
         _loss: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let coef = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.count as f32;
-        let weight_grad = weight.track_op();
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let weight_var = weight;
-        let (hidden, weight) = (hidden.detach(), weight.detach());
+        let taken = self.grads.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (dh, dw) = match taken {
+            Some((dh, dw)) if g == 1.0 => (dh, dw),
+            Some((dh, dw)) => ((dh * g as f64)?, dw.map(|d| d * g as f64).transpose()?),
+            None => {
+                let (hidden, weight) = (hidden.detach(), weight.detach());
+                let (_, dh, dw) =
+                    self.loss_and_grads(&hidden, &weight, g, weight_var.track_op())?;
+                (dh, dw)
+            }
+        };
+        // The head weight's gradient goes to the training step's sink when one is open.
+        let dw = match dw {
+            Some(dw) => super::grad_sink::deposit(weight_var, dw)?,
+            None => None,
+        };
+        Ok((Some(dh), dw))
+    }
+}
+
+impl LinearCrossEntropy {
+    /// The mean loss and its gradients for a loss gradient of `g`: d hidden (n, h) and,
+    /// with `weight_grad`, d weight. Per chunk: the logits, turned in place into
+    /// `g · w / count · (softmax − one-hot)` (the loss of each row taken on the way), then
+    /// their products with the weight and the rows.
+    fn loss_and_grads(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        g: f32,
+        weight_grad: bool,
+    ) -> Result<(f32, Tensor, Option<Tensor>)> {
+        let coef = g / self.count as f32;
+        let mut sum = 0f64;
         let mut dh = Vec::new();
         let mut dw: Option<Tensor> = None;
         for (s, c) in self.chunks() {
-            let (rows, logits) = self.chunk_logits(&hidden, &weight, (s, c))?;
+            let (rows, logits) = self.chunk_logits(hidden, weight, (s, c))?;
             let scales: Vec<f32> = self.weights[s..s + c].iter().map(|w| w * coef).collect();
             // d loss / d logits, written over the logits (no second chunk-sized tensor).
-            logits.inplace_op1(&RowGrad {
+            let op = RowGrad {
                 targets: &self.targets[s..s + c],
                 scales: &scales,
-            })?;
-            dh.push(logits.matmul(&weight)?);
+                nll: std::sync::Mutex::new(vec![0f32; c]),
+            };
+            logits.inplace_op1(&op)?;
+            let nll = op.nll.into_inner().unwrap_or_else(|e| e.into_inner());
+            sum += nll
+                .iter()
+                .zip(&self.weights[s..s + c])
+                .map(|(&l, &w)| l as f64 * w as f64)
+                .sum::<f64>();
+            dh.push(logits.matmul(weight)?);
             if weight_grad {
                 let part = logits.t()?.matmul(&rows)?;
                 match &mut dw {
@@ -313,12 +373,7 @@ impl CustomOp2 for LinearCrossEntropy {
             let idx = Tensor::from_slice(&self.rows, self.rows.len(), hidden.device())?;
             Tensor::zeros(hidden.dims(), DType::F32, hidden.device())?.index_add(&idx, &dh, 0)?
         };
-        // The head weight's gradient goes to the training step's sink when one is open.
-        let dw = match dw {
-            Some(dw) => super::grad_sink::deposit(weight_var, dw)?,
-            None => None,
-        };
-        Ok((Some(dh), dw))
+        Ok(((sum / self.count as f64) as f32, dh, dw))
     }
 }
 
@@ -357,10 +412,12 @@ impl CustomOp1 for RowNll<'_> {
     }
 }
 
-/// In place, per row: logits → `scale · (softmax − one-hot(target))`.
+/// In place, per row: logits → `scale · (softmax − one-hot(target))`; each row's negative
+/// log-likelihood of its target into `nll`.
 struct RowGrad<'a> {
     targets: &'a [u32],
     scales: &'a [f32],
+    nll: std::sync::Mutex<Vec<f32>>,
 }
 
 impl candle_core::InplaceOp1 for RowGrad<'_> {
@@ -376,13 +433,18 @@ impl candle_core::InplaceOp1 for RowGrad<'_> {
             candle_core::bail!("logits: expected contiguous data");
         };
         let v = l.shape().dims()[l.shape().rank() - 1];
+        let mut nll = self.nll.lock().unwrap_or_else(|e| e.into_inner());
         x[a..b]
             .par_chunks_exact_mut(v)
             .zip(self.targets.par_iter().zip(self.scales.par_iter()))
-            .for_each(|(row, (&t, &scale))| {
+            .zip(nll.par_iter_mut())
+            .for_each(|((row, (&t, &scale)), nll)| {
                 // softmax = e^(x − max) / Σ: one pass of exp, then the scale.
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let k = scale / super::vexp::exp_shifted_sum(row, max);
+                let picked = row[t as usize];
+                let sum = super::vexp::exp_shifted_sum(row, max);
+                *nll = max + sum.ln() - picked;
+                let k = scale / sum;
                 for x in row.iter_mut() {
                     *x *= k;
                 }
@@ -497,6 +559,33 @@ mod tests {
                     }
                 }
             });
+        }
+    }
+
+    #[test]
+    fn a_scaled_loss_and_a_second_backward_give_the_same_gradients() {
+        // The gradients computed with the value serve a loss gradient of 1; another is
+        // scaled, and a second backward (the first took them) recomputes them.
+        let c = case(13, 8, 50, &[3]);
+        let (h, w) = (
+            Var::from_tensor(&c.hidden).unwrap(),
+            Var::from_tensor(&c.weight).unwrap(),
+        );
+        let grads = |scale: f64| {
+            let (loss, _) =
+                linear_cross_entropy_chunked(h.as_tensor(), w.as_tensor(), &c.targets, &c.mask, 4)
+                    .unwrap();
+            let first = (&loss * scale).unwrap().backward().unwrap();
+            let second = (&loss * scale).unwrap().backward().unwrap();
+            [h.as_tensor(), w.as_tensor()].map(|v| {
+                let (a, b) = (first.get(v).unwrap(), second.get(v).unwrap());
+                assert!(max_diff(a, b) < 1e-6, "a second backward differs");
+                a.clone()
+            })
+        };
+        let (one, three) = (grads(1.0), grads(3.0));
+        for (a, b) in one.iter().zip(&three) {
+            assert!(max_diff(&(a * 3.0).unwrap(), b) < 1e-6);
         }
     }
 
