@@ -286,12 +286,12 @@ fn check_kernels_on_the_cpu_agrees_with_the_cpu_kernels() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 9, "{rows:?}");
+    assert_eq!(rows.len(), 10, "{rows:?}");
     for r in &rows {
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["device"], "cpu", "{r}");
     }
-    assert!(rows
-        .iter()
-        .any(|r| r["check"] == "4-bit dequantisation kernel"));
+    for check in ["4-bit dequantisation kernel", "attention: y, dq, dk, dv"] {
+        assert!(rows.iter().any(|r| r["check"] == check), "{check}");
+    }
 }

@@ -12,7 +12,7 @@ use crate::model::generic::with_generic_kernels;
 use crate::model::head_loss::linear_cross_entropy;
 use crate::model::linear::frozen::{frozen_matmul_t, quant_matmul_t};
 use crate::model::linear::{Quant4Kind, Quant4Tensor};
-use crate::model::ops::causal_mask;
+use crate::model::ops::{causal_mask, grouped_attention};
 use crate::train::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +77,38 @@ fn with_grad(
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no gradient reached the input"))?;
     Ok(vec![y, dx])
+}
+
+/// Grouped-query causal attention (6 query heads over 2 key/value heads, 70 tokens: two
+/// query blocks of the CPU kernel) and the gradients of its three inputs.
+fn attention_with_grads(dev: &Device) -> Result<Vec<Tensor>> {
+    let var = |shape: &[usize], seed: f64| -> Result<Var> {
+        Ok(Var::from_tensor(&input(shape, seed, 1.0)?.to_device(dev)?)?)
+    };
+    let (q, k, v) = (
+        var(&[1, 6, 70, 16], 6.0)?,
+        var(&[1, 2, 70, 16], 7.0)?,
+        var(&[1, 2, 70, 16], 8.0)?,
+    );
+    let mask = causal_mask(70, 0, DType::F32, dev)?;
+    let y = grouped_attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        Some(&mask),
+        0.25,
+    )?;
+    let r = input(y.dims(), 0.3, 1.0)?.to_device(dev)?;
+    let g = (&y * r)?.sum_all()?.backward()?;
+    let mut out = vec![y];
+    for x in [&q, &k, &v] {
+        out.push(
+            g.get(x.as_tensor())
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no gradient reached an attention input"))?,
+        );
+    }
+    Ok(out)
 }
 
 fn optimiser_steps(dev: &Device, eight_bit: bool) -> Result<Vec<Tensor>> {
@@ -168,6 +200,12 @@ fn checks(dev: &Device) -> Result<Vec<Row>> {
     })?;
     rows.push(Row {
         name: "attention softmax: p, dL/dscores",
+        diff,
+        tol,
+    });
+    let diff = compare(dev, attention_with_grads)?;
+    rows.push(Row {
+        name: "attention: y, dq, dk, dv",
         diff,
         tol,
     });

@@ -651,14 +651,22 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
-    /// The kernel against the composed ops in f64: output and dq, dk, dv.
+    #[derive(Clone, Copy, Debug)]
+    enum Impl {
+        Kernel,
+        Generic,
+        Composed,
+    }
+
+    /// The kernel and its generic twin against the composed ops in f64: output and dq,
+    /// dk, dv.
     fn check(b: usize, h: usize, kv: usize, t: usize, s: usize, d: usize, mask: Option<Tensor>) {
         let q = randn(&[b, h, t, d], 1);
         let k = randn(&[b, kv, s, d], 2);
         let v = randn(&[b, kv, s, d], 3);
         let w = randn(&[b, t, h * d], 4);
         let scale = 0.3;
-        let run = |dtype: DType, fused: bool| {
+        let run = |dtype: DType, how: Impl| {
             let vars: Vec<Var> = [&q, &k, &v]
                 .iter()
                 .map(|x| Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap())
@@ -669,12 +677,18 @@ mod tests {
                 vars[1].as_tensor(),
                 vars[2].as_tensor(),
             );
-            let y = if fused {
-                assert!(applies(qv, kv_, vv, m.as_ref()));
-                attend(qv, kv_, vv, m.as_ref(), scale).unwrap()
-            } else {
-                crate::model::ops::grouped_attention_composed(qv, kv_, vv, m.as_ref(), scale)
-                    .unwrap()
+            let y = match how {
+                Impl::Kernel => {
+                    assert!(applies(qv, kv_, vv, m.as_ref()));
+                    attend(qv, kv_, vv, m.as_ref(), scale).unwrap()
+                }
+                Impl::Generic => {
+                    crate::model::generic_attention::attend(qv, kv_, vv, m.as_ref(), scale).unwrap()
+                }
+                Impl::Composed => {
+                    crate::model::ops::grouped_attention_composed(qv, kv_, vv, m.as_ref(), scale)
+                        .unwrap()
+                }
             };
             let gs = (&y * w.to_dtype(dtype).unwrap())
                 .unwrap()
@@ -688,17 +702,19 @@ mod tests {
             }
             out
         };
-        let fused = run(DType::F32, true);
-        let reference = run(DType::F64, false);
-        for (what, (a, r)) in ["y", "dq", "dk", "dv"]
-            .iter()
-            .zip(fused.iter().zip(&reference))
-        {
-            let diff = max_rel_diff(a, r);
-            assert!(
-                diff < 1e-5,
-                "{what} differs by {diff} (b {b}, h {h}, kv {kv}, t {t}, s {s}, d {d})"
-            );
+        let reference = run(DType::F64, Impl::Composed);
+        for how in [Impl::Kernel, Impl::Generic] {
+            let got = run(DType::F32, how);
+            for (what, (a, r)) in ["y", "dq", "dk", "dv"]
+                .iter()
+                .zip(got.iter().zip(&reference))
+            {
+                let diff = max_rel_diff(a, r);
+                assert!(
+                    diff < 1e-5,
+                    "{how:?}: {what} differs by {diff} (b {b}, h {h}, kv {kv}, t {t}, s {s}, d {d})"
+                );
+            }
         }
     }
 
@@ -722,17 +738,27 @@ mod tests {
         let q = Var::from_tensor(&randn(&[1, 2, 3, 4], 1)).unwrap();
         let k = randn(&[1, 1, 3, 4], 2);
         let v = randn(&[1, 1, 3, 4], 3);
-        let y = attend(q.as_tensor(), &k, &v, Some(&m), 0.5).unwrap();
-        let rows = y.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(rows[1], vec![0.0; 8]);
-        assert!(rows[0]
-            .iter()
-            .chain(&rows[2])
-            .all(|x| x.is_finite() && *x != 0.0));
-        let g = y.sum_all().unwrap().backward().unwrap();
-        let dq = g.get(q.as_tensor()).unwrap();
-        let dq = dq.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
-        assert!(dq.iter().all(|head| head[1] == vec![0.0; 4]));
+        for generic in [false, true] {
+            let y = if generic {
+                crate::model::generic_attention::attend(q.as_tensor(), &k, &v, Some(&m), 0.5)
+            } else {
+                attend(q.as_tensor(), &k, &v, Some(&m), 0.5)
+            }
+            .unwrap();
+            let rows = y.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(rows[1], vec![0.0; 8], "generic: {generic}");
+            assert!(rows[0]
+                .iter()
+                .chain(&rows[2])
+                .all(|x| x.is_finite() && *x != 0.0));
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let dq = g.get(q.as_tensor()).unwrap();
+            let dq = dq.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+            assert!(
+                dq.iter().all(|head| head[1] == vec![0.0; 4]),
+                "generic: {generic}"
+            );
+        }
     }
 
     #[test]

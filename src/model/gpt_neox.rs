@@ -42,7 +42,7 @@ fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let norm = 5.0 * h + 3.0;
     let qkv = 6.0 * h + 3.0 * h;
-    let attn = s.attention_kept_per_token(ops);
+    let attn = s.attention_kept_per_token();
     let dense = 2.0 * h;
     let mlp = 3.0 * i + 2.0 * h;
     2.0 * norm + qkv + 2.0 * s.rope_kept_per_token(s.heads, ops) + attn + dense + mlp + 2.0 * h

@@ -62,7 +62,7 @@ fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
         + proj
         + s.rope_kept_per_token(s.heads, ops)
         + s.rope_kept_per_token(s.kv_heads, ops)
-        + s.attention_kept_per_token(ops)
+        + s.attention_kept_per_token()
         + h
         + h
         + mlp

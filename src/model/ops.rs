@@ -233,8 +233,9 @@ pub fn split_heads(y: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> 
 /// Grouped-query attention: q (b, h, t, d) over k/v (b, kv, s, d) with h a multiple of kv,
 /// scores scaled by `scale`; the heads merged back to (b, t, h·d). A decoding step (a few
 /// queries, nothing tracked, on the CPU) goes through `decode_attention`'s kernel, a
-/// sequence (training, prompts) in f32 on the CPU through `fused_attention`'s, and the
-/// composed ops otherwise.
+/// sequence (training, prompts) in f32 on the CPU through `fused_attention`'s, one tracked
+/// for backward on any other device or dtype through its device-generic definition
+/// (`generic_attention`: no score-sized tensor kept), and the composed ops otherwise.
 pub fn grouped_attention(
     q: &Tensor,
     k: &Tensor,
@@ -247,6 +248,9 @@ pub fn grouped_attention(
     }
     if super::fused_attention::applies(q, k, v, mask) {
         return super::fused_attention::attend(q, k, v, mask, scale);
+    }
+    if q.track_op() || k.track_op() || v.track_op() {
+        return super::generic_attention::attend(q, k, v, mask, scale);
     }
     grouped_attention_composed(q, k, v, mask, scale)
 }

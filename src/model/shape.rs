@@ -290,44 +290,24 @@ impl ModelShape {
         }
     }
 
-    /// Elements attention keeps per token besides q, k and v: with the fused kernel
-    /// (`model::fused_attention`) its merged output and one log-sum-exp per head; composed,
-    /// the repeated k and v of grouped-query attention (copies), `kᵀ` copied contiguous,
-    /// `probs·v` and the merged heads' copy (the score-sized tensors are in
-    /// [`Self::attention_scores_kept`]).
-    pub fn attention_kept_per_token(&self, ops: RowOps) -> f64 {
-        let qd = self.q_dim() as f64;
-        match ops {
-            RowOps::Fused => qd + self.heads as f64,
-            RowOps::Composed => {
-                let repeat = if self.heads != self.kv_heads {
-                    2.0 * qd
-                } else {
-                    0.0
-                };
-                repeat + 3.0 * qd
-            }
-        }
-    }
-
-    /// Score-sized elements one block's attention keeps over b sequences of t tokens: none
-    /// with the fused kernel (its backward recomputes them); composed, the scores and the
-    /// fused softmax's probabilities, (b, heads, t, t) each. (The all-composed fallback
-    /// keeps 6; not modelled.)
-    pub fn attention_scores_kept(&self, ops: RowOps, b: usize, t: usize) -> f64 {
-        match ops {
-            RowOps::Fused => 0.0,
-            RowOps::Composed => 2.0 * (b * self.heads * t * t) as f64,
-        }
+    /// Elements attention keeps per token besides q, k and v: its merged output and one
+    /// log-sum-exp per head, with the CPU kernel (`model::fused_attention`) and with its
+    /// device-generic definition (`model::generic_attention`) alike.
+    /// Neither keeps a score-sized tensor: their backward recomputes the probabilities.
+    /// (The composed ops, which would keep two, run only untracked.)
+    pub fn attention_kept_per_token(&self) -> f64 {
+        (self.q_dim() + self.heads) as f64
     }
 
     /// Score-sized elements alive at once inside one block's attention backward: the
-    /// fused kernel's probabilities and their gradient for one key/value head's group of
-    /// query heads of one sequence; composed, about two (b, heads, t, t) gradients.
+    /// CPU kernel's probabilities and their gradient for one key/value head's group of
+    /// query heads of one sequence; the generic definition's recomputed probabilities, the
+    /// gradient of the probabilities and two temporaries of the softmax's backward, (b,
+    /// heads, t, t) each.
     pub fn attention_backward_scores(&self, ops: RowOps, b: usize, t: usize) -> f64 {
         match ops {
             RowOps::Fused => 2.0 * (self.heads / self.kv_heads.max(1) * t * t) as f64,
-            RowOps::Composed => 2.0 * (b * self.heads * t * t) as f64,
+            RowOps::Composed => 4.0 * (b * self.heads * t * t) as f64,
         }
     }
 }

@@ -47,19 +47,16 @@ pub(crate) struct LoraOverlay {
 ///   `add` d → 4.5 per rotated element, for q and k; a partial rotation (GPT-NeoX) adds
 ///   the final `cat` with the pass-through part (+ the full width); fused (a whole head
 ///   rotated), the output: 1 per element
-/// - attention, fused (`model::fused_attention`, f32 on the CPU: [`RowOps::Fused`]): the
-///   merged output qd and a log-sum-exp per head; no score-sized tensor. Composed:
-///   `repeat_kv` (grouped-query, heads ≠ kv_heads) copies qd for k and qd for v;
-///   `k.t().contiguous()` qd; the scores and probabilities (b, heads, t, t) each;
-///   `probs.matmul(v)` qd; `transpose(1,2).reshape` copies qd
-///   (`ModelShape::attention_kept_per_token`, `attention_scores_kept`)
+/// - attention (`model::fused_attention` f32 on the CPU, `model::generic_attention`
+///   otherwise): the merged output qd and a log-sum-exp per head; no score-sized tensor
+///   (`ModelShape::attention_kept_per_token`)
 /// - o_proj matmul h, residual add h
 /// - `rms_norm` (post-attention) 3h + 3
 /// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
 ///   (fused SwiGLU: no `silu` tensor, 3I + h)
 /// - residual add h
 ///
-/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 20,166 floats per token per block composed, 11,337 with
+/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 17,871 floats per token per block composed, 11,337 with
 /// the fused kernels.
 ///
 /// GPT-NeoX block (`NeoxBlock::forward`), heads = kv heads, qd = h:
@@ -67,7 +64,7 @@ pub(crate) struct LoraOverlay {
 ///   (+ 3 per-token scalars) → 5h + 3 each
 /// - qkv matmul 3h + bias 3h; three `narrow(..).contiguous()` copies 3h
 /// - RoPE on q and k as above
-/// - attention `k.t().contiguous()` h, `probs·v` h, reshape copy h
+/// - attention as above: its output h and a log-sum-exp per head
 /// - dense matmul h + bias h
 /// - MLP: h_to_4h I + bias I, GELU I, 4h_to_h h + bias h → 3I + 2h
 /// - two residual adds 2h

@@ -494,7 +494,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         let lins: Vec<&LinearSpec> = linears.iter().filter(|l| l.layer == layer).collect();
         let per_token =
             activations::block_retained_per_token(s, &lins, overlay.as_ref(), &targets, ops);
-        let acts = bytes(per_token * n) + f32b(s.attention_scores_kept(ops, b, t));
+        let acts = bytes(per_token * n);
         let stray = activations::block_stray(
             s,
             &lins,

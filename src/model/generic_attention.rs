@@ -1,0 +1,110 @@
+//! The device-generic definition of `fused_attention`: attention that keeps no
+//! score-sized tensor for its backward, written with candle tensor ops so that it holds on
+//! every device (the GPU's path, and the CPU's when the generic path is forced or the
+//! dtype is not f32).
+//!
+//! The forward runs on detached inputs: the scores, softmax(scale · q·kᵀ + mask) and its
+//! product with v are transients, and only each row's log-sum-exp (one value per query
+//! and head) is kept beside q, k and v, which the graph holds anyway. The backward
+//! recomputes the probabilities from them, P = exp(scale · q·kᵀ + mask − lse), and forms
+//! dv = Pᵀ·dy, dP = dy·vᵀ, dS = P ⊙ (dP − Σ dP ⊙ P), dq = scale · dS·k, dk = scale · dSᵀ·q
+//! (the key/value heads' gradients summed over their groups of query heads). Composed,
+//! the graph would keep the scores and the probabilities of every layer until the
+//! backward reached it: two (b, heads, t, s) tensors per layer, the largest activations of
+//! a long sequence. Here a few such tensors live only while one layer's backward runs.
+//!
+//! Matmuls run in the inputs' dtype (bf16 on the GPU), the softmax and its gradient in
+//! f32, as the composed ops do. A query row that sees no key gives zeros and no gradient.
+use candle_core::{DType, Result, Tensor, D};
+
+use super::generic::attach3;
+use super::ops::repeat_kv;
+
+/// softmax(scale · q·kᵀ + mask)·v for q (b, h, t, d) over k/v (b, kv, s, d), h a multiple
+/// of kv, mask additive and broadcastable to (b, h, t, s); the heads merged: (b, t, h·d).
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let n_rep = h / k.dim(1)?;
+    let mask = mask.map(|m| m.detach().to_dtype(DType::F32)).transpose()?;
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let scores = masked_scores(&qd, &repeat_kv(&kd, n_rep)?, mask.as_ref(), scale)?;
+    let lse = log_sum_exp(&scores)?;
+    let probs = scores.broadcast_sub(&lse)?.exp()?;
+    drop(scores);
+    let y = merge_heads(
+        &probs
+            .to_dtype(vd.dtype())?
+            .matmul(&repeat_kv(&vd, n_rep)?.contiguous()?)?,
+        b,
+        t,
+        h,
+        d,
+    )?;
+    drop(probs);
+    attach3("recomputed-attention", (q, k, v), &y, move |q, k, v, g| {
+        let dtype = q.dtype();
+        let (k_rep, v_rep) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?.contiguous()?);
+        let dy = g
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .to_dtype(dtype)?;
+        let probs = masked_scores(q, &k_rep, mask.as_ref(), scale)?
+            .broadcast_sub(&lse)?
+            .exp()?;
+        let p = probs.to_dtype(dtype)?;
+        let dv = group_sum(&p.t()?.matmul(&dy)?, n_rep)?;
+        drop(p);
+        let ds = {
+            let dp = dy.matmul(&v_rep.t()?)?.to_dtype(DType::F32)?;
+            let dot = (&dp * &probs)?.sum_keepdim(D::Minus1)?;
+            (dp.broadcast_sub(&dot)? * probs)?
+        }
+        .to_dtype(dtype)?;
+        let dq = (ds.matmul(&k_rep.contiguous()?)? * scale)?;
+        let dk = group_sum(&(ds.t()?.matmul(q)? * scale)?, n_rep)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    })
+}
+
+/// scale · q·kᵀ + mask in f32, (b, h, t, s).
+fn masked_scores(q: &Tensor, k: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let scores = (q
+        .contiguous()?
+        .matmul(&k.t()?.contiguous()?)?
+        .to_dtype(DType::F32)?
+        * scale)?;
+    match mask {
+        Some(m) => scores.broadcast_add(m),
+        None => Ok(scores),
+    }
+}
+
+/// ln Σ exp over the last dimension, keepdim. A row of −∞ only (a query that sees no
+/// key) gets `f32::MIN` instead of −∞, so that exp(scores − lse) is 0 there, not NaN.
+fn log_sum_exp(scores: &Tensor) -> Result<Tensor> {
+    let max = scores.max_keepdim(D::Minus1)?.maximum(f32::MIN)?;
+    let sum = scores.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+    (max + sum.log()?)?.maximum(f32::MIN)
+}
+
+/// (b, h, t, d) → (b, t, h·d).
+fn merge_heads(y: &Tensor, b: usize, t: usize, h: usize, d: usize) -> Result<Tensor> {
+    y.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
+/// The gradient of `repeat_kv`: (b, kv·n_rep, s, d) → (b, kv, s, d), each key/value head
+/// the sum over the query heads of its group.
+fn group_sum(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, s, d) = x.dims4()?;
+    x.reshape((b, h / n_rep, n_rep, s, d))?.sum(2)
+}
