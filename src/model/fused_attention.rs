@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::fused::f32_slice;
 use super::generic::generic_kernels;
 
 /// Queries per task (and keys per task in the backward's key/value pass).
@@ -151,10 +152,6 @@ fn with_f32<R>(x: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) 
     f(Some(&v[a..b]))
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    super::fused::f32_slice(s, l, what)
-}
-
 /// Keys seen by the queries of block `qb`: the largest row end among them.
 fn block_end(ends: &[usize], dims: &Dims, qb: usize) -> usize {
     ends[dims.block_rows(qb)].iter().copied().max().unwrap_or(0)
@@ -174,9 +171,9 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = contiguous_f32(s1, l1, "attention queries")?;
-        let k = contiguous_f32(s2, l2, "attention keys")?;
-        let v = contiguous_f32(s3, l3, "attention values")?;
+        let q = f32_slice(s1, l1, "attention queries")?;
+        let k = f32_slice(s2, l2, "attention keys")?;
+        let v = f32_slice(s3, l3, "attention values")?;
         let dm = self.dims;
         let Dims { b, h, t, d, .. } = dm;
         let mut y = vec![0f32; b * t * h * d];
