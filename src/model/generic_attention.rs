@@ -4,9 +4,10 @@
 //! dtype is not f32).
 //!
 //! The forward runs on detached inputs: the scores, softmax(scale · q·kᵀ + mask) and its
-//! product with v are transients, and only each row's log-sum-exp (one value per query
-//! and head) is kept beside q, k and v, which the graph holds anyway. The backward
-//! recomputes the probabilities from them, P = exp(scale · q·kᵀ + mask − lse), and forms
+//! product with v are transients, and only each row's maximum and normaliser (two values
+//! per query and head) are kept beside q, k and v, which the graph holds anyway. The
+//! backward recomputes the probabilities from them, P = exp(scale · q·kᵀ + mask − max) /
+//! Σ, and forms
 //! dv = Pᵀ·dy, dP = dy·vᵀ, dS = P ⊙ (dP − Σ dP ⊙ P), dq = scale · dS·k, dk = scale · dSᵀ·q
 //! (the key/value heads' gradients summed over their groups of query heads). Composed,
 //! the graph would keep the scores and the probabilities of every layer until the
@@ -34,9 +35,8 @@ pub fn attend(
     let mask = mask.map(|m| m.detach().to_dtype(DType::F32)).transpose()?;
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
     let scores = masked_scores(&qd, &repeat_kv(&kd, n_rep)?, mask.as_ref(), scale)?;
-    let lse = log_sum_exp(&scores)?;
-    let probs = scores.broadcast_sub(&lse)?.exp()?;
-    drop(scores);
+    let norm = RowNorm::of(&scores)?;
+    let probs = norm.probs(scores)?;
     let y = merge_heads(
         &probs
             .to_dtype(vd.dtype())?
@@ -55,9 +55,7 @@ pub fn attend(
             .transpose(1, 2)?
             .contiguous()?
             .to_dtype(dtype)?;
-        let probs = masked_scores(q, &k_rep, mask.as_ref(), scale)?
-            .broadcast_sub(&lse)?
-            .exp()?;
+        let probs = norm.probs(masked_scores(q, &k_rep, mask.as_ref(), scale)?)?;
         let p = probs.to_dtype(dtype)?;
         let dv = group_sum(&p.t()?.matmul(&dy)?, n_rep)?;
         drop(p);
@@ -86,12 +84,32 @@ fn masked_scores(q: &Tensor, k: &Tensor, mask: Option<&Tensor>, scale: f64) -> R
     }
 }
 
-/// ln Σ exp over the last dimension, keepdim. A row of −∞ only (a query that sees no
-/// key) gets `f32::MIN` instead of −∞, so that exp(scores − lse) is 0 there, not NaN.
-fn log_sum_exp(scores: &Tensor) -> Result<Tensor> {
-    let max = scores.max_keepdim(D::Minus1)?.maximum(f32::MIN)?;
-    let sum = scores.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-    (max + sum.log()?)?.maximum(f32::MIN)
+/// What the softmax of each row needs besides its scores: their maximum and the
+/// reciprocal of Σ exp(score − maximum), (…, 1) each, f32. Kept apart rather than as one
+/// log-sum-exp, so that the probabilities are exact to a few ulps however large the
+/// scores (exp(s − lse) loses the ulps of a large lse).
+struct RowNorm {
+    max: Tensor,
+    inv_sum: Tensor,
+}
+
+impl RowNorm {
+    /// A row of −∞ only (a query that sees no key) gets `f32::MIN` as its maximum and a
+    /// tiny sum, so that its probabilities are 0, not NaN.
+    fn of(scores: &Tensor) -> Result<Self> {
+        let max = scores.max_keepdim(D::Minus1)?.maximum(f32::MIN)?;
+        let sum = scores.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+        let inv_sum = sum.maximum(f32::MIN_POSITIVE)?.recip()?;
+        Ok(Self { max, inv_sum })
+    }
+
+    /// softmax of `scores` (f32) by these row statistics.
+    fn probs(&self, scores: Tensor) -> Result<Tensor> {
+        scores
+            .broadcast_sub(&self.max)?
+            .exp()?
+            .broadcast_mul(&self.inv_sum)
+    }
 }
 
 /// (b, h, t, d) → (b, t, h·d).

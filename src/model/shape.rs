@@ -290,13 +290,13 @@ impl ModelShape {
         }
     }
 
-    /// Elements attention keeps per token besides q, k and v: its merged output and one
-    /// log-sum-exp per head, with the CPU kernel (`model::fused_attention`) and with its
-    /// device-generic definition (`model::generic_attention`) alike.
-    /// Neither keeps a score-sized tensor: their backward recomputes the probabilities.
-    /// (The composed ops, which would keep two, run only untracked.)
+    /// Elements attention keeps per token besides q, k and v: its merged output and, per
+    /// head, one log-sum-exp (the CPU kernel, `model::fused_attention`) or a maximum and a
+    /// normaliser (its device-generic definition, `model::generic_attention`; the larger
+    /// is counted). Neither keeps a score-sized tensor: their backward recomputes the
+    /// probabilities. (The composed ops, which would keep two, run only untracked.)
     pub fn attention_kept_per_token(&self) -> f64 {
-        (self.q_dim() + self.heads) as f64
+        (self.q_dim() + 2 * self.heads) as f64
     }
 
     /// Score-sized elements alive at once inside one block's attention backward: the

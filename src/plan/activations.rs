@@ -48,15 +48,15 @@ pub(crate) struct LoraOverlay {
 ///   the final `cat` with the pass-through part (+ the full width); fused (a whole head
 ///   rotated), the output: 1 per element
 /// - attention (`model::fused_attention` f32 on the CPU, `model::generic_attention`
-///   otherwise): the merged output qd and a log-sum-exp per head; no score-sized tensor
-///   (`ModelShape::attention_kept_per_token`)
+///   otherwise): the merged output qd and two per head (a log-sum-exp, or a maximum and
+///   a normaliser); no score-sized tensor (`ModelShape::attention_kept_per_token`)
 /// - o_proj matmul h, residual add h
 /// - `rms_norm` (post-attention) 3h + 3
 /// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
 ///   (fused SwiGLU: no `silu` tensor, 3I + h)
 /// - residual add h
 ///
-/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 17,871 floats per token per block composed, 11,337 with
+/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 17,880 floats per token per block composed, 11,346 with
 /// the fused kernels.
 ///
 /// GPT-NeoX block (`NeoxBlock::forward`), heads = kv heads, qd = h:
@@ -64,7 +64,7 @@ pub(crate) struct LoraOverlay {
 ///   (+ 3 per-token scalars) → 5h + 3 each
 /// - qkv matmul 3h + bias 3h; three `narrow(..).contiguous()` copies 3h
 /// - RoPE on q and k as above
-/// - attention as above: its output h and a log-sum-exp per head
+/// - attention as above: its output h and two per head
 /// - dense matmul h + bias h
 /// - MLP: h_to_4h I + bias I, GELU I, 4h_to_h h + bias h → 3I + 2h
 /// - two residual adds 2h
