@@ -97,8 +97,13 @@ fn every_technique_has_the_cpu_kernels_gradients_on_the_generic_path() {
         }
         let (lm, tm) = setup::prepare(&cfg, &Device::Cpu).unwrap();
         // LoRA's B starts at zero, which makes every A gradient zero: move it.
-        for (n, v) in tm.params.iter().filter(|(n, _)| n.contains("lora_B")) {
-            let b = Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap();
+        for (i, (n, v)) in tm
+            .params
+            .iter()
+            .filter(|(n, _)| n.contains("lora_B"))
+            .enumerate()
+        {
+            let b = common::seeded_normal(v.dims(), 0.1, i as u64);
             v.set(&b).unwrap_or_else(|e| panic!("{n}: {e}"));
         }
         let (train, _) = sft_task::build(&cfg.data, &lm, std::path::Path::new(".")).unwrap();
@@ -156,8 +161,8 @@ fn other_architectures_and_4bit_bases_have_the_same_gradients_too() {
             };
             let params = apply_lora(&mut q.model, &lora, DType::F32, &Device::Cpu, 3).unwrap();
             // LoRA's B starts at zero, which would make every A gradient zero: move it.
-            for (_, v) in &params {
-                v.set(&Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap())
+            for (i, (_, v)) in params.iter().enumerate() {
+                v.set(&common::seeded_normal(v.dims(), 0.1, i as u64))
                     .unwrap();
             }
             for mode in [Checkpointing::Full, Checkpointing::Selective] {

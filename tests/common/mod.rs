@@ -119,6 +119,28 @@ pub fn assert_success(out: &std::process::Output) {
     );
 }
 
+/// Normal values (mean 0, standard deviation `std`) from a fixed seed: the same tensor on
+/// every run, so that a comparison within a rounding tolerance passes or fails the same
+/// way each time (candle's CPU `randn` cannot be seeded).
+pub fn seeded_normal(shape: &[usize], std: f32, seed: u64) -> candle_core::Tensor {
+    let n: usize = shape.iter().product();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            z as f32 * std
+        })
+        .collect();
+    candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
 /// Largest absolute element-wise difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (a - b)
