@@ -77,17 +77,20 @@ impl<F: FnOnce(&mut [f32], &[f32]) -> Result<()>> candle_core::InplaceOp2 for In
     }
 }
 
-/// In place: `row ← softmax(row)`; a row that is −∞ everywhere becomes zeros.
-pub(crate) fn softmax_row(row: &mut [f32]) {
+/// In place: `row ← softmax(row)`; a row that is −∞ everywhere becomes zeros. Returns the
+/// row's ln Σ exp (−∞ for that row).
+pub(crate) fn softmax_row(row: &mut [f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
-        return;
+        return f32::NEG_INFINITY;
     }
-    let inv = 1.0 / super::vexp::exp_shifted_sum(row, max);
+    let sum = super::vexp::exp_shifted_sum(row, max);
+    let inv = 1.0 / sum;
     for v in row.iter_mut() {
         *v *= inv;
     }
+    max + sum.ln()
 }
 
 /// Runs `f(row index, row)` on every `width`-long row of `out`, the rows shared among

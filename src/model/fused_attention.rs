@@ -441,17 +441,7 @@ fn softmax_in_place(row: &mut [f32], mask: Option<&[f32]>, end: usize) -> f32 {
             *x += mv;
         }
     }
-    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        seen.fill(0.0);
-        return f32::NEG_INFINITY;
-    }
-    let sum = super::vexp::exp_shifted_sum(seen, max);
-    let inv = 1.0 / sum;
-    for x in seen.iter_mut() {
-        *x *= inv;
-    }
-    max + sum.ln()
+    super::fused::softmax_row(seen)
 }
 
 /// A strided matrix inside a buffer: element (r, c) at `off + r·rs + c·cs`.

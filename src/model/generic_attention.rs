@@ -19,7 +19,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::generic::attach3;
-use super::ops::repeat_kv;
+use super::ops::{merge_heads, repeat_kv, split_heads};
 
 /// softmax(scale · q·kᵀ + mask)·v for q (b, h, t, d) over k/v (b, kv, s, d), h a multiple
 /// of kv, mask additive and broadcastable to (b, h, t, s); the heads merged: (b, t, h·d).
@@ -30,7 +30,7 @@ pub fn attend(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
+    let (h, d) = (q.dim(1)?, q.dim(3)?);
     let n_rep = h / k.dim(1)?;
     let mask = mask.map(|m| m.detach().to_dtype(DType::F32)).transpose()?;
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
@@ -41,20 +41,12 @@ pub fn attend(
         &probs
             .to_dtype(vd.dtype())?
             .matmul(&repeat_kv(&vd, n_rep)?.contiguous()?)?,
-        b,
-        t,
-        h,
-        d,
     )?;
     drop(probs);
     attach3("recomputed-attention", (q, k, v), &y, move |q, k, v, g| {
         let dtype = q.dtype();
         let (k_rep, v_rep) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?.contiguous()?);
-        let dy = g
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .to_dtype(dtype)?;
+        let dy = split_heads(g, h, d)?.to_dtype(dtype)?;
         let probs = norm.probs(masked_scores(q, &k_rep, mask.as_ref(), scale)?)?;
         let p = probs.to_dtype(dtype)?;
         let dv = group_sum(&p.t()?.matmul(&dy)?, n_rep)?;
@@ -110,11 +102,6 @@ impl RowNorm {
             .exp()?
             .broadcast_mul(&self.inv_sum)
     }
-}
-
-/// (b, h, t, d) → (b, t, h·d).
-fn merge_heads(y: &Tensor, b: usize, t: usize, h: usize, d: usize) -> Result<Tensor> {
-    y.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
 /// The gradient of `repeat_kv`: (b, kv·n_rep, s, d) → (b, kv, s, d), each key/value head

@@ -37,7 +37,8 @@ pub const SPEC: ArchSpec = ArchSpec {
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// LayerNorms (5h + 3 each), the fused qkv and its split (9h), partial RoPE on q and k,
-/// attention (`ModelShape::attention_kept_per_token`), the dense projection, the GELU MLP (3I + 2h) and the residuals.
+/// attention (`ModelShape::attention_kept_per_token`), the dense projection, the GELU MLP
+/// (3I + 2h) and the residuals.
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let norm = 5.0 * h + 3.0;

@@ -184,6 +184,14 @@ impl LinearCrossEntropy {
         Ok((rows, logits))
     }
 
+    /// Σ weight · nll over the rows of the chunk that starts at counted row `s`.
+    fn weighted(&self, s: usize, nll: &[f32]) -> f64 {
+        nll.iter()
+            .zip(&self.weights[s..])
+            .map(|(&l, &w)| l as f64 * w as f64)
+            .sum()
+    }
+
     fn mean_loss(&self, hidden: &Tensor, weight: &Tensor) -> Result<f32> {
         let mut sum = 0f64;
         for (s, c) in self.chunks() {
@@ -191,12 +199,7 @@ impl LinearCrossEntropy {
             let nll = logits.apply_op1_no_bwd(&RowNll {
                 targets: &self.targets[s..s + c],
             })?;
-            let nll: Vec<f32> = nll.to_vec1()?;
-            sum += nll
-                .iter()
-                .zip(&self.weights[s..s + c])
-                .map(|(&l, &w)| l as f64 * w as f64)
-                .sum::<f64>();
+            sum += self.weighted(s, &nll.to_vec1::<f32>()?);
         }
         Ok((sum / self.count as f64) as f32)
     }
@@ -351,12 +354,7 @@ impl LinearCrossEntropy {
                 nll: std::sync::Mutex::new(vec![0f32; c]),
             };
             logits.inplace_op1(&op)?;
-            let nll = op.nll.into_inner().unwrap_or_else(|e| e.into_inner());
-            sum += nll
-                .iter()
-                .zip(&self.weights[s..s + c])
-                .map(|(&l, &w)| l as f64 * w as f64)
-                .sum::<f64>();
+            sum += self.weighted(s, &op.nll.into_inner().unwrap_or_else(|e| e.into_inner()));
             dh.push(logits.matmul(weight)?);
             if weight_grad {
                 let part = logits.t()?.matmul(&rows)?;

@@ -46,7 +46,8 @@ pub const SPEC: ArchSpec = ArchSpec {
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
 /// RMSNorms (3h + 3 each), q/k/v/o projections (2·qd + 4·kvd, + q/k/v biases), RoPE on q
-/// and k, attention (`ModelShape::attention_kept_per_token`), the two residual adds, and SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
+/// and k, attention (`ModelShape::attention_kept_per_token`), the two residual adds, and
+/// SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);

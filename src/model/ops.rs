@@ -230,6 +230,13 @@ pub fn split_heads(y: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> 
         .contiguous()
 }
 
+/// (b, heads, t, head_dim) → (b, t, heads·head_dim): the heads of attention's output
+/// merged back, the inverse of [`split_heads`].
+pub fn merge_heads(y: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = y.dims4()?;
+    y.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
 /// Grouped-query attention: q (b, h, t, d) over k/v (b, kv, s, d) with h a multiple of kv,
 /// scores scaled by `scale`; the heads merged back to (b, t, h·d). A decoding step (a few
 /// queries, nothing tracked, on the CPU) goes through `decode_attention`'s kernel, a
@@ -256,7 +263,7 @@ pub fn grouped_attention(
 }
 
 /// [`grouped_attention`] composed of candle ops (with a backward): the twin of the
-/// decoding and fused kernels, and the path of other devices and dtypes.
+/// decoding, fused and generic kernels, and the untracked path of other devices and dtypes.
 pub fn grouped_attention_composed(
     q: &Tensor,
     k: &Tensor,
@@ -264,13 +271,10 @@ pub fn grouped_attention_composed(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let n_rep = h / k.dim(1)?;
+    let n_rep = q.dim(1)? / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?;
     let v = repeat_kv(v, n_rep)?;
-    attention_scaled(q, &k, &v, mask, scale)?
-        .transpose(1, 2)?
-        .reshape((b, t, h * d))
+    merge_heads(&attention_scaled(q, &k, &v, mask, scale)?)
 }
 
 /// Repeats key/value heads for grouped-query attention: (b, kv, s, d) → (b, kv·n_rep, s, d).
