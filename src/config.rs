@@ -328,15 +328,9 @@ impl RunConfig {
         self.compute_dtype_on_gpu(!device.is_cpu())
     }
 
-    /// [`Self::compute_dtype`] on a GPU (`gpu`) or not. Only a run that trains adapters
-    /// alone has f32 master copies of everything it trains (a `modules_to_save` table is
-    /// trained in the compute dtype), so only such a run gets bf16 from `auto`.
+    /// [`Self::compute_dtype`] on a GPU (`gpu`) or not.
     pub fn compute_dtype_on_gpu(&self, gpu: bool) -> candle_core::DType {
-        let adapters_only = self
-            .lora
-            .as_ref()
-            .is_some_and(|l| l.modules_to_save.is_empty());
-        self.model.dtype.resolve(gpu, adapters_only)
+        self.model.dtype.resolve(gpu)
     }
 
     pub fn technique(&self) -> Technique {
@@ -473,16 +467,17 @@ lr = 1e-4
 
     /// `auto` gives bf16 on a GPU only to a run that trains adapters alone.
     #[test]
-    fn auto_dtype_is_bf16_on_a_gpu_for_adapters_alone() {
+    fn auto_dtype_is_bf16_on_a_gpu_for_every_technique() {
         use candle_core::DType;
         let with = |extra: &str| RunConfig::from_toml_str(&format!("{PRESET}{extra}")).unwrap();
         let lora = with("[lora]\nr = 8\nalpha = 16\n");
         let saved = with("[lora]\nr = 8\nalpha = 16\nmodules_to_save = [\"embed_tokens\"]\n");
         let full = with("");
-        assert_eq!(lora.compute_dtype_on_gpu(true), DType::BF16);
-        assert_eq!(lora.compute_dtype_on_gpu(false), DType::F32);
-        assert_eq!(saved.compute_dtype_on_gpu(true), DType::F32);
-        assert_eq!(full.compute_dtype_on_gpu(true), DType::F32);
+        // What these train in the model's own tensors gets f32 masters (MasterWeights).
+        for cfg in [&lora, &saved, &full] {
+            assert_eq!(cfg.compute_dtype_on_gpu(true), DType::BF16);
+            assert_eq!(cfg.compute_dtype_on_gpu(false), DType::F32);
+        }
         let mut forced = saved;
         forced.model.dtype = ComputeDtype::Bf16;
         assert_eq!(forced.compute_dtype_on_gpu(false), DType::BF16);
@@ -612,10 +607,7 @@ lr = 1e-4
             )
             .replace("[data]", "[data]\ntemplate = \"layouts/ja.jinja\"");
         let cfg = RunConfig::from_toml_str(&text).unwrap();
-        assert_eq!(
-            cfg.model.dtype.resolve(false, false),
-            candle_core::DType::BF16
-        );
+        assert_eq!(cfg.model.dtype.resolve(false), candle_core::DType::BF16);
         assert_eq!(cfg.model.device, DeviceChoice::Cuda(None));
         assert_eq!(
             cfg.data.template,
@@ -626,12 +618,9 @@ lr = 1e-4
         assert_eq!(RunConfig::from_toml_str(&written).unwrap(), cfg);
         let defaults = RunConfig::from_toml_str(PRESET).unwrap();
         assert_eq!(defaults.model.dtype, ComputeDtype::Auto);
-        // auto: bf16 only on a GPU with a frozen base.
-        let auto = |gpu, frozen| ComputeDtype::Auto.resolve(gpu, frozen);
-        assert_eq!(auto(true, true), candle_core::DType::BF16);
-        for (gpu, frozen) in [(false, true), (true, false), (false, false)] {
-            assert_eq!(auto(gpu, frozen), candle_core::DType::F32);
-        }
+        // auto: bf16 on a GPU, f32 on the CPU.
+        assert_eq!(ComputeDtype::Auto.resolve(true), candle_core::DType::BF16);
+        assert_eq!(ComputeDtype::Auto.resolve(false), candle_core::DType::F32);
         assert_eq!(defaults.model.device, DeviceChoice::Auto);
         assert_eq!(defaults.data.template, TemplateChoice::default());
     }

@@ -10,8 +10,8 @@ use ftlab::model::llama::LlamaConfig;
 use ftlab::model::load::RandomSource;
 use ftlab::model::{ArchConfig, CausalLm, LoadOptions};
 use ftlab::plan::{
-    plan, plan_forward, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanInput, Technique,
-    NF4_DQ_BITS,
+    plan, plan_forward, LoraPlan, LoraTargets, MemoryPlan, ModelShape, PlanDevice, PlanInput,
+    Technique, NF4_DQ_BITS,
 };
 
 fn smollm2_config() -> LlamaConfig {
@@ -231,6 +231,39 @@ fn eight_bit_optimizer_state_is_about_a_quarter() {
         assert!(p8.total < p32.total);
         assert_eq!(p8.weights, p32.weights);
     }
+}
+
+/// A bf16 model on a GPU: full fine-tuning holds the bf16 weights, an f32 master of each
+/// (6 bytes per parameter) and bf16 gradients, where f32 held 4 and 4; LoRA trains no
+/// model tensor and gets no masters, and its f32 factors keep f32 gradients.
+#[test]
+fn bf16_full_fine_tuning_plans_f32_masters_and_bf16_gradients() {
+    let on_gpu = |tech: Technique, dtype_bytes: usize| {
+        let mut input = PlanInput::new(smol(), 1, 256, tech);
+        input.device = PlanDevice::Cuda;
+        input.compute_dtype_bytes = dtype_bytes;
+        plan(&input)
+    };
+    let n = smol().params().iter().map(|p| p.numel).sum::<u64>();
+    let (f32p, bf16p) = (
+        on_gpu(Technique::baseline(), 4),
+        on_gpu(Technique::baseline(), 2),
+    );
+    assert_eq!(f32p.weights, 4 * n);
+    assert_eq!(bf16p.weights, 2 * n + 4 * n);
+    assert!(bf16p
+        .details
+        .iter()
+        .any(|(k, v)| k == "f32 master weights" && *v == 4 * n));
+    assert_eq!(bf16p.optimizer, f32p.optimizer);
+    assert!(
+        bf16p.total < f32p.total,
+        "bf16 activations outweigh the masters"
+    );
+    let lora = on_gpu(Technique::lora(16), 2);
+    assert!(!lora.details.iter().any(|(k, _)| k == "f32 master weights"));
+    let factors = lora.trainable_params;
+    assert!(lora.gradients >= 4 * factors);
 }
 
 #[test]

@@ -67,8 +67,8 @@ impl<T: TrainTask> TrainTask for StopDuring<T> {
     fn set_training(&mut self, training: bool) {
         self.inner.set_training(training)
     }
-    fn save_weights(&mut self, dir: &Path) -> Result<()> {
-        self.inner.save_weights(dir)
+    fn save_weights(&mut self, dir: &Path, trained: &[(String, Var)]) -> Result<()> {
+        self.inner.save_weights(dir, trained)
     }
 }
 
@@ -196,6 +196,38 @@ fn a_stop_inside_gradient_accumulation_resumes_to_the_same_run() {
             "stop at step {done_steps}: the final adapter differs from the uninterrupted run's"
         );
     }
+}
+
+/// Full fine-tuning in bf16 with f32 master weights (`model.dtype = "bf16"`; what `auto`
+/// gives on a GPU) stopped inside gradient accumulation: the checkpoint holds the masters
+/// and the resumed run equals the uninterrupted one, its final weights byte for byte.
+#[test]
+fn a_bf16_full_run_with_master_weights_resumes_to_the_same_run() {
+    let root = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(root.path());
+    let data = common::small_sft(root.path(), 48);
+    let preset = common::preset(root.path(), &model, &data, "grad_accum = 2\n");
+    let mut cfg = RunConfig::load(&preset, &[]).unwrap();
+    cfg.model.dtype = ftlab::config::ComputeDtype::Bf16;
+    cfg.train.max_steps = 6;
+    cfg.train.lr = 1e-4;
+    cfg.data.eval_limit = 8;
+    let straight_dir = root.path().join("a");
+    let (_, straight) = train(&cfg, &straight_dir, false);
+    // Stopped one micro-batch into step 3.
+    let dir = root.path().join("b");
+    let (s1, first) = train_stopped(&cfg, &dir, 2 * 2 + 1, Box::new(|| {}));
+    assert_eq!((s1.reason.as_str(), s1.steps), ("stopped", 2));
+    let (s2, second) = train(&cfg, &dir, true);
+    assert_eq!(s2.reason, "completed");
+    let resumed: Vec<(usize, f64)> = first.into_iter().chain(second).collect();
+    assert_same_losses(&straight, &resumed);
+    let weights =
+        |d: &Path| std::fs::read(RunDir::new(d).model().join("model.safetensors")).unwrap();
+    assert!(
+        weights(&straight_dir) == weights(&dir),
+        "the final weights differ from the uninterrupted run's"
+    );
 }
 
 #[test]

@@ -466,3 +466,34 @@ fn sts_loss_falls_on_a_tiny_model_and_results_load_back() {
     // Checkpointing changes memory, not the result.
     assert_eq!(curves["full"], curves["ckpt"]);
 }
+
+/// Full fine-tuning of the encoder in bf16 (what `model.dtype = "auto"` gives on a GPU),
+/// here on the CPU: the optimiser updates f32 masters of the bf16 weights, the loss falls
+/// and `model/` holds the masters (f32 values off the bf16 grid).
+#[test]
+fn bf16_sts_full_fine_tuning_learns_with_f32_masters() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("tiny-bert");
+    write_tiny_bert(&model);
+    let data = small_pairs(root.path(), 48);
+    let mut cfg = tiny_preset(root.path(), &model, &data, "");
+    cfg.model.dtype = ftlab::config::ComputeDtype::Bf16;
+    let dir = root.path().join("run-bf16");
+    let (before, evals, _) = train(&cfg, &dir);
+    let last = evals.last().unwrap().1;
+    assert!(last < 0.7 * before, "bf16: loss {before} → {last}");
+    let run = RunDir::new(&dir);
+    let saved = candle_core::safetensors::load(
+        run.model().join(ftlab::runs::layout::FULL_WEIGHTS),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let off_grid = saved
+        .values()
+        .filter(|t| {
+            let r = t.to_dtype(candle_core::DType::BF16).unwrap();
+            common::max_abs_diff(t, &r.to_dtype(candle_core::DType::F32).unwrap()) > 0.0
+        })
+        .count();
+    assert!(off_grid * 2 > saved.len(), "{off_grid} of {}", saved.len());
+}

@@ -388,7 +388,57 @@ fn the_fused_head_loss_equals_the_logits_path_on_every_head_kind() {
     }
 }
 
-/// Mixed precision as `model.dtype = "auto"` gives it on a GPU (bf16 for a frozen base):
+/// Full fine-tuning in bf16, as `model.dtype = "auto"` gives it on a GPU, run here on the
+/// CPU (plain and checkpointed): the model's tensors are bf16 variables, the optimiser
+/// updates f32 masters of them, training lowers the loss, and the run's weights are the
+/// masters: f32 values that a bf16 tensor cannot hold, which reload into the model rounded.
+#[test]
+fn bf16_full_fine_tuning_trains_f32_masters() {
+    use candle_core::DType;
+    for ckpt in [false, true] {
+        let (root, mut cfg) = tiny_setup("");
+        cfg.model.dtype = ftlab::config::ComputeDtype::Bf16;
+        cfg.model.gradient_checkpointing = ckpt;
+        cfg.train.lr = 1e-3;
+        let (lm, tm) = setup::prepare(&cfg, &Device::Cpu).unwrap();
+        assert!(!tm.params.is_empty());
+        assert!(tm.params.iter().all(|(_, v)| v.dtype() == DType::BF16));
+        drop((lm, tm));
+        let dir = root.path().join("run");
+        let (summary, steps, initial) = run_training(&cfg, &dir, false, None);
+        let last = summary.eval_losses.last().unwrap().1;
+        assert!(
+            last < initial * 0.9,
+            "bf16 full (ckpt {ckpt}): eval loss {initial:.4} → {last:.4}; {steps:?}"
+        );
+        let saved = candle_core::safetensors::load(
+            ftlab::runs::layout::RunDir::new(&dir)
+                .model()
+                .join(ftlab::runs::layout::FULL_WEIGHTS),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut off_the_bf16_grid = 0;
+        for (name, t) in &saved {
+            assert_eq!(t.dtype(), DType::F32, "{name}");
+            let rounded = t
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            if common::max_abs_diff(t, &rounded) > 0.0 {
+                off_the_bf16_grid += 1;
+            }
+        }
+        assert!(
+            off_the_bf16_grid * 2 > saved.len(),
+            "{off_the_bf16_grid} of {} saved tensors hold more than bf16: the masters were not saved",
+            saved.len()
+        );
+    }
+}
+
+/// Mixed precision as `model.dtype = "auto"` gives it on a GPU, with a frozen base:
 /// the base computes in bf16, the adapters stay f32 master weights (their gradients come
 /// back through the cast in f32), and training lowers the loss. Run here on the CPU.
 #[test]

@@ -1,12 +1,13 @@
 //! `model.dtype`: the compute dtype of a run. The enum is the only way to name one, so an
 //! unknown dtype is a config error, never a silent f32.
 //!
-//! `auto` (the default) is bf16 on a GPU for a frozen base that trains adapters alone
-//! (LoRA, QLoRA: bitsandbytes' `bnb_4bit_compute_dtype=bfloat16` recipe), whose adapters
-//! stay f32 master weights cast to bf16 where they are used, with f32 optimiser state; f32
-//! on the CPU, for full fine-tuning and for LoRA with `modules_to_save` everywhere (those
-//! train the model's own tensors: without an f32 master copy, bf16 updates would round
-//! away).
+//! `auto` (the default) is bf16 on a GPU and f32 on the CPU. What a run trains stays f32
+//! whatever the compute dtype, as in PyTorch's mixed precision and bitsandbytes'
+//! `bnb_4bit_compute_dtype=bfloat16` recipe: LoRA factors are f32 variables cast to bf16
+//! where they are used; the model's own tensors (full fine-tuning, `modules_to_save`) are
+//! bf16 variables updated through f32 master copies (`train::optim::MasterWeights`), so
+//! that updates smaller than a bf16 step are not rounded away. Optimiser state is f32 (or
+//! 8-bit) either way.
 use std::fmt;
 
 use candle_core::DType;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
-    /// bf16 on a GPU with a frozen base, else f32 (see the module documentation).
+    /// bf16 on a GPU, f32 on the CPU (see the module documentation).
     #[default]
     Auto,
     F32,
@@ -24,11 +25,10 @@ pub enum ComputeDtype {
 }
 
 impl ComputeDtype {
-    /// The candle dtype weights and activations are computed in, on a GPU (`gpu`) or not,
-    /// for a run whose base is frozen (`frozen_base`: LoRA, QLoRA) or trained.
-    pub fn resolve(self, gpu: bool, frozen_base: bool) -> DType {
+    /// The candle dtype weights and activations are computed in, on a GPU (`gpu`) or not.
+    pub fn resolve(self, gpu: bool) -> DType {
         match self {
-            Self::Auto if gpu && frozen_base => DType::BF16,
+            Self::Auto if gpu => DType::BF16,
             Self::Auto | Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
             Self::F16 => DType::F16,

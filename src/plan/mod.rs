@@ -448,7 +448,20 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     if lora_params > 0 {
         details.push(("LoRA factors".into(), lora_weights));
     }
-    let weights = base_weights + lora_weights;
+    // The model's own trained tensors (full fine-tuning, `modules_to_save`): in a model
+    // narrower than f32 the optimiser updates f32 masters of them, made when it is built
+    // (`train::optim::MasterWeights`).
+    let model_trained = if tech.full { total_params } else { 0 } + save_params;
+    let masters = if db < 4.0 {
+        f32b(model_trained as f64)
+    } else {
+        0
+    };
+    if masters > 0 {
+        details.push(("f32 master weights".into(), masters));
+    }
+    let loaded_weights = base_weights + lora_weights;
+    let weights = loaded_weights + masters;
 
     // ---- optimiser: AdamW m and v per trainable tensor (8 bytes/param), or 8-bit.
     let eight = tech.optimizer_8bit;
@@ -466,22 +479,24 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     }
     optimizer += optimizer_bytes(save_params, eight);
 
-    // ---- gradients of trainable params (f32 `Var`s).
-    let grads = f32b(trainable as f64);
+    // ---- gradients of trainable params: the model's tensors' in the compute dtype, the
+    // LoRA factors' in f32.
+    let grads = bytes(model_trained as f64) + f32b(lora_params as f64);
     let layer_grads = |layer: usize| -> f64 {
-        let mut e = 0.0;
+        let (mut model, mut lora) = (0.0, 0.0);
         for lin in linears.iter().filter(|l| l.layer == layer) {
             if tech.full {
-                e += (lin.in_f * lin.out_f) as f64 + if lin.bias { lin.out_f as f64 } else { 0.0 };
+                model +=
+                    (lin.in_f * lin.out_f) as f64 + if lin.bias { lin.out_f as f64 } else { 0.0 };
             }
             if targets(lin) {
-                e += (r as usize * (lin.in_f + lin.out_f)) as f64;
+                lora += (r as usize * (lin.in_f + lin.out_f)) as f64;
             }
         }
         if tech.full {
-            e += s.block_small_params() as f64;
+            model += s.block_small_params() as f64;
         }
-        e * 4.0
+        model * db + lora * 4.0
     };
 
     // ---- per-layer activations and stray gradients.
@@ -532,7 +547,12 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     } else {
         0
     };
-    let accum_prev = if input.grad_accum_steps > 1 { grads } else { 0 };
+    // The earlier micro-batches' gradients, added up in f32 (`train::step::accumulate`).
+    let accum_prev = if input.grad_accum_steps > 1 {
+        f32b(trainable as f64)
+    } else {
+        0
+    };
 
     // Activation-shaped transients of the 4-bit custom op: one dequantised weight at a time
     // (on a GPU, the generic dequantisation's tensors: the codes as f32, the two nibbles,
@@ -691,7 +711,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
             .map(|l| bytes((l.in_f * l.out_f) as f64))
             .max()
             .unwrap_or(0);
-        baseline + weights + if quant { largest_linear } else { last_copy }
+        baseline + loaded_weights + if quant { largest_linear } else { last_copy }
     } else if quant {
         let largest_linear = linears
             .iter()
@@ -701,7 +721,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         // The embedding table loads first: its stored bytes (taken at Q8_0's 8.5 bits; a
         // Q6_K table is smaller) and its f32 copy are alive together for a moment.
         let table_load = (vh * GGUF_TABLE_BITS / 8.0) as u64 + f32b(vh);
-        PROCESS_BASELINE + text_side + (weights + largest_linear).max(table_load)
+        PROCESS_BASELINE + text_side + (loaded_weights + largest_linear).max(table_load)
     } else {
         PROCESS_BASELINE
             + LOAD_SLACK.max(text_side)

@@ -216,16 +216,10 @@ impl TrainTask for SftTask {
         self.tm.model.set_training(training);
     }
 
-    fn save_weights(&mut self, dir: &Path) -> Result<()> {
+    fn save_weights(&mut self, dir: &Path, trained: &[(String, Var)]) -> Result<()> {
         match &self.lora {
-            Some(cfg) => save_adapter(
-                dir,
-                &mut self.tm.model,
-                cfg,
-                &self.tm.base_name,
-                &self.tm.params,
-            ),
-            None => save_vars(&dir.join(FULL_WEIGHTS), &self.tm.params),
+            Some(cfg) => save_adapter(dir, &mut self.tm.model, cfg, &self.tm.base_name, trained),
+            None => save_vars(&dir.join(FULL_WEIGHTS), trained),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! recomputation (gradient checkpointing) — accumulating gradients per parameter.
 use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::model::grad_sink::{self, Sink};
 use crate::model::head_loss::linear_cross_entropy;
@@ -112,12 +112,22 @@ pub fn accumulate(
         };
         if let Some(g) = g {
             *acc = Some(match acc.take() {
-                Some(a) => (a + g)?,
+                Some(a) => add_in_f32(a, g)?,
                 None => g,
             });
         }
     }
     Ok(())
+}
+
+/// `a + g`, in f32 when either is narrower: the micro-batches of one step add up in f32
+/// (as PyTorch's mixed precision accumulates into f32 `.grad`s), so that a bf16 model's
+/// gradients lose no more than each micro-batch's own rounding.
+fn add_in_f32(a: Tensor, g: Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::F32 && g.dtype() == DType::F32 {
+        return Ok((a + g)?);
+    }
+    Ok((a.to_dtype(DType::F32)? + g.to_dtype(DType::F32)?)?)
 }
 
 /// What a training step keeps for its backward pass, and so what it recomputes.

@@ -520,14 +520,14 @@ impl TrainTask for StsTask {
         }
     }
 
-    fn save_weights(&mut self, dir: &Path) -> Result<()> {
+    fn save_weights(&mut self, dir: &Path, trained: &[(String, Var)]) -> Result<()> {
         match &self.lora {
             Some(cfg) => save_adapter_linears(
                 dir,
                 self.embedder.model_mut().linears_mut(),
                 cfg,
                 &self.base_name,
-                &self.params,
+                trained,
                 AdapterKind {
                     task_type: "FEATURE_EXTRACTION",
                     ensure_weight_tying: false,
@@ -535,7 +535,7 @@ impl TrainTask for StsTask {
             ),
             None => {
                 crate::files::create_dir_all(dir)?;
-                save_vars(&dir.join(FULL_WEIGHTS), &self.params)?;
+                save_vars(&dir.join(FULL_WEIGHTS), trained)?;
                 if let Some(base) = &self.base_dir {
                     copy_model_files(base, dir)?;
                 }

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainerState};
 use super::events::{EventLine, TrainEvent};
-use super::optim::{clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamWConfig, Optimizer};
+use super::optim::{
+    clip_grad_norm, grad_norm, trained_params, AdamW, AdamW8bit, AdamWConfig, MasterWeights,
+    Optimizer,
+};
 use super::schedule::LrSchedule;
 use crate::config::{device_name, OptimizerKind, RunConfig};
 use crate::files;
@@ -64,8 +67,10 @@ pub trait TrainTask {
     ) -> Result<(f64, usize)>;
     fn evaluate(&self, batch_size: usize, seed: u64) -> Result<Option<Evaluation>>;
     fn set_training(&mut self, training: bool);
-    /// Writes the trainable weights to `dir` (a PEFT adapter, or safetensors by name).
-    fn save_weights(&mut self, dir: &Path) -> Result<()>;
+    /// Writes the trainable weights to `dir` (a PEFT adapter, or safetensors by name):
+    /// `trained` is [`Self::params`] with the optimiser's f32 master copies in place of
+    /// the variables it keeps one of (the trained weights; `optim::trained_params`).
+    fn save_weights(&mut self, dir: &Path, trained: &[(String, Var)]) -> Result<()>;
 }
 
 /// One evaluation pass.
@@ -136,9 +141,14 @@ impl<T: TrainTask> Trainer<T> {
             weight_decay: self.cfg.train.weight_decay,
             ..AdamWConfig::default()
         };
-        Ok(match self.cfg.train.optimizer {
-            OptimizerKind::Adamw => Box::new(AdamW::new(vars, cfg)?),
-            OptimizerKind::Adamw8bit => Box::new(AdamW8bit::new(vars, cfg, 256, 4096)?),
+        // Variables in bf16 (the model's own tensors trained in a bf16 model) are updated
+        // through f32 masters.
+        let kind = self.cfg.train.optimizer;
+        MasterWeights::wrap(vars, |vars| {
+            Ok(match kind {
+                OptimizerKind::Adamw => Box::new(AdamW::new(vars, cfg)?),
+                OptimizerKind::Adamw8bit => Box::new(AdamW8bit::new(vars, cfg, 256, 4096)?),
+            })
         })
     }
 
@@ -245,7 +255,8 @@ impl<T: TrainTask> Trainer<T> {
                 .with_context(|| {
                     format!("{}: no checkpoint to resume from", self.run.root.display())
                 })?;
-            state = checkpoint::load(&dir, self.task.params(), opt.as_mut())?;
+            let params = trained_params(self.task.params(), opt.as_ref());
+            state = checkpoint::load(&dir, &params, opt.as_mut())?;
             debug_assert_eq!(state.step, step);
         }
         let schedule = LrSchedule {
@@ -443,7 +454,7 @@ impl<T: TrainTask> Trainer<T> {
         if state.step > 0 && checkpoint::validate(&self.run.checkpoint(state.step)).is_err() {
             self.checkpoint(opt.as_ref(), &state, false, emit)?;
         }
-        self.save_final()?;
+        self.save_final(opt.as_ref())?;
         let summary = Summary {
             run: self.run.id(),
             technique: self.cfg.technique().to_string(),
@@ -490,9 +501,11 @@ impl<T: TrainTask> Trainer<T> {
             peak_rss_bytes: state.peak_with_now(),
             ..state.clone()
         };
-        checkpoint::save(&dir, |d| self.task.save_weights(d), opt, state)?;
+        let trained = trained_params(self.task.params(), opt);
+        checkpoint::save(&dir, |d| self.task.save_weights(d, &trained), opt, state)?;
         if best {
-            checkpoint::save(&self.run.best(), |d| self.task.save_weights(d), opt, state)?;
+            let best = self.run.best();
+            checkpoint::save(&best, |d| self.task.save_weights(d, &trained), opt, state)?;
         }
         // Rotation: keep the newest `save_total_limit` step checkpoints.
         let all = self.run.list_checkpoints();
@@ -510,13 +523,14 @@ impl<T: TrainTask> Trainer<T> {
     }
 
     /// The run's result: `adapter/` (PEFT layout) for LoRA runs, else `model/`.
-    fn save_final(&mut self) -> Result<()> {
+    fn save_final(&mut self, opt: &dyn Optimizer) -> Result<()> {
         let dir = if self.cfg.lora.is_some() {
             self.run.adapter()
         } else {
             self.run.model()
         };
         files::create_dir_all(&dir)?;
-        self.task.save_weights(&dir)
+        let trained = trained_params(self.task.params(), opt);
+        self.task.save_weights(&dir, &trained)
     }
 }

@@ -8,6 +8,8 @@
 //!   (dynamic quantisation map, one f32 absmax per block): ~2 bytes of state per
 //!   parameter instead of 8.
 //! - [`clip_grad_norm`] / [`grad_norm`]: global L2 gradient norm, torch-style clipping.
+//! - [`MasterWeights`]: f32 master weights for variables held in bf16/f16 (mixed
+//!   precision), around either optimiser.
 //!
 //! Both optimisers implement [`Optimizer`], the interface the trainer drives.
 //! State is allocated lazily, the first time a variable receives a gradient (as in
@@ -19,11 +21,13 @@ mod adamw;
 mod adamw8bit;
 mod clip;
 mod device;
+mod master;
 pub mod qmap;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use adamw8bit::AdamW8bit;
 pub use clip::{clip_grad_norm, grad_norm};
+pub use master::{trained_params, MasterWeights};
 
 use std::collections::HashMap;
 
@@ -53,6 +57,11 @@ pub trait Optimizer: Send {
     fn load_state_tensors(&mut self, t: &HashMap<String, Tensor>) -> Result<()>;
     /// Number of `step` calls so far.
     fn step_count(&self) -> u64;
+    /// The f32 master copy the optimiser updates in place of variable `i`, when it keeps
+    /// one (a variable of a narrower dtype: [`MasterWeights`]).
+    fn master(&self, _i: usize) -> Option<Var> {
+        None
+    }
 }
 
 /// Per-step scalars shared by the 32-bit and 8-bit kernels (PyTorch AdamW formulas):
