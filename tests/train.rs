@@ -439,12 +439,22 @@ fn bf16_full_fine_tuning_trains_f32_masters() {
 }
 
 /// Mixed precision as `model.dtype = "auto"` gives it on a GPU, with a frozen base:
-/// the base computes in bf16, the adapters stay f32 master weights (their gradients come
-/// back through the cast in f32), and training lowers the loss. Run here on the CPU.
+/// the base computes in bf16, the adapters stay f32 (their gradients come back through the
+/// cast in f32), and training lowers the loss. With `modules_to_save` the (tied) embedding
+/// is a bf16 variable trained through an f32 master, which the adapter file holds. Run
+/// here on the CPU.
 #[test]
 fn bf16_lora_keeps_f32_master_adapters_and_learns() {
-    for quant in [false, true] {
-        let (root, mut cfg) = tiny_setup("[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n");
+    use candle_core::DType;
+    for (quant, save_embed) in [(false, false), (true, false), (false, true)] {
+        let extra = if save_embed {
+            "modules_to_save = [\"embed_tokens\"]\n"
+        } else {
+            ""
+        };
+        let (root, mut cfg) = tiny_setup(&format!(
+            "[lora]\nr = 8\nalpha = 16\ndropout = 0.0\n{extra}"
+        ));
         cfg.model.dtype = ftlab::config::ComputeDtype::Bf16;
         if quant {
             cfg.model.quant = ftlab::config::QuantKind::Nf4;
@@ -452,17 +462,36 @@ fn bf16_lora_keeps_f32_master_adapters_and_learns() {
         }
         cfg.train.lr = 1e-2;
         let (lm, tm) = setup::prepare(&cfg, &Device::Cpu).unwrap();
-        assert_eq!(lm.model.embed_weight().dtype(), candle_core::DType::BF16);
-        assert!(tm
-            .params
-            .iter()
-            .all(|(_, v)| v.dtype() == candle_core::DType::F32));
+        assert_eq!(lm.model.embed_weight().dtype(), DType::BF16);
+        let is_table = |name: &str| name.ends_with("embed_tokens.weight");
+        assert_eq!(tm.params.iter().any(|(n, _)| is_table(n)), save_embed);
+        for (name, v) in &tm.params {
+            let table = is_table(name);
+            let want = if table { DType::BF16 } else { DType::F32 };
+            assert_eq!(v.dtype(), want, "{name}");
+        }
         drop((lm, tm));
-        let (summary, steps, initial) = run_training(&cfg, &root.path().join("run"), false, None);
+        let dir = root.path().join("run");
+        let (summary, steps, initial) = run_training(&cfg, &dir, false, None);
         let last = summary.eval_losses.last().unwrap().1;
         assert!(
             last < initial * 0.9,
-            "bf16 (4-bit: {quant}): eval loss {initial:.4} → {last:.4}; {steps:?}"
+            "bf16 (4-bit: {quant}, embedding trained: {save_embed}): eval loss {initial:.4} → {last:.4}; {steps:?}"
         );
+        if save_embed {
+            let adapter = ftlab::runs::layout::RunDir::new(&dir).adapter();
+            let t = candle_core::safetensors::load(
+                adapter.join("adapter_model.safetensors"),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let table = &t["base_model.model.model.embed_tokens.weight"];
+            assert_eq!(table.dtype(), DType::F32);
+            let rounded = table.to_dtype(DType::BF16).unwrap();
+            assert!(
+                max_abs_diff(table, &rounded.to_dtype(DType::F32).unwrap()) > 0.0,
+                "the saved table is the f32 master, not the bf16 variable"
+            );
+        }
     }
 }
