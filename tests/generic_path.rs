@@ -367,7 +367,9 @@ fn a_generic_run_resumes_from_its_checkpoint_to_the_same_losses() {
             let mut device = None;
             common::run_trainer(cfg, task, dir, resume, |l, _| match &l.event {
                 TrainEvent::Step { step, loss, .. } => steps.push((*step, *loss)),
-                TrainEvent::Start { device: d, .. } => device = Some(d.clone()),
+                TrainEvent::Start {
+                    device: d, dtype, ..
+                } => device = Some(format!("{d} {dtype}")),
                 _ => {}
             });
             (steps, device)
@@ -375,7 +377,11 @@ fn a_generic_run_resumes_from_its_checkpoint_to_the_same_losses() {
     };
     cfg.train.max_steps = 6;
     let (straight, device) = run(&cfg, &root.path().join("a"), false);
-    assert_eq!(device.as_deref(), Some("cpu"));
+    assert_eq!(
+        device.as_deref(),
+        Some("cpu f32"),
+        "the start event's device and dtype"
+    );
     let mut first = cfg.clone();
     first.train.max_steps = 3;
     let (mut resumed, _) = run(&first, &root.path().join("b"), false);

@@ -67,6 +67,7 @@ fn start(total: usize) -> TrainEvent {
         predicted_peak_bytes: Some(900 << 20),
         resumed_from_step: 0,
         device: "cpu".into(),
+        dtype: "f32".into(),
     }
 }
 
@@ -311,10 +312,16 @@ fn runs_tab_with_a_gpu_labels_nvml_memory_and_device_total() {
             device_used: Some((5 + i) << 30),
         })
         .collect();
+    let start = r.start.as_mut().unwrap();
+    (start.device, start.dtype) = ("cuda:0".into(), "bf16".into());
     app.runs.upsert(r);
     app.tab = Tab::Runs;
     let s = render(&mut app, 140, 42);
     assert!(s.contains("GPU: NVIDIA H100"), "{s}");
+    assert!(
+        s.contains("cuda:0 · bf16"),
+        "where the run computes and in what:\n{s}"
+    );
     assert!(s.contains("GPU memory, this run (NVML)"), "{s}");
     assert!(s.contains("of 80.00 GiB"), "the device total:\n{s}");
     assert!(

@@ -89,11 +89,22 @@ macro_rules! say {
     }};
 }
 
+/// " in bf16 (trained weights kept in f32)" and the like: what a run computes in, and that
+/// what it trains stays f32 when that is narrower ("" for runs that did not say).
+fn compute_note(dtype: &str) -> String {
+    match dtype {
+        "" => String::new(),
+        "f32" => " in f32".into(),
+        d => format!(" in {d} (trained weights kept in f32)"),
+    }
+}
+
 fn print_event(line: &EventLine) {
     match &line.event {
-        TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, device, .. } => {
+        TrainEvent::Start { run, technique, total_steps, trainable_params, total_params, train_examples, predicted_peak_bytes, resumed_from_step, device, dtype, .. } => {
             say!(
-                "run {run}: {technique} on {device}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
+                "run {run}: {technique} on {device}{}, {total_steps} steps, {train_examples} training examples\ntrainable params: {trainable_params} || all params: {total_params} || trainable%: {:.4}",
+                compute_note(dtype),
                 100.0 * *trainable_params as f64 / (*total_params).max(1) as f64
             );
             if let Some(p) = predicted_peak_bytes {

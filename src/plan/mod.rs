@@ -369,6 +369,22 @@ impl MemoryPlan {
         p
     }
 
+    /// The moment of the optimiser's step after micro-batches whose gradients were added
+    /// up in f32: the weights, the optimiser's state and 4 bytes of gradient per trainable
+    /// parameter, nothing else (the plan of any micro-batch of the run's model and
+    /// technique gives the first two).
+    pub fn at_the_step_with_accumulated_gradients(&self) -> MemoryPlan {
+        let mut p = self.clone();
+        p.gradients = 4 * p.trainable_params;
+        p.activations = 0;
+        p.total = p.weights + p.gradients + p.optimizer + p.overhead;
+        p.label = format!(
+            "{} (the optimiser's step, gradients added up in f32)",
+            p.label
+        );
+        p
+    }
+
     pub fn compare(&self, measured_peak: u64) -> Comparison {
         Comparison::new(self.total, measured_peak)
     }
@@ -780,12 +796,22 @@ pub fn step_plan(input: &PlanInput) -> MemoryPlan {
             let mut opening = opening.without_optimizer();
             opening.label = format!("{label} (the first step, before the optimiser's state)");
             let mut steady = step(rows.first, rows.later);
+            steady.label = match rows.first.max(rows.later) {
+                // No later step: this plan is the first step's end, the state made.
+                0 => format!("{} (the optimiser's step)", steady.label),
+                n => format!("{} (a later step, rows up to {n} tokens)", steady.label),
+            };
+            // The optimiser's state is made at the end of the first step, while the
+            // gradients its micro-batches added up (in f32: `train::step::accumulate`) are
+            // alive. A later step's plan covers that moment only if it has micro-batches
+            // to add up too.
+            if input.grad_accum_steps > 1 && input.accum_seq_len > 0 {
+                let end = micro(1, 1).at_the_step_with_accumulated_gradients();
+                if end.total > steady.total {
+                    steady = end;
+                }
+            }
             if steady.total >= opening.total {
-                steady.label = format!(
-                    "{} (a later step, rows up to {} tokens)",
-                    steady.label,
-                    rows.first.max(rows.later).max(1)
-                );
                 steady
             } else {
                 opening

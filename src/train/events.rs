@@ -21,6 +21,11 @@ pub enum TrainEvent {
         /// Where the run computes: `cpu` or `cuda:N` (empty in runs of older versions).
         #[serde(default)]
         device: String,
+        /// The dtype it computes in (`f32`, `bf16`, `f16`; what it trains stays f32: LoRA
+        /// factors, or f32 masters of the model's own tensors). Empty in runs of older
+        /// versions.
+        #[serde(default)]
+        dtype: String,
     },
     Step {
         step: usize,

@@ -267,6 +267,11 @@ impl<T: TrainTask> Trainer<T> {
             min_lr_ratio: 0.0,
         };
         let trainable = trainable_count(self.task.params());
+        let device = self
+            .task
+            .params()
+            .first()
+            .map_or(candle_core::Device::Cpu, |(_, v)| v.device().clone());
         emit(TrainEvent::Start {
             run: self.run.id(),
             technique: self.cfg.technique().to_string(),
@@ -278,11 +283,8 @@ impl<T: TrainTask> Trainer<T> {
             eval_examples: self.task.eval_len(),
             predicted_peak_bytes: self.predicted_peak_bytes,
             resumed_from_step: state.step,
-            device: self
-                .task
-                .params()
-                .first()
-                .map_or_else(|| "cpu".to_string(), |(_, v)| device_name(v.device())),
+            device: device_name(&device),
+            dtype: self.cfg.compute_dtype(&device).as_str().to_string(),
         })?;
         if let Some(reason) = &self.batch_note {
             emit(TrainEvent::Batch {

@@ -34,6 +34,8 @@ pub struct StartInfo {
     pub resumed_from_step: usize,
     /// Where the worker computes (`cpu`, `cuda:0`); empty for runs of older versions.
     pub device: String,
+    /// The dtype it computes in (`f32`, `bf16`); empty for runs of older versions.
+    pub dtype: String,
 }
 
 /// Facts from the `done` event.
@@ -133,6 +135,7 @@ impl RunRecord {
                 predicted_peak_bytes,
                 resumed_from_step,
                 device,
+                dtype,
                 ..
             } => {
                 if self.started_at.is_none() {
@@ -148,6 +151,7 @@ impl RunRecord {
                     predicted_peak_bytes: *predicted_peak_bytes,
                     resumed_from_step: *resumed_from_step,
                     device: device.clone(),
+                    dtype: dtype.clone(),
                 });
                 // A resumed run starts again: the finished state of before no longer holds.
                 self.done = None;
@@ -511,6 +515,7 @@ mod tests {
                 predicted_peak_bytes: Some(4096),
                 resumed_from_step: 0,
                 device: "cpu".into(),
+                dtype: "f32".into(),
             },
             100.0,
         ));

@@ -120,6 +120,9 @@ fn header_lines(app: &App, r: &RunRecord) -> Vec<Line<'static>> {
     }
     let mut lines = vec![Line::from(l1)];
     let mut facts = vec![r.technique(), short_spec(&r.model()), r.device()];
+    if let Some(dtype) = r.start.as_ref().map(|s| &s.dtype).filter(|d| !d.is_empty()) {
+        facts.push(dtype.clone());
+    }
     if let Some(s) = &r.start {
         facts.push(format!(
             "{} trainable / {} params",
