@@ -286,12 +286,17 @@ fn check_kernels_on_the_cpu_agrees_with_the_cpu_kernels() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert_eq!(rows.len(), 13, "{rows:?}");
     for r in &rows {
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["device"], "cpu", "{r}");
     }
-    for check in ["4-bit dequantisation kernel", "attention: y, dq, dk, dv"] {
+    for check in [
+        "4-bit dequantisation kernel",
+        "attention: y, dq, dk, dv",
+        "RMSNorm: y, dL/dx, dL/dw",
+        "SwiGLU: y, dL/dgate, dL/dup",
+    ] {
         assert!(rows.iter().any(|r| r["check"] == check), "{check}");
     }
 }

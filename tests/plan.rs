@@ -401,7 +401,7 @@ mod measure {
     use ftlab::model::linear::Quant4Kind;
     use ftlab::telemetry::{peak_rss_bytes, reset_peak, rss_bytes};
     use ftlab::train::data::sft::Batch;
-    use ftlab::train::optim::{AdamW, AdamW8bit, AdamWConfig, Optimizer};
+    use ftlab::train::optim::{AdamW, AdamW8bit, AdamWConfig, MasterWeights, Optimizer};
     use ftlab::train::step::{eval_loss, forward_backward};
 
     pub fn mib(b: u64) -> f64 {
@@ -429,6 +429,8 @@ mod measure {
         pub technique: Technique,
         pub b: usize,
         pub t: usize,
+        /// The compute dtype (bf16: the generic path, what a GPU runs).
+        pub dtype: DType,
     }
 
     fn report(what: &str, plan: &MemoryPlan, measured: u64) -> f64 {
@@ -447,6 +449,7 @@ mod measure {
         let tech = sc.technique.clone();
         let opts = LoadOptions {
             trainable: tech.full,
+            dtype: sc.dtype,
             ..LoadOptions::default()
         };
         let mut loaded = CausalLm::build(
@@ -475,7 +478,8 @@ mod measure {
         };
         let load_peak = peak_rss_bytes(None).unwrap();
         let rss_loaded = rss_bytes(None).unwrap();
-        let input = PlanInput::new(shape, sc.b, sc.t, tech.clone());
+        let mut input = PlanInput::new(shape, sc.b, sc.t, tech.clone());
+        input.compute_dtype_bytes = sc.dtype.size_in_bytes();
         let p = plan(&input);
         println!("--- {} ({}x{}) ---\n{p}", sc.name, sc.b, sc.t);
         println!(
@@ -488,11 +492,15 @@ mod measure {
             mib(p.load_peak)
         );
         let vars: Vec<_> = params.iter().map(|(_, v)| v.clone()).collect();
-        let mut opt: Box<dyn Optimizer> = if tech.optimizer_8bit {
-            Box::new(AdamW8bit::new(vars, AdamWConfig::default(), 256, 4096).unwrap())
-        } else {
-            Box::new(AdamW::new(vars, AdamWConfig::default()).unwrap())
-        };
+        let eight = tech.optimizer_8bit;
+        let mut opt = MasterWeights::wrap(vars, |vars| -> anyhow::Result<Box<dyn Optimizer>> {
+            Ok(if eight {
+                Box::new(AdamW8bit::new(vars, AdamWConfig::default(), 256, 4096)?)
+            } else {
+                Box::new(AdamW::new(vars, AdamWConfig::default())?)
+            })
+        })
+        .unwrap();
         let batch = batch(sc.b, sc.t, cfg.vocab_size);
         let ckpt = tech.gradient_checkpointing;
 
@@ -611,7 +619,54 @@ fn scenario(name: &'static str, technique: Technique, b: usize, t: usize) -> mea
         technique,
         b,
         t,
+        dtype: DType::F32,
     }
+}
+
+/// [`scenario`] in bf16: the generic definitions, which a GPU runs, on the CPU (with the
+/// model's own trained tensors through f32 masters).
+fn scenario_bf16(
+    name: &'static str,
+    technique: Technique,
+    b: usize,
+    t: usize,
+) -> measure::Scenario {
+    measure::Scenario {
+        dtype: DType::BF16,
+        ..scenario(name, technique, b, t)
+    }
+}
+
+#[test]
+#[ignore]
+fn measure_bf16_full_backward() {
+    check(
+        "bf16 full",
+        measure::run(scenario_bf16("bf16 full FT", Technique::baseline(), 1, 256)),
+    );
+}
+
+#[test]
+#[ignore]
+fn measure_bf16_lora_backward() {
+    check(
+        "bf16 lora",
+        measure::run(scenario_bf16("bf16 LoRA r16", Technique::lora(16), 1, 256)),
+    );
+}
+
+#[test]
+#[ignore]
+fn measure_bf16_qlora_backward() {
+    check(
+        "bf16 qlora",
+        measure::run(scenario_bf16(
+            "bf16 QLoRA r16",
+            Technique::qlora(16),
+            1,
+            256,
+        )),
+    );
 }
 
 #[test]

@@ -68,15 +68,69 @@ fn with_grad(
     dev: &Device,
     op: impl Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Vec<Tensor>> {
-    let x = Var::from_tensor(&x.to_device(dev)?)?;
-    let y = op(x.as_tensor())?;
+    with_grads(&[x], dev, |xs| op(&xs[0]))
+}
+
+/// y and the gradient of L = Σ y ⊙ r for each input, for y = op(inputs).
+fn with_grads(
+    inputs: &[&Tensor],
+    dev: &Device,
+    op: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let vars = inputs
+        .iter()
+        .map(|x| Ok(Var::from_tensor(&x.to_device(dev)?)?))
+        .collect::<Result<Vec<_>>>()?;
+    let y = op(&vars
+        .iter()
+        .map(|v| v.as_tensor().clone())
+        .collect::<Vec<_>>())?;
     let r = input(y.dims(), 0.3, 1.0)?.to_device(dev)?;
     let g = (&y * r)?.sum_all()?.backward()?;
-    let dx = g
-        .get(x.as_tensor())
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no gradient reached the input"))?;
-    Ok(vec![y, dx])
+    let mut out = vec![y];
+    for v in &vars {
+        out.push(
+            g.get(v.as_tensor())
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no gradient reached an input"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// RMSNorm, the rotary embedding and SwiGLU (`fused_rows`' kernels against their generic
+/// definitions, `generic_rows`), with every input's gradient.
+fn row_op_checks(dev: &Device, tol: f64) -> Result<Vec<Row>> {
+    use crate::model::fused_rows::{rms_norm, rope, swiglu};
+    let x = input(&[2, 3, 7, 16], 7.0, 1.5)?;
+    let w = input(&[16], 8.0, 0.5)?.affine(1.0, 1.0)?;
+    let up = input(&[2, 3, 7, 16], 9.0, 1.0)?;
+    let (cos, sin) =
+        crate::model::ops::Rope::new(16, 10_000.0, 64, DType::F32, &Device::Cpu)?.tables(2, 7)?;
+    Ok(vec![
+        Row {
+            name: "RMSNorm: y, dL/dx, dL/dw",
+            diff: compare(dev, |d| {
+                with_grads(&[&x, &w], d, |t| Ok(rms_norm(&t[0], &t[1], 1e-6)?))
+            })?,
+            tol,
+        },
+        Row {
+            name: "rotary embedding: y, dL/dx",
+            diff: compare(dev, |d| {
+                let (c, s) = (cos.to_device(d)?, sin.to_device(d)?);
+                with_grad(&x, d, |t| Ok(rope(t, &c, &s)?))
+            })?,
+            tol,
+        },
+        Row {
+            name: "SwiGLU: y, dL/dgate, dL/dup",
+            diff: compare(dev, |d| {
+                with_grads(&[&x, &up], d, |t| Ok(swiglu(&t[0], &t[1])?))
+            })?,
+            tol,
+        },
+    ])
 }
 
 /// Grouped-query causal attention (6 query heads over 2 key/value heads, 70 tokens: two
@@ -209,6 +263,7 @@ fn checks(dev: &Device) -> Result<Vec<Row>> {
         diff,
         tol,
     });
+    rows.extend(row_op_checks(dev, tol)?);
     let logits = input(&[6, 300], 5.0, 8.0)?;
     let diff = compare(dev, |d| with_grad(&logits, d, |l| Ok(log_softmax(l)?)))?;
     rows.push(Row {

@@ -459,9 +459,6 @@ pub struct MemoryProfile {
     pub block_kept_per_token: fn(&ModelShape, RowOps) -> f64,
     /// Elements the final norm keeps per token.
     pub final_norm_kept_per_token: fn(&ModelShape, RowOps) -> f64,
-    /// Whether the norms are RMSNorms (fused on the CPU: a frozen weight's gradient is
-    /// one vector, not one per token).
-    pub rms_norms: bool,
 }
 
 /// The static description of an architecture, registered in [`REGISTRY`].

@@ -9,8 +9,10 @@
 //! forward and one pass backward, and keeps only its inputs.
 //!
 //! The kernels apply to f32 tensors on the CPU; elsewhere (another device or dtype, the
-//! generic path forced: `model::generic`) the composed ops run, and the tests below
-//! compare the two, values and gradients, against f64.
+//! generic path forced: `model::generic`) their device-generic definitions
+//! (`model::generic_rows`) run when the input is tracked, the composed ops when it is not
+//! (inference), and the tests below compare each, values and gradients, with the composed
+//! ops in f64.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -130,6 +132,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
             .contiguous()?
             .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 });
     }
+    if x.track_op() || w.track_op() {
+        return super::generic_rows::rms_norm(x, w, eps);
+    }
     super::ops::rms_norm_composed(x, w, eps)
 }
 
@@ -207,6 +212,18 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         return x
             .contiguous()?
             .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope);
+    }
+    rope_unfused(x, cos, sin)
+}
+
+/// The rotation where the kernel does not apply: the generic definition when `x` is
+/// tracked (it keeps no intermediate and gives the tables no gradient), else the composed
+/// ops. On the CPU in f32, a rotation of part of each head (GPT-NeoX) stays composed, as
+/// the memory plan counts it there.
+pub fn rope_unfused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = !generic_kernels(x.device()) && x.dtype() == DType::F32;
+    if x.track_op() && !cpu_f32 {
+        return super::generic_rows::rope(x, cos, sin);
     }
     super::ops::rope_composed(x, cos, sin)
 }
@@ -310,6 +327,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         && gate.shape() == up.shape();
     if fused {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    if gate.track_op() || up.track_op() {
+        return super::generic_rows::swiglu(gate, up);
     }
     swiglu_composed(gate, up)
 }

@@ -44,8 +44,7 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s, ops| ops.rms_norm_kept(s.hidden as f64, 1.0),
-        rms_norms: true,
+        final_norm_kept_per_token: |s, _| s.hidden as f64,
     },
 };
 
@@ -74,14 +73,15 @@ const GEMMA3_LAYOUT: GgufLayout = GgufLayout {
 };
 
 /// Elements one block keeps per token for backward (see `plan::activations`): four
-/// RMSNorms over h (3h + 3 each, the (1 + w) is a vector), the q/k norms over their heads,
+/// RMSNorms over h (their outputs, h each; the (1 + w) is a vector), the q/k norms over
+/// their heads (qd + kvd),
 /// q/k/v/o projections (2·qd + 4·kvd), RoPE on q and k, attention
 /// (`ModelShape::attention_kept_per_token`), the two residual adds, and GeGLU (4I + h).
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
-    let norm = ops.rms_norm_kept(h, 1.0);
-    let qk_norms = ops.rms_norm_kept(qd + kvd, (s.heads + s.kv_heads) as f64);
+    let norm = h;
+    let qk_norms = qd + kvd;
     let proj = 2.0 * qd + 4.0 * kvd;
     let mlp = 4.0 * i + h;
     4.0 * norm

@@ -30,18 +30,18 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s, _| 5.0 * s.hidden as f64 + 3.0,
-        rms_norms: false,
+        final_norm_kept_per_token: |s, _| s.hidden as f64,
     },
 };
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
-/// LayerNorms (5h + 3 each), the fused qkv and its split (9h), partial RoPE on q and k,
+/// LayerNorms (their outputs, h each: `generic_rows::layer_norm`), the fused qkv and its
+/// split (9h), partial RoPE on q and k,
 /// attention (`ModelShape::attention_kept_per_token`), the dense projection, the GELU MLP
 /// (3I + 2h) and the residuals.
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
-    let norm = 5.0 * h + 3.0;
+    let norm = h;
     let qkv = 6.0 * h + 3.0 * h;
     let attn = s.attention_kept_per_token();
     let dense = 2.0 * h;

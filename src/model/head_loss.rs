@@ -53,14 +53,19 @@ pub fn linear_cross_entropy(
     mask: &Tensor,
 ) -> Result<(Tensor, usize)> {
     let vocab = weight.dim(0)?;
-    let chunk = if hidden.device().is_cpu() {
-        chunk_rows(vocab)
-    } else {
-        // A GPU wants many rows per matmul and per element-wise pass; 256 MiB of f32
-        // logits is still far below a batch's (and a few % of a modest GPU).
-        (GPU_CHUNK_LOGITS_BYTES / (4 * vocab.max(1))).max(MIN_CHUNK_ROWS)
-    };
+    let chunk = chunk_rows_on(vocab, !hidden.device().is_cpu());
     linear_cross_entropy_chunked(hidden, weight, targets, mask, chunk)
+}
+
+/// Rows per chunk for a vocabulary of `vocab` tokens on a GPU (`gpu`) or the CPU
+/// ([`chunk_rows`]). A GPU wants many rows per matmul and per element-wise pass; 256 MiB
+/// of f32 logits is still far below a batch's (and a few % of a modest GPU).
+pub fn chunk_rows_on(vocab: usize, gpu: bool) -> usize {
+    if gpu {
+        (GPU_CHUNK_LOGITS_BYTES / (4 * vocab.max(1))).max(MIN_CHUNK_ROWS)
+    } else {
+        chunk_rows(vocab)
+    }
 }
 
 /// Bytes of f32 logits one chunk may hold on a GPU.
@@ -216,18 +221,18 @@ impl LinearCrossEntropy {
         ])
     }
 
-    /// The chunk's hidden rows (c, h), its f32 logits (c, V) minus their row max, and the
-    /// log-sum-exp of those (c, 1).
-    fn shifted_logits(
-        hidden: &Tensor,
-        weight: &Tensor,
-        idx: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    /// The chunk's hidden rows (c, h) and its f32 log-probabilities (c, V): the logits
+    /// minus their row max s, minus the log-sum-exp of s. No more than two chunk-sized f32
+    /// tensors are alive at once (each step's input is dropped once the next exists).
+    fn log_probs(hidden: &Tensor, weight: &Tensor, idx: &Tensor) -> Result<(Tensor, Tensor)> {
         let rows = hidden.index_select(idx, 0)?;
-        let logits = rows.matmul(&weight.t()?)?.to_dtype(DType::F32)?;
-        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+        let shifted = {
+            let logits = rows.matmul(&weight.t()?)?.to_dtype(DType::F32)?;
+            logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?
+        };
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        Ok((rows, shifted, lse))
+        let log_probs = shifted.broadcast_sub(&lse)?;
+        Ok((rows, log_probs))
     }
 
     /// The mean loss as a scalar tensor of the device, attached to `hidden` and `weight`
@@ -238,8 +243,8 @@ impl LinearCrossEntropy {
         let mut sum = Tensor::zeros((), DType::F32, &dev)?;
         for chunk in self.chunks() {
             let [idx, targets, weights] = self.chunk_tensors(chunk, &dev)?;
-            let (_, shifted, lse) = Self::shifted_logits(&h, &w, &idx)?;
-            let nll = (lse - shifted.gather(&targets, 1)?)?;
+            let (_, log_probs) = Self::log_probs(&h, &w, &idx)?;
+            let nll = log_probs.gather(&targets, 1)?.neg()?;
             sum = (sum + (nll * weights)?.sum_all()?)?;
         }
         let loss = (sum / self.count as f64)?;
@@ -256,17 +261,18 @@ impl LinearCrossEntropy {
                 let mut dw = None::<Tensor>;
                 for chunk in self.chunks() {
                     let [idx, targets, weights] = self.chunk_tensors(chunk, dev)?;
-                    let (rows, shifted, lse) = Self::shifted_logits(h, w, &idx)?;
-                    // exp(x − lse) as element-wise ops: candle's softmax kernel gives each
-                    // row one warp, too few for a few hundred vocabulary-long rows.
-                    let probs = shifted.broadcast_sub(&lse)?.exp()?;
-                    drop(shifted);
+                    let (rows, log_probs) = Self::log_probs(h, w, &idx)?;
+                    // exp of the log-probabilities as an element-wise op: candle's softmax
+                    // kernel gives each row one warp, too few for a few hundred
+                    // vocabulary-long rows. Each step replaces the one before (at most two
+                    // chunk-sized f32 tensors at once).
+                    let mut d = log_probs.exp()?;
+                    drop(log_probs);
                     let minus_one = Tensor::full(-1f32, (chunk.1, 1), dev)?;
-                    let scale = weights.broadcast_mul(&coef)?;
-                    let dlogits = probs
-                        .scatter_add(&targets, &minus_one, 1)?
-                        .broadcast_mul(&scale)?
-                        .to_dtype(h.dtype())?;
+                    d = d.scatter_add(&targets, &minus_one, 1)?;
+                    d = d.broadcast_mul(&weights.broadcast_mul(&coef)?)?;
+                    let dlogits = d.to_dtype(h.dtype())?;
+                    drop(d);
                     dh = dh.index_add(&idx, &dlogits.matmul(w)?, 0)?;
                     if weight_grad {
                         // Accumulated in f32 across chunks, whatever the compute dtype.

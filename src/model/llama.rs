@@ -39,26 +39,26 @@ pub const SPEC: ArchSpec = ArchSpec {
     tables: arch::tables::<Ends>(),
     memory: MemoryProfile {
         block_kept_per_token,
-        final_norm_kept_per_token: |s, ops| ops.rms_norm_kept(s.hidden as f64, 1.0),
-        rms_norms: true,
+        final_norm_kept_per_token: |s, _| s.hidden as f64,
     },
 };
 
 /// Elements one block keeps per token for backward (see `plan::activations`): two
-/// RMSNorms (3h + 3 each), q/k/v/o projections (2·qd + 4·kvd, + q/k/v biases), RoPE on q
-/// and k, attention (`ModelShape::attention_kept_per_token`), the two residual adds, and
-/// SwiGLU (gate, up, their product: 3I fused, 4I composed; + h).
+/// RMSNorms (their outputs, h each: `model::shape::RowOps`), q/k/v/o projections (2·qd +
+/// 4·kvd, + q/k/v biases), RoPE on q and k, attention
+/// (`ModelShape::attention_kept_per_token`), the two residual adds, and SwiGLU (gate, up,
+/// their product: 3I; + h).
 fn block_kept_per_token(s: &ModelShape, ops: RowOps) -> f64 {
     let (h, i) = (s.hidden as f64, s.intermediate as f64);
     let (qd, kvd) = (s.q_dim() as f64, s.kv_dim() as f64);
-    let norm = ops.rms_norm_kept(h, 1.0);
+    let norm = h;
     let bias = if s.attention_bias {
         qd + 2.0 * kvd
     } else {
         0.0
     };
     let proj = 2.0 * qd + 4.0 * kvd + bias;
-    let mlp = ops.swiglu_kept(i) + h;
+    let mlp = 3.0 * i + h;
     2.0 * norm
         + proj
         + s.rope_kept_per_token(s.heads, ops)

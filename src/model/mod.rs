@@ -13,6 +13,7 @@ pub mod fused_rows;
 pub mod gemma3;
 pub mod generic;
 pub mod generic_attention;
+pub mod generic_rows;
 pub mod gpt_neox;
 pub mod grad_sink;
 pub mod head_loss;

@@ -55,8 +55,19 @@ pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor
         .broadcast_mul(&weight.to_dtype(dtype)?)
 }
 
-/// Layer norm over the last dimension with weight and bias, computed in f32.
+/// Layer norm over the last dimension with weight and bias, computed in f32: its
+/// device-generic definition when an input is tracked (`generic_rows::layer_norm`, which
+/// keeps no intermediate), the composed ops otherwise.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() || weight.track_op() || bias.track_op() {
+        return super::generic_rows::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_composed(x, weight, bias, eps)
+}
+
+/// [`layer_norm`] composed of candle ops: the generic definition's twin, and the path of
+/// inference.
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -132,7 +143,10 @@ impl Rope {
         }
         let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
         let pass = x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?;
-        Tensor::cat(&[&rope_composed(&rot, &cos, &sin)?, &pass], D::Minus1)
+        Tensor::cat(
+            &[&super::fused_rows::rope_unfused(&rot, &cos, &sin)?, &pass],
+            D::Minus1,
+        )
     }
 
     /// The cos/sin rows (t, rot_dim) of positions `start..start + t`.

@@ -179,11 +179,6 @@ impl ModelShape {
         self.block_weights().iter().map(vector_len).sum()
     }
 
-    /// Elements of the small (norm) tensors outside the blocks (the final norm).
-    pub fn top_small_params(&self) -> usize {
-        self.top_weights().iter().map(vector_len).sum()
-    }
-
     /// Every parameter tensor, with HF names: embedding, block linears, block norms,
     /// final norm, untied head.
     pub fn params(&self) -> Vec<ParamTensor> {
@@ -266,27 +261,23 @@ impl ModelShape {
         (self.arch.spec().memory.final_norm_kept_per_token)(self, ops)
     }
 
-    /// Whether this architecture's norms are RMSNorms (`model::fused_rows`' kernel).
-    pub fn rms_norms(&self) -> bool {
-        self.arch.spec().memory.rms_norms
-    }
-
-    /// Elements `ops::Rope::apply` keeps per token for `heads` heads of this shape. The
-    /// fused kernel (a whole head rotated): its output. Composed: the rotated half, the two
-    /// broadcast products and their sum (4.5 × the rotated width), plus the `cat` with the
-    /// pass-through dims when only part of a head rotates (always composed).
+    /// Elements `ops::Rope::apply` keeps per token for `heads` heads of this shape: the
+    /// rotation's output, whether the fused kernel or the generic definition made it. When
+    /// only part of a head rotates (GPT-NeoX), also the `cat` with the pass-through dims,
+    /// and on the CPU in f32, where that part goes through the composed ops, their rotated
+    /// half, two broadcast products and sum (4.5 × the rotated width) in place of the output.
     pub fn rope_kept_per_token(&self, heads: usize, ops: RowOps) -> f64 {
         let full = (heads * self.head_dim) as f64;
         let rot = (heads * self.rotary_dim.min(self.head_dim)) as f64;
         if self.rotary_dim >= self.head_dim {
-            match ops {
-                RowOps::Fused => full,
-                RowOps::Composed => 4.5 * full,
-            }
+            full
         } else if self.rotary_dim == 0 {
             0.0
         } else {
-            4.5 * rot + full
+            match ops {
+                RowOps::Fused => 4.5 * rot + full,
+                RowOps::Generic => rot + full,
+            }
         }
     }
 
@@ -307,39 +298,23 @@ impl ModelShape {
     pub fn attention_backward_scores(&self, ops: RowOps, b: usize, t: usize) -> f64 {
         match ops {
             RowOps::Fused => 2.0 * (self.heads / self.kv_heads.max(1) * t * t) as f64,
-            RowOps::Composed => 4.0 * (b * self.heads * t * t) as f64,
+            RowOps::Generic => 4.0 * (b * self.heads * t * t) as f64,
         }
     }
 }
 
-/// Which row-wise ops (RMSNorm, RoPE, SwiGLU) a run's forward pass uses, for the memory plan:
-/// `model::fused_rows`' kernels (f32 on the CPU), which keep their output only, or the
-/// composed candle ops (other devices and dtypes, or the generic path forced), which keep
-/// every intermediate and leave gradients for their untracked inputs.
+/// Which kernels a run's training step uses, for the memory plan: the CPU's (f32 on the
+/// CPU: `model::fused_rows`, `model::fused_attention`) or the device-generic definitions
+/// (other devices and dtypes, or the generic path forced: `model::generic_rows`,
+/// `model::generic_attention`). Both keep only the outputs of RMSNorm, the rotation and
+/// SwiGLU (the composed ops, run only untracked, would keep every intermediate: an RMSNorm
+/// its square, mean, +eps, sqrt, quotient and product, SwiGLU `silu(gate)`) and leave no
+/// gradient for an untrained input; they differ in what attention's backward holds at
+/// once, and in a partial rotation (composed on the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowOps {
     Fused,
-    Composed,
-}
-
-impl RowOps {
-    /// Per-token elements an RMSNorm over `width` values in `rows` rows keeps: its output
-    /// (fused), or the square, mean, +eps, sqrt, quotient and product (composed).
-    pub fn rms_norm_kept(self, width: f64, rows: f64) -> f64 {
-        match self {
-            RowOps::Fused => width,
-            RowOps::Composed => 3.0 * width + 3.0 * rows,
-        }
-    }
-
-    /// Per-token elements of an MLP's gate and up outputs (`width` each) and its SwiGLU:
-    /// gate, up and the product (fused), and `silu(gate)` as well (composed).
-    pub fn swiglu_kept(self, width: f64) -> f64 {
-        match self {
-            RowOps::Fused => 3.0 * width,
-            RowOps::Composed => 4.0 * width,
-        }
-    }
+    Generic,
 }
 
 fn vector_len(w: &WeightDesc) -> usize {

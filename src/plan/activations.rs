@@ -37,27 +37,29 @@ pub(crate) struct LoraOverlay {
 ///
 /// LLaMA block (`Block::forward`), per token, h = hidden, qd = heads·hd, kvd = kv·hd,
 /// I = intermediate:
-/// - `rms_norm` (input): `x.sqr()` h, `mean_keepdim` 1, `+eps` 1, `sqrt` 1,
-///   `broadcast_div` h, `broadcast_mul(weight)` h → 3h + 3 composed; the fused kernel
-///   (`model::fused_rows`, f32 on the CPU: [`RowOps::Fused`]) keeps its output, h
+/// - `rms_norm` (input): its output, h — the fused kernel (`model::fused_rows`, f32 on
+///   the CPU: [`RowOps::Fused`]) and the generic definition (`model::generic_rows`) alike
+///   (composed: `x.sqr()` h, `mean_keepdim` 1, `+eps` 1, `sqrt` 1, `broadcast_div` h,
+///   `broadcast_mul(weight)` h → 3h + 3, and in bf16 the f32 copy of x besides; only
+///   untracked)
 /// - q/k/v `Linear::forward`: matmul output (qd | kvd); with biases + `broadcast_add`
 ///   (qd | kvd); then `reshape → transpose(1,2) → contiguous()` copies → 2qd + 4kvd
 ///   (+ qd + 2kvd with biases)
-/// - `Rope::apply` (`rotate`): `x2.neg()` d/2, `cat` d, `x·cos` d, `rotated·sin` d,
-///   `add` d → 4.5 per rotated element, for q and k; a partial rotation (GPT-NeoX) adds
-///   the final `cat` with the pass-through part (+ the full width); fused (a whole head
-///   rotated), the output: 1 per element
+/// - `Rope::apply`: the output, 1 per element, for q and k (fused or generic); a partial
+///   rotation (GPT-NeoX) adds the final `cat` with the pass-through part (+ the full
+///   width), and on the CPU in f32 it is composed: `x2.neg()` d/2, `cat` d, `x·cos` d,
+///   `rotated·sin` d, `add` d → 4.5 per rotated element
 /// - attention (`model::fused_attention` f32 on the CPU, `model::generic_attention`
 ///   otherwise): the merged output qd and two per head (a log-sum-exp, or a maximum and
 ///   a normaliser); no score-sized tensor (`ModelShape::attention_kept_per_token`)
 /// - o_proj matmul h, residual add h
-/// - `rms_norm` (post-attention) 3h + 3
-/// - MLP: gate matmul I, `silu` I, up matmul I, `gate·up` I, down matmul h → 4I + h
-///   (fused SwiGLU: no `silu` tensor, 3I + h)
+/// - `rms_norm` (post-attention) h
+/// - MLP: gate matmul I, up matmul I, SwiGLU's `silu(gate)·up` I (fused or generic; the
+///   composed ops would keep `silu` too), down matmul h → 3I + h
 /// - residual add h
 ///
-/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 17,880 floats per token per block composed, 11,346 with
-/// the fused kernels.
+/// SmolLM2 (h 576, qd 576, kvd 192, I 1536): 11,346 floats per token per block on either
+/// path (17,880 when the generic path ran the composed ops).
 ///
 /// GPT-NeoX block (`NeoxBlock::forward`), heads = kv heads, qd = h:
 /// - `layer_norm` ×2: `centered` h, `sqr` h, `broadcast_div` h, `·weight` h, `+bias` h
@@ -100,11 +102,12 @@ pub(crate) fn block_retained_per_token(
 /// Stray gradients of one block that stay in the `GradStore` (see the module docs), in
 /// elements.
 ///
-/// RoPE, composed: `x.broadcast_mul(cos)` and `rotated.broadcast_mul(sin)` with untracked
-/// tables give cos and sin gradients of the broadcast (b, heads, t, rot) shape, for q and
-/// k (the fused kernel returns none). The mask gets no gradient (the fused softmax returns
-/// none for it). Frozen norms (LoRA/QLoRA), composed: `broadcast_mul(weight)` (and
-/// `+bias`) → h per token each (the fused RMSNorm returns one vector);
+/// RoPE, composed (a partial rotation on the CPU in f32): `x.broadcast_mul(cos)` and
+/// `rotated.broadcast_mul(sin)` with untracked tables give cos and sin gradients of the
+/// broadcast (b, heads, t, rot) shape, for q and k (the fused kernel and the generic
+/// definition return none). The mask gets no gradient. A frozen norm's weight gets none
+/// or one vector (the fused RMSNorm), where the composed ops' `broadcast_mul(weight)` gave
+/// h per token;
 /// frozen biases of linears → out per token. Dropout masks (LoRA dropout) are untracked
 /// inputs of a `Mul` → in per token. Frozen linear weights: none (custom op).
 pub(crate) fn block_stray(
@@ -118,18 +121,16 @@ pub(crate) fn block_stray(
 ) -> f64 {
     let n = tokens as f64;
     let rot = s.rotary_dim.min(s.head_dim) as f64;
-    // The fused kernels return no gradient for the tables and one vector for a norm weight.
-    let fused_rope = ops == RowOps::Fused && s.rotary_dim >= s.head_dim;
-    let fused_norms = ops == RowOps::Fused && s.rms_norms();
-    let mut per_token = if fused_rope {
-        0.0
-    } else {
+    // The fused kernels and the generic definitions return no gradient for the tables and
+    // at most one vector for a norm weight; only a partial rotation on the CPU in f32 is
+    // composed.
+    let composed_rope = ops == RowOps::Fused && s.rotary_dim < s.head_dim;
+    let mut per_token = if composed_rope {
         2.0 * (s.heads as f64 * rot) + 2.0 * (s.kv_heads as f64 * rot)
+    } else {
+        0.0
     };
     if frozen_base {
-        if !fused_norms {
-            per_token += s.block_small_params() as f64;
-        }
         per_token += layer_linears
             .iter()
             .filter(|lin| lin.bias)
@@ -159,10 +160,22 @@ pub(crate) fn block_backward_transient(s: &ModelShape, b: usize, t: usize, ops: 
         + n * (2.0 * s.intermediate as f64 + 3.0 * s.hidden as f64)
 }
 
-/// Rows of one chunk of the fused LM-head loss (`model::head_loss`), at most the scored
-/// tokens.
-fn head_chunk_rows(s: &ModelShape, scored: f64) -> f64 {
-    (crate::model::head_loss::chunk_rows(s.vocab) as f64).min(scored)
+/// Rows of one chunk of the fused LM-head loss (`model::head_loss`) on a GPU (`gpu`) or
+/// the CPU, at most the scored tokens.
+fn head_chunk_rows(s: &ModelShape, scored: f64, gpu: bool) -> f64 {
+    (crate::model::head_loss::chunk_rows_on(s.vocab, gpu) as f64).min(scored)
+}
+
+/// Bytes of one chunk's logits-sized tensors alive at once in the LM-head loss: the CPU
+/// kernel turns one f32 chunk into its gradient in place; the generic definition holds
+/// two f32 chunks (each step's input until its output exists) and, at the matmuls, one
+/// in the compute dtype (`db` bytes).
+fn head_chunk_bytes(s: &ModelShape, scored: f64, ops: RowOps, db: f64, gpu: bool) -> f64 {
+    let chunk = head_chunk_rows(s, scored, gpu) * s.vocab as f64;
+    match ops {
+        RowOps::Fused => 4.0 * chunk,
+        RowOps::Generic => (2.0 * 4.0 + db) * chunk,
+    }
 }
 
 /// Elements the head keeps (`DecoderEnds::head_split` + `train::step::head_loss` +
@@ -176,52 +189,38 @@ pub(crate) fn head_retained(s: &ModelShape, b: usize, t: usize, ops: RowOps) -> 
     n * s.final_norm_kept_per_token(ops) + scored * copy
 }
 
-/// Stray gradients of the head: a frozen final norm → h (| 2h) per token, composed (the
-/// fused RMSNorm's is one vector). (The fused loss returns no gradient for a frozen head
-/// weight: nothing.)
-pub(crate) fn head_stray(
-    s: &ModelShape,
-    b: usize,
-    t: usize,
-    frozen_base: bool,
-    ops: RowOps,
-) -> f64 {
-    let n = (b * t) as f64;
-    let mut e = 0.0;
-    if frozen_base && !(ops == RowOps::Fused && s.rms_norms()) {
-        e += n * s.top_small_params() as f64;
-    }
-    e
-}
-
-/// Gradients alive at once while the backward pass crosses the head, beyond the stray
-/// gradients of [`head_stray`]. Inside the fused loss's backward: one chunk's recomputed
-/// logits (turned into their gradient in place) and a few hidden-sized tensors (the
-/// chunks' d hidden, their `cat`, its `index_add` into zeros, candle's accumulated copy,
-/// then the gradient through the `narrow`/reshape and the norm): 4 × (b·t·h). For a
-/// trainable head weight, the (V, h) accumulator plus one chunk's (V, h) term while it is
-/// added; then candle's `or_insert` + `add` makes the table's own gradient while the
-/// returned one is alive: 2 × V·h either way.
+/// Bytes alive at once while the backward pass crosses the head. Inside the fused loss's backward: one chunk's logits-sized
+/// tensors ([`head_chunk_bytes`]) and a few hidden-sized tensors (the chunks' d hidden,
+/// their `cat`, its `index_add` into zeros, candle's accumulated copy, then the gradient
+/// through the `narrow`/reshape and the norm): 4 × (b·t·h) in the compute dtype. For a
+/// trainable head weight, the (V, h) accumulator (f32) plus one chunk's (V, h) term while
+/// it is added; then candle's `or_insert` + `add` makes the table's own gradient while the
+/// returned one is alive: 2 × V·h in f32 either way.
 pub(crate) fn head_backward_transient(
     s: &ModelShape,
     b: usize,
     t: usize,
     head_trainable: bool,
+    (ops, db, gpu): (RowOps, f64, bool),
 ) -> f64 {
     let scored = (b * t.saturating_sub(1).max(1)) as f64;
-    let chunk = head_chunk_rows(s, scored) * s.vocab as f64;
     let hidden = (b * t * s.hidden) as f64;
     let vh = (s.vocab * s.hidden) as f64;
-    let tables = if head_trainable { 2.0 * vh } else { 0.0 };
-    chunk + 4.0 * hidden + tables
+    let tables = if head_trainable { 2.0 * 4.0 * vh } else { 0.0 };
+    head_chunk_bytes(s, scored, ops, db, gpu) + 4.0 * hidden * db + tables
 }
 
-/// Elements alive at the loss of a forward pass without gradients (evaluation): one
-/// chunk's logits and its per-row losses, next to the normed states (and their strided
-/// copy for b > 1).
-pub(crate) fn head_forward_transient(s: &ModelShape, b: usize, t: usize) -> f64 {
+/// Bytes alive at the loss of a forward pass without gradients (evaluation): one chunk's
+/// logits-sized tensors ([`head_chunk_bytes`]) and its per-row losses, next to the normed
+/// states (and their strided copy for b > 1).
+pub(crate) fn head_forward_transient(
+    s: &ModelShape,
+    b: usize,
+    t: usize,
+    (ops, db, gpu): (RowOps, f64, bool),
+) -> f64 {
     let scored = (b * t.saturating_sub(1).max(1)) as f64;
     let n = (b * t) as f64;
     let copy = if b > 1 { scored } else { 0.0 };
-    head_chunk_rows(s, scored) * s.vocab as f64 + (n + copy) * s.hidden as f64
+    head_chunk_bytes(s, scored, ops, db, gpu) + (n + copy) * s.hidden as f64 * db
 }

@@ -52,13 +52,11 @@ pub const LOAD_SLACK: u64 = 32 << 20;
 /// that glibc can neither reuse nor return. Measured on SmolLM2 (`diagnose_plain_phases`),
 /// with the composed RMSNorm and RoPE: 0.31 full FT 1×256, 0.33 full FT 1×512, 0.25 QLoRA
 /// 1×256. With the fused kernels (`model::fused_rows`), whose backward makes no
-/// intermediate gradients (`measure_*_backward`, 1×256): 0.17 full FT, 0.04 LoRA, ~0 QLoRA.
-pub fn heap_slack(ops: RowOps) -> f64 {
-    match ops {
-        RowOps::Composed => 0.3,
-        RowOps::Fused => 0.1,
-    }
-}
+/// intermediate gradients (`measure_*_backward`, 1×256): 0.17 full FT, 0.04 LoRA, ~0 QLoRA;
+/// their generic definitions (`model::generic_rows`) behave alike (`FTLAB_KERNELS=generic
+/// ftlab bench`: within 9 % of the plan at 1×128 and 1×512 with this fraction).
+const HEAP_SLACK: f64 = 0.1;
+
 /// Memory of a model's text side while its GGUF loads, per vocabulary entry: the metadata's
 /// token, score and type arrays and the tokenizer built from them are alive together until
 /// the file is closed. Measured with `/usr/bin/time -f %M ftlab plan PRESET` (which reads
@@ -303,7 +301,7 @@ impl PlanInput {
         if fused {
             RowOps::Fused
         } else {
-            RowOps::Composed
+            RowOps::Generic
         }
     }
 
@@ -544,20 +542,21 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     let acts_blocks: u64 = block_acts.iter().sum();
     let stray_blocks: u64 = block_stray.iter().sum();
     let head_acts = bytes(activations::head_retained(s, b, t, ops));
-    let head_stray = bytes(activations::head_stray(s, b, t, frozen_base, ops));
-    let head_transient = bytes(activations::head_backward_transient(
+    let cuda = input.device == PlanDevice::Cuda;
+    let head_transient = activations::head_backward_transient(
         s,
         b,
         t,
         embeddings_trainable,
-    ));
+        (ops, db, cuda),
+    )
+    .round() as u64;
     let block_transient = bytes(activations::block_backward_transient(s, b, t, ops));
     let hidden_state = bytes(n * s.hidden as f64);
     // The embedding's backward: on the CPU its rows go into the step's gradient sink
     // (`model::grad_sink`, in place into a tied head's gradient, else into the table's
     // gradient, counted with the gradients); elsewhere `index_add` makes a new V×h table
     // while the old one is alive.
-    let cuda = input.device == PlanDevice::Cuda;
     let embed_grad_transient = if embeddings_trainable && cuda {
         bytes(vh)
     } else {
@@ -591,15 +590,15 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         let kept = hidden_state + acts_blocks + head_acts;
         details.push(("kept forward intermediates".into(), kept));
         // Phase 1: crossing the head (few param gradients yet; one chunk of logits).
-        let head_phase = kept + head_stray + head_transient + accum_prev;
+        let head_phase = kept + head_transient + accum_prev;
         // Phase 2: end of backward: every gradient, every stray gradient, the embedding's
         // `index_add` making a new V×h table while the old one is alive.
-        let stray = stray_blocks + head_stray;
+        let stray = stray_blocks;
         // Gradients of intermediates are made and freed block after block while the kept
         // activations and new stray gradients stay allocated around them, so glibc cannot
         // reuse or return all of the freed chunks: measured (`diagnose_plain_phases`) 0.25-
         // 0.33 × each block's kept (non-score) activations stay resident by the end.
-        let heap_slack = bytes(malloc_slack * heap_slack(ops) * n * per_token_sum);
+        let heap_slack = bytes(malloc_slack * HEAP_SLACK * n * per_token_sum);
         details.push(("freed gradients kept by malloc".into(), heap_slack));
         let end_phase = kept
             + grads
@@ -652,15 +651,14 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         let one_block = block_acts.iter().copied().max().unwrap_or(0);
         let blocks_kept = match (quant, ops) {
             (true, RowOps::Fused) => 0.2,
-            (true, RowOps::Composed) => 1.0,
+            (true, RowOps::Generic) => 1.0,
             (false, _) => 2.0,
         };
         let kept_free = (malloc_slack * blocks_kept * one_block as f64) as u64;
         if kept_free > 0 {
             details.push(("freed block intermediates kept by malloc".into(), kept_free));
         }
-        let head_phase =
-            inputs + head_acts + head_stray + head_transient + accum_prev + kept_free / 2;
+        let head_phase = inputs + head_acts + head_transient + accum_prev + kept_free / 2;
         // Recomputing block i: its intermediates, its stray gradients, the upstream
         // gradient and `out · upstream` (+ its stray gradient), with every gradient of
         // the blocks above (worst at block 0: all of them).
@@ -846,11 +844,12 @@ pub fn plan_forward(input: &PlanInput) -> MemoryPlan {
     let s = &input.shape;
     let (b, t) = (input.batch_size.max(1), input.seq_len.max(1));
     let db = input.compute_dtype_bytes.max(1) as f64;
-    let head = activations::head_forward_transient(s, b, t);
+    let cuda = input.device == PlanDevice::Cuda;
+    let head = activations::head_forward_transient(s, b, t, (input.row_ops(), db, cuda));
     let scores = (b * s.heads * t * t) as f64;
     let block =
         2.0 * scores + (b * t) as f64 * (3.0 * s.intermediate as f64 + 5.0 * s.hidden as f64);
-    let acts = (head.max(block) * db).round() as u64;
+    let acts = head.max(block * db).round() as u64;
     p.gradients = 0;
     p.optimizer = 0;
     p.activations = acts;
