@@ -40,6 +40,16 @@ fn run_training(
     (summary, steps, initial)
 }
 
+/// Trains `cfg` into `dir` and checks that the eval loss fell by a tenth at least.
+fn assert_loss_falls(cfg: &RunConfig, dir: &std::path::Path, what: &str) {
+    let (summary, steps, initial) = run_training(cfg, dir, false, None);
+    let last = summary.eval_losses.last().unwrap().1;
+    assert!(
+        last < initial * 0.9,
+        "{what}: eval loss {initial:.4} → {last:.4}; {steps:?}"
+    );
+}
+
 fn tiny_setup(extra: &str) -> (tempfile::TempDir, RunConfig) {
     let root = tempfile::tempdir().unwrap();
     let model = common::tiny_model(root.path());
@@ -405,12 +415,7 @@ fn bf16_full_fine_tuning_trains_f32_masters() {
         assert!(tm.params.iter().all(|(_, v)| v.dtype() == DType::BF16));
         drop((lm, tm));
         let dir = root.path().join("run");
-        let (summary, steps, initial) = run_training(&cfg, &dir, false, None);
-        let last = summary.eval_losses.last().unwrap().1;
-        assert!(
-            last < initial * 0.9,
-            "bf16 full (ckpt {ckpt}): eval loss {initial:.4} → {last:.4}; {steps:?}"
-        );
+        assert_loss_falls(&cfg, &dir, &format!("bf16 full (ckpt {ckpt})"));
         let saved = candle_core::safetensors::load(
             ftlab::runs::layout::RunDir::new(&dir)
                 .model()
@@ -418,21 +423,13 @@ fn bf16_full_fine_tuning_trains_f32_masters() {
             &Device::Cpu,
         )
         .unwrap();
-        let mut off_the_bf16_grid = 0;
-        for (name, t) in &saved {
-            assert_eq!(t.dtype(), DType::F32, "{name}");
-            let rounded = t
-                .to_dtype(DType::BF16)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            if common::max_abs_diff(t, &rounded) > 0.0 {
-                off_the_bf16_grid += 1;
-            }
-        }
+        let off_grid = saved
+            .values()
+            .filter(|t| common::off_the_bf16_grid(t))
+            .count();
         assert!(
-            off_the_bf16_grid * 2 > saved.len(),
-            "{off_the_bf16_grid} of {} saved tensors hold more than bf16: the masters were not saved",
+            off_grid * 2 > saved.len(),
+            "{off_grid} of {} saved tensors hold more than bf16: the masters were not saved",
             saved.len()
         );
     }
@@ -472,12 +469,8 @@ fn bf16_lora_keeps_f32_master_adapters_and_learns() {
         }
         drop((lm, tm));
         let dir = root.path().join("run");
-        let (summary, steps, initial) = run_training(&cfg, &dir, false, None);
-        let last = summary.eval_losses.last().unwrap().1;
-        assert!(
-            last < initial * 0.9,
-            "bf16 (4-bit: {quant}, embedding trained: {save_embed}): eval loss {initial:.4} → {last:.4}; {steps:?}"
-        );
+        let what = format!("bf16 (4-bit: {quant}, embedding trained: {save_embed})");
+        assert_loss_falls(&cfg, &dir, &what);
         if save_embed {
             let adapter = ftlab::runs::layout::RunDir::new(&dir).adapter();
             let t = candle_core::safetensors::load(
@@ -485,11 +478,8 @@ fn bf16_lora_keeps_f32_master_adapters_and_learns() {
                 &Device::Cpu,
             )
             .unwrap();
-            let table = &t["base_model.model.model.embed_tokens.weight"];
-            assert_eq!(table.dtype(), DType::F32);
-            let rounded = table.to_dtype(DType::BF16).unwrap();
             assert!(
-                max_abs_diff(table, &rounded.to_dtype(DType::F32).unwrap()) > 0.0,
+                common::off_the_bf16_grid(&t["base_model.model.model.embed_tokens.weight"]),
                 "the saved table is the f32 master, not the bf16 variable"
             );
         }

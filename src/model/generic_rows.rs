@@ -25,29 +25,8 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let y = rms_norm_composed(&x.detach(), &w.detach(), eps)?;
     let (x_grad, w_grad) = (x.track_op(), w.track_op());
     attach2("rms-norm", x, w, &y, move |x, w, _y, dy| {
-        let h = w.elem_count();
-        let xf = x.to_dtype(DType::F32)?;
-        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = xf.broadcast_mul(&r)?;
-        drop(xf);
-        let dy = dy.to_dtype(DType::F32)?;
-        let dw = if w_grad {
-            let dw = (&dy * &xhat)?.reshape(((), h))?.sum(0)?;
-            Some(dw.to_dtype(w.dtype())?)
-        } else {
-            None
-        };
-        let dx = if x_grad {
-            let gw = dy.broadcast_mul(&w.to_dtype(DType::F32)?)?;
-            let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-            let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
-            Some(dx.to_dtype(x.dtype())?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        let rows = NormedRows::new(x, eps, false)?;
+        rows.backward(x, w, dy, (x_grad, w_grad))
     })
 }
 
@@ -59,41 +38,76 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     let y = layer_norm_composed(&x.detach(), &w.detach(), &b.detach(), eps)?;
     let grads = [x.track_op(), w.track_op(), b.track_op()];
     attach3("layer-norm", (x, w, b), &y, move |x, w, b, dy| {
-        let h = w.elem_count();
-        let xf = x.to_dtype(DType::F32)?;
-        let centered = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
-        drop(xf);
-        let r = (centered.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = centered.broadcast_mul(&r)?;
-        drop(centered);
-        let dy = dy.to_dtype(DType::F32)?;
-        let row_sum = |t: &Tensor| t.reshape(((), h))?.sum(0);
-        let dw = if grads[1] {
-            Some(row_sum(&(&dy * &xhat)?)?.to_dtype(w.dtype())?)
-        } else {
-            None
-        };
+        let rows = NormedRows::new(x, eps, true)?;
+        let (dx, dw) = rows.backward(x, w, dy, (grads[0], grads[1]))?;
         let db = if grads[2] {
-            Some(row_sum(&dy)?.to_dtype(b.dtype())?)
-        } else {
-            None
-        };
-        let dx = if grads[0] {
-            let gw = dy.broadcast_mul(&w.to_dtype(DType::F32)?)?;
-            let mean = gw.mean_keepdim(D::Minus1)?;
-            let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-            let dx = gw
-                .broadcast_sub(&mean)?
-                .sub(&xhat.broadcast_mul(&dot)?)?
-                .broadcast_mul(&r)?;
-            Some(dx.to_dtype(x.dtype())?)
+            let h = b.elem_count();
+            Some(
+                dy.to_dtype(DType::F32)?
+                    .reshape(((), h))?
+                    .sum(0)?
+                    .to_dtype(b.dtype())?,
+            )
         } else {
             None
         };
         Ok((dx, dw, db))
     })
+}
+
+/// A norm's rows recomputed for its backward, in f32: x̂ (the input normalised, centred
+/// first for a layer norm) and r, the reciprocal of each row's deviation.
+struct NormedRows {
+    xhat: Tensor,
+    r: Tensor,
+    centred: bool,
+}
+
+impl NormedRows {
+    fn new(x: &Tensor, eps: f64, centred: bool) -> Result<Self> {
+        let mut xf = x.to_dtype(DType::F32)?;
+        if centred {
+            xf = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+        }
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        Ok(Self {
+            xhat: xf.broadcast_mul(&r)?,
+            r,
+            centred,
+        })
+    }
+
+    /// dx and dw (each when asked for): dw = Σ_rows dy ⊙ x̂; with gw = dy ⊙ w,
+    /// dx = r · (gw − [mean(gw), centred only] − x̂ · mean(gw ⊙ x̂)).
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        (x_grad, w_grad): (bool, bool),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.to_dtype(DType::F32)?;
+        let dw = if w_grad {
+            let dw = (&dy * &self.xhat)?.reshape(((), w.elem_count()))?.sum(0)?;
+            Some(dw.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
+        let dx = if x_grad {
+            let mut gw = dy.broadcast_mul(&w.to_dtype(DType::F32)?)?;
+            let dot = (&gw * &self.xhat)?.mean_keepdim(D::Minus1)?;
+            if self.centred {
+                gw = gw.broadcast_sub(&gw.mean_keepdim(D::Minus1)?)?;
+            }
+            let dx = (gw - self.xhat.broadcast_mul(&dot)?)?.broadcast_mul(&self.r)?;
+            Some(dx.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
 }
 
 /// The half-split rotation `x·cos + rotate_half(x)·sin` of `x` (…, d) by tables (t, d)
@@ -137,6 +151,12 @@ mod tests {
     use super::*;
     use crate::model::fused::tests::randn;
     use candle_core::{Device, Var};
+
+    /// The largest |value| of `t`, in f64.
+    fn abs_max(t: &Tensor) -> f64 {
+        let t = t.to_dtype(DType::F64).unwrap().abs().unwrap();
+        t.max_all().unwrap().to_scalar::<f64>().unwrap()
+    }
 
     /// A frozen norm weight, the rotation's tables and a frozen SwiGLU input get no
     /// gradient (the composed ops leave one of the input's broadcast size for each), and
@@ -192,16 +212,8 @@ mod tests {
             1e-5,
         )
         .unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a.to_dtype(DType::F64).unwrap() - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
+        let diff =
+            |a: &Tensor, b: &Tensor| abs_max(&(a.to_dtype(DType::F64).unwrap() - b).unwrap());
         assert!(diff(&y, &y64) < 1e-5);
         let g = (y * &upstream)
             .unwrap()
@@ -256,21 +268,7 @@ mod tests {
         for (a, b) in [(&xb, &x64), (&wb, &w64), (&ub, &u64)] {
             let ga = g.get(a.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
             let gb = g64.get(b.as_tensor()).unwrap();
-            let scale = gb
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let d = (ga - gb)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let (scale, d) = (abs_max(gb), abs_max(&(ga - gb).unwrap()));
             assert!(d < 0.02 * scale, "differs by {d} (scale {scale})");
         }
     }

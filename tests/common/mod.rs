@@ -153,6 +153,18 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
 }
 
+/// Whether the f32 tensor `t` holds values a bf16 tensor cannot (an f32 master's, not a
+/// bf16 weight widened).
+pub fn off_the_bf16_grid(t: &candle_core::Tensor) -> bool {
+    use candle_core::DType;
+    let rounded = t
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    t.dtype() == DType::F32 && max_abs_diff(t, &rounded) > 0.0
+}
+
 /// The dashboard drawn on a `w`×`h` TestBackend, as text (one line per row).
 pub fn render(app: &mut App, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
