@@ -107,7 +107,8 @@ pub struct ModelConfig {
     /// block and token (SmolLM2: 0.6 MiB per token in f32). Needs `[lora]`.
     #[serde(default)]
     pub selective_checkpointing: bool,
-    /// Compute dtype: auto (bf16 on a GPU for LoRA/QLoRA, else f32), f32, bf16 or f16.
+    /// Compute dtype: auto (bf16 on a GPU, f32 on the CPU; what is trained stays f32),
+    /// f32, bf16 or f16.
     #[serde(default)]
     pub dtype: ComputeDtype,
     /// `auto` (the default: CUDA when built in and present, else the CPU), `cpu`, `cuda`
@@ -465,7 +466,7 @@ lr = 1e-4
         assert_eq!(cfg.technique(), Technique::Lora);
     }
 
-    /// `auto` gives bf16 on a GPU only to a run that trains adapters alone.
+    /// `auto` gives bf16 on a GPU to every technique, f32 on the CPU.
     #[test]
     fn auto_dtype_is_bf16_on_a_gpu_for_every_technique() {
         use candle_core::DType;
