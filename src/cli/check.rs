@@ -136,33 +136,15 @@ fn row_op_checks(dev: &Device, tol: f64) -> Result<Vec<Row>> {
 /// Grouped-query causal attention (6 query heads over 2 key/value heads, 70 tokens: two
 /// query blocks of the CPU kernel) and the gradients of its three inputs.
 fn attention_with_grads(dev: &Device) -> Result<Vec<Tensor>> {
-    let var = |shape: &[usize], seed: f64| -> Result<Var> {
-        Ok(Var::from_tensor(&input(shape, seed, 1.0)?.to_device(dev)?)?)
-    };
     let (q, k, v) = (
-        var(&[1, 6, 70, 16], 6.0)?,
-        var(&[1, 2, 70, 16], 7.0)?,
-        var(&[1, 2, 70, 16], 8.0)?,
+        input(&[1, 6, 70, 16], 6.0, 1.0)?,
+        input(&[1, 2, 70, 16], 7.0, 1.0)?,
+        input(&[1, 2, 70, 16], 8.0, 1.0)?,
     );
     let mask = causal_mask(70, 0, DType::F32, dev)?;
-    let y = grouped_attention(
-        q.as_tensor(),
-        k.as_tensor(),
-        v.as_tensor(),
-        Some(&mask),
-        0.25,
-    )?;
-    let r = input(y.dims(), 0.3, 1.0)?.to_device(dev)?;
-    let g = (&y * r)?.sum_all()?.backward()?;
-    let mut out = vec![y];
-    for x in [&q, &k, &v] {
-        out.push(
-            g.get(x.as_tensor())
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("no gradient reached an attention input"))?,
-        );
-    }
-    Ok(out)
+    with_grads(&[&q, &k, &v], dev, |t| {
+        Ok(grouped_attention(&t[0], &t[1], &t[2], Some(&mask), 0.25)?)
+    })
 }
 
 fn optimiser_steps(dev: &Device, eight_bit: bool) -> Result<Vec<Tensor>> {

@@ -120,13 +120,10 @@ pub fn accumulate(
     Ok(())
 }
 
-/// `a + g`, in f32 when either is narrower: the micro-batches of one step add up in f32
-/// (as PyTorch's mixed precision accumulates into f32 `.grad`s), so that a bf16 model's
-/// gradients lose no more than each micro-batch's own rounding.
+/// `a + g` in f32 (a no-op cast for f32 tensors): the micro-batches of one step add up in
+/// f32 (as PyTorch's mixed precision accumulates into f32 `.grad`s), so that a bf16
+/// model's gradients lose no more than each micro-batch's own rounding.
 fn add_in_f32(a: Tensor, g: Tensor) -> Result<Tensor> {
-    if a.dtype() == DType::F32 && g.dtype() == DType::F32 {
-        return Ok((a + g)?);
-    }
     Ok((a.to_dtype(DType::F32)? + g.to_dtype(DType::F32)?)?)
 }
 
